@@ -1,0 +1,272 @@
+"""Single-pass DRR projector: line integral of attenuation and per-class path lengths along every ray.
+
+Model: the CT is piecewise constant over its voxels (nearest-voxel). Each ray, from the source to a detector
+pixel centre, is traversed exactly, voxel by voxel (Amanatides & Woo 1987), so every voxel contributes
+``mu * (exact length of the ray inside it)``. In the same pass the length inside each projected label class
+is added up. The traversal works in continuous IJK coordinates, so oblique and anisotropic grids need no
+resampling; lengths are converted to millimetres with the ray's RAS length.
+
+HU -> linear attenuation (documented unit conversion)::
+
+    mu(HU) = mu_water * max(0, 1 + HU / 1000)      [1/mm]
+
+with ``mu_water`` = 0.0206 /mm by default: water at 60 keV (NIST XCOM: mu/rho = 0.2059 cm^2/g), a typical
+effective energy of a diagnostic beam. The DRR ``line_integral`` is the dimensionless ``sum(mu * length)``
+and ``transmission = exp(-line_integral)`` (I/I0). Realistic spectra belong to the physics module.
+
+Overlaps: label masks keep overlaps (a pixel may belong to several classes). The single-label image gives
+each pixel the class with the longest path through it (ties: the lower class index), 0 where none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from .errors import GeometryError, InputError
+from .geometry import XrayGeometry
+from .labels import LabelClasses, unknown_label_values
+from .volume import Volume
+
+MU_WATER_60KEV_PER_MM = 0.0206
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _pack_voxels(hu, labels, class_lut, has_labels, packed):  # pragma: no cover - compiled
+    """packed = (class_lut[label] << 16) | uint16(round(clip(HU, int16 range)))."""
+    nk, nj, ni = hu.shape
+    for k in numba.prange(nk):
+        for j in range(nj):
+            for i in range(ni):
+                h = min(max(round(hu[k, j, i]), -32768), 32767)
+                word = np.uint32(np.int64(h) & 0xFFFF)
+                if has_labels:
+                    value = labels[k, j, i]
+                    if value < class_lut.shape[0]:
+                        word |= np.uint32(class_lut[value]) << 16
+                packed[k, j, i] = word
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+def _trace_rays(
+    packed, mu_scale, mu_offset,
+    source, origin, column_step, row_step, metric, row_order,
+    line_integral, thickness,
+):  # pragma: no cover - compiled; covered through DrrProjector tests
+    """Trace every detector pixel. All points are in IJK shifted by +0.5, so voxel v spans [v, v+1)."""
+    nk, nj, ni = packed.shape
+    n_rows, n_cols = line_integral.shape
+    sx, sy, sz = source[0], source[1], source[2]
+    for r in numba.prange(n_rows):
+        row = row_order[r]
+        for col in range(n_cols):
+            dx = origin[0] + col * column_step[0] + row * row_step[0] - sx
+            dy = origin[1] + col * column_step[1] + row * row_step[1] - sy
+            dz = origin[2] + col * column_step[2] + row * row_step[2] - sz
+            length_mm = np.sqrt(
+                metric[0, 0] * dx * dx + metric[1, 1] * dy * dy + metric[2, 2] * dz * dz
+                + 2.0 * (metric[0, 1] * dx * dy + metric[0, 2] * dx * dz + metric[1, 2] * dy * dz)
+            )
+            # Clip the ray segment [source, pixel] (t in [0, 1]) to the volume box (slab method).
+            t0, t1 = 0.0, 1.0
+            for axis in range(3):
+                s = sx if axis == 0 else (sy if axis == 1 else sz)
+                d = dx if axis == 0 else (dy if axis == 1 else dz)
+                n = ni if axis == 0 else (nj if axis == 1 else nk)
+                if d == 0.0:
+                    if s < 0.0 or s > n:
+                        t0, t1 = 1.0, 0.0
+                else:
+                    ta, tb = (0.0 - s) / d, (n - s) / d
+                    if ta > tb:
+                        ta, tb = tb, ta
+                    t0, t1 = max(t0, ta), min(t1, tb)
+            if t0 >= t1:
+                continue
+            # Voxel containing the entry point (midpoint-safe: clamp onto the grid).
+            ix = min(max(int(np.floor(sx + t0 * dx)), 0), ni - 1)
+            iy = min(max(int(np.floor(sy + t0 * dy)), 0), nj - 1)
+            iz = min(max(int(np.floor(sz + t0 * dz)), 0), nk - 1)
+            inf = np.inf
+            step_x, next_x, delta_x = 0, inf, inf
+            if dx > 0.0:
+                step_x, next_x, delta_x = 1, (ix + 1 - sx) / dx, 1.0 / dx
+            elif dx < 0.0:
+                step_x, next_x, delta_x = -1, (ix - sx) / dx, -1.0 / dx
+            step_y, next_y, delta_y = 0, inf, inf
+            if dy > 0.0:
+                step_y, next_y, delta_y = 1, (iy + 1 - sy) / dy, 1.0 / dy
+            elif dy < 0.0:
+                step_y, next_y, delta_y = -1, (iy - sy) / dy, -1.0 / dy
+            step_z, next_z, delta_z = 0, inf, inf
+            if dz > 0.0:
+                step_z, next_z, delta_z = 1, (iz + 1 - sz) / dz, 1.0 / dz
+            elif dz < 0.0:
+                step_z, next_z, delta_z = -1, (iz - sz) / dz, -1.0 / dz
+            t = t0
+            total = 0.0
+            run_class = 0
+            run_length = 0.0
+            while True:
+                t_exit = min(next_x, next_y, next_z, t1)
+                segment = t_exit - t
+                word = np.int64(packed[iz, iy, ix])
+                total += segment * max(0.0, mu_offset + mu_scale * np.int16(word & 0xFFFF))
+                c = word >> 16
+                if c != run_class:
+                    if run_class != 0:
+                        thickness[run_class - 1, row, col] += run_length * length_mm
+                    run_class = c
+                    run_length = 0.0
+                run_length += segment
+                if t_exit >= t1:
+                    break
+                t = t_exit
+                if next_x <= next_y and next_x <= next_z:
+                    ix += step_x
+                    next_x += delta_x
+                    if ix < 0 or ix >= ni:
+                        break
+                elif next_y <= next_z:
+                    iy += step_y
+                    next_y += delta_y
+                    if iy < 0 or iy >= nj:
+                        break
+                else:
+                    iz += step_z
+                    next_z += delta_z
+                    if iz < 0 or iz >= nk:
+                        break
+            if run_class != 0:
+                thickness[run_class - 1, row, col] += run_length * length_mm
+            line_integral[row, col] = total * length_mm
+
+
+@dataclass
+class DrrResult:
+    """What one render gives: arrays are indexed [row j, column i] like the detector (see geometry)."""
+
+    geometry: XrayGeometry
+    line_integral: np.ndarray  # (rows, cols) float32, dimensionless sum of mu * length
+    thickness_mm: np.ndarray  # (n_classes, rows, cols) float32, path length through each class
+    classes: LabelClasses
+    unknown_label_values: list[int] = field(default_factory=list)
+
+    @property
+    def transmission(self) -> np.ndarray:
+        """Monoenergetic intensity image I/I0 = exp(-line integral)."""
+        return np.exp(-self.line_integral)
+
+    def masks(self, min_thickness_mm: float = 0.0) -> np.ndarray:
+        """Binary per-class masks (n_classes, rows, cols), overlaps kept: path length > threshold."""
+        return self.thickness_mm > min_thickness_mm
+
+    def label_image(self, min_thickness_mm: float = 0.0) -> np.ndarray:
+        """Single-label image: the class with the longest path wins (ties: lower index); 0 = none."""
+        dtype = np.uint8 if len(self.classes) < 255 else np.uint16
+        if len(self.classes) == 0:
+            return np.zeros(self.line_integral.shape, dtype)
+        winner = np.argmax(self.thickness_mm, axis=0).astype(dtype) + 1
+        hit = np.max(self.thickness_mm, axis=0) > min_thickness_mm
+        return np.where(hit, winner, 0).astype(dtype)
+
+
+class DrrProjector:
+    """Projects one CT (and optionally its label map) for any number of geometries.
+
+    Build it once per CT; ``render(geometry)`` is then the fast part. Nothing is copied when the CT array is
+    C-contiguous; the label map is turned into a compact class-index volume (1 byte per voxel up to 254
+    classes), so memory stays bounded whatever the number of label values.
+    """
+
+    def __init__(
+        self,
+        ct: Volume,
+        labels: Volume | None = None,
+        classes: LabelClasses | None = None,
+        mu_water_per_mm: float = MU_WATER_60KEV_PER_MM,
+        threads: int | None = None,
+        names_table: dict[int, object] | None = None,
+    ) -> None:
+        if min(ct.array.shape) < 2:
+            raise InputError(
+                f"{ct.name or 'CT'}: has shape {ct.array.shape[::-1]} (i, j, k); a CT must be a 3D volume "
+                "with at least 2 voxels along every axis, not a single slice or a radiograph"
+            )
+        self.ct = ct
+        self.mu_water_per_mm = float(mu_water_per_mm)
+        self.threads = threads
+        self.classes = LabelClasses(())
+        self.unknown_values: list[int] = []
+        class_lut = np.zeros(1, np.uint16)
+        label_array = np.zeros((1, 1, 1), np.uint8)
+        if labels is not None:
+            class_lut, label_array = self._prepare_labels(ct, labels, classes, names_table)
+        # One 32-bit word per voxel: low 16 bits HU (int16), high 16 bits class index. One load per voxel
+        # step gives both, which halves the cost of projecting labels compared with two arrays.
+        self.packed = np.empty(ct.array.shape, np.uint32)
+        _pack_voxels(np.ascontiguousarray(ct.array), label_array, class_lut, labels is not None, self.packed)
+
+    def _prepare_labels(self, ct, labels, classes, names_table) -> tuple[np.ndarray, np.ndarray]:
+        if not labels.same_grid_as(ct):
+            raise InputError(
+                f"the label map grid differs from the CT grid: labels {labels.describe_grid()} vs CT "
+                f"{ct.describe_grid()}. Resample the labels onto the CT grid (nearest neighbour), e.g. with "
+                "Slicer's 'Resample Image (BRAINS)' or SimpleITK.Resample"
+            )
+        array = labels.array
+        if not np.issubdtype(array.dtype, np.integer):
+            if not np.all(array == np.round(array)):
+                raise InputError("the label map holds non-integer values; it must be an integer label image")
+            array = array.astype(np.int32)
+        values = np.unique(array)
+        if values.min() < 0:
+            raise InputError("the label map holds negative values; label values must be 0 (background) or >= 1")
+        present = [int(v) for v in values if v != 0]
+        requested = LabelClasses.from_values(present) if classes is None else classes
+        self.classes = requested.restricted_to(present) if present else LabelClasses(())
+        if len(self.classes) > 65535:
+            raise InputError("at most 65535 output classes can be projected at once")
+        if names_table is not None:
+            self.unknown_values = unknown_label_values(present, names_table)
+        lut = self.classes.lookup_table(int(values.max())).astype(np.uint16)
+        return lut, np.ascontiguousarray(array)
+
+    def check_geometry(self, geometry: XrayGeometry) -> None:
+        """Raise GeometryError if the set-up cannot image this CT (source inside it)."""
+        if self.ct.contains_ras(geometry.source):
+            raise GeometryError(
+                "the X-ray source lies inside the CT volume; increase the source-to-isocentre distance or "
+                "move the isocentre so the source is outside the scanned region"
+            )
+
+    def render(self, geometry: XrayGeometry) -> DrrResult:
+        """Trace every detector pixel once; returns the DRR and the per-class path lengths."""
+        self.check_geometry(geometry)
+        ras_to_ijk = self.ct.ras_to_ijk
+        linear, shift = ras_to_ijk[:3, :3], ras_to_ijk[:3, 3] + 0.5  # +0.5: voxel v spans [v, v+1)
+        source = linear @ geometry.source + shift
+        origin = linear @ geometry.origin + shift
+        column_step = linear @ (geometry.column_axis * geometry.spacing[0])
+        row_step = linear @ (geometry.row_axis * geometry.spacing[1])
+        ijk_to_ras = self.ct.ijk_to_ras[:3, :3]
+        metric = ijk_to_ras.T @ ijk_to_ras  # squared RAS length of an IJK displacement
+        cols, rows = geometry.size
+        line_integral = np.zeros((rows, cols), np.float32)
+        thickness = np.zeros((len(self.classes), rows, cols), np.float32)
+        # A fixed shuffle of rows balances threads (edge rows miss the body and are cheap).
+        row_order = np.random.default_rng(0).permutation(rows).astype(np.int64)
+        previous_threads = numba.get_num_threads()
+        if self.threads:
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            _trace_rays(
+                self.packed, self.mu_water_per_mm / 1000.0,
+                self.mu_water_per_mm, source, origin, column_step, row_step, metric, row_order,
+                line_integral, thickness,
+            )
+        finally:
+            numba.set_num_threads(previous_threads)
+        return DrrResult(geometry, line_integral, thickness, self.classes, list(self.unknown_values))

@@ -1,0 +1,123 @@
+"""A voxel array placed in RAS, and reading it from NIfTI, NRRD, MHA or a DICOM series folder.
+
+``Volume.array`` is indexed ``[k, j, i]`` like Slicer's ``arrayFromVolume`` and SimpleITK's
+``GetArrayFromImage``; ``ijk_to_ras`` maps (i, j, k, 1) of a voxel centre to RAS millimetres.
+Files store LPS (DICOM, NRRD, ITK) or RAS (NIfTI sform); SimpleITK hands everything over in LPS and we
+convert with ``diag(-1, -1, 1)``, so any orientation, oblique included, ends up correct in RAS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Volume:
+    """Voxels ``array[k, j, i]`` with their 4x4 ``ijk_to_ras`` placement (mm)."""
+
+    array: np.ndarray
+    ijk_to_ras: np.ndarray
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=float)
+        if self.array.ndim != 3:
+            raise InputError(f"{self.name or 'volume'}: expected a 3D volume, got {self.array.ndim} dimensions")
+        if abs(np.linalg.det(self.ijk_to_ras[:3, :3])) < 1e-12:
+            raise InputError(f"{self.name or 'volume'}: its IJK->RAS matrix is singular")
+
+    @property
+    def shape_ijk(self) -> tuple[int, int, int]:
+        k, j, i = self.array.shape
+        return (i, j, k)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def ras_to_ijk(self) -> np.ndarray:
+        return np.linalg.inv(self.ijk_to_ras)
+
+    @property
+    def center_ras(self) -> np.ndarray:
+        """RAS centre of the voxel grid."""
+        centre_ijk = (np.array(self.shape_ijk, dtype=float) - 1) / 2
+        return self.ijk_to_ras[:3, :3] @ centre_ijk + self.ijk_to_ras[:3, 3]
+
+    def corners_ras(self) -> np.ndarray:
+        """The 8 outer corners of the voxel grid (voxel faces, not centres), shape (8, 3)."""
+        n = self.shape_ijk
+        corners = np.array([[a, b, c] for a in (-0.5, n[0] - 0.5) for b in (-0.5, n[1] - 0.5)
+                            for c in (-0.5, n[2] - 0.5)])
+        return corners @ self.ijk_to_ras[:3, :3].T + self.ijk_to_ras[:3, 3]
+
+    def contains_ras(self, point: np.ndarray) -> bool:
+        """True if the RAS point lies inside the voxel grid's outer faces."""
+        ijk = self.ras_to_ijk[:3, :3] @ np.asarray(point, float) + self.ras_to_ijk[:3, 3]
+        return bool(np.all(ijk >= -0.5) and np.all(ijk <= np.array(self.shape_ijk) - 0.5))
+
+    def same_grid_as(self, other: "Volume", tolerance_mm: float = 1e-3) -> bool:
+        return self.array.shape == other.array.shape and bool(
+            np.allclose(self.ijk_to_ras, other.ijk_to_ras, atol=tolerance_mm)
+        )
+
+    def describe_grid(self) -> str:
+        sp = ", ".join(f"{s:.4g}" for s in self.spacing)
+        origin = ", ".join(f"{o:.4g}" for o in self.ijk_to_ras[:3, 3])
+        return f"size {self.shape_ijk}, spacing ({sp}) mm, origin RAS ({origin})"
+
+    def centroid_ras(self, mask: np.ndarray) -> np.ndarray:
+        """RAS centroid of the voxels where ``mask[k, j, i]`` is true."""
+        k, j, i = np.nonzero(mask)
+        if len(i) == 0:
+            raise InputError(f"{self.name or 'volume'}: the mask is empty, it has no centroid")
+        ijk = np.array([i.mean(), j.mean(), k.mean()])
+        return self.ijk_to_ras[:3, :3] @ ijk + self.ijk_to_ras[:3, 3]
+
+
+def _ijk_to_ras_from_sitk(image) -> np.ndarray:
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = direction @ np.diag(image.GetSpacing())
+    ijk_to_lps[:3, 3] = image.GetOrigin()
+    return LPS_TO_RAS @ ijk_to_lps
+
+
+def read_volume(path: str | Path, name: str | None = None) -> Volume:
+    """Read a 3D image file (NIfTI, NRRD, MHA...) or a DICOM series folder into a RAS-placed Volume."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    label = name or path.name
+    if not path.exists():
+        raise InputError(f"{label}: file not found: {path}")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            files = reader.GetGDCMSeriesFileNames(str(path))
+            if not files:
+                raise InputError(f"{label}: the folder {path} holds no DICOM series")
+            reader.SetFileNames(files)
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        first_line = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
+        raise InputError(
+            f"{label}: cannot read {path} as an image ({first_line}); use NIfTI (.nii/.nii.gz), NRRD, MHA "
+            "or a DICOM series folder"
+        ) from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"{label}: expected a 3D scalar volume, got {image.GetDimension()}D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel"
+        )
+    return Volume(sitk.GetArrayFromImage(image), _ijk_to_ras_from_sitk(image), label)
