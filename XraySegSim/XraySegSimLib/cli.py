@@ -1,0 +1,211 @@
+"""``xrayseg``: the command line for headless batch work (same library as the Slicer modules).
+
+Errors in the input end with a one-paragraph message saying what to fix, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import views
+from .errors import InputError, XraySegError
+from .geometry import XrayGeometry
+from .labels import LabelClasses, parse_group_spec, read_names_table
+from .projector import MU_WATER_60KEV_PER_MM, DrrProjector
+from .volume import Volume, read_volume
+
+CLASS_CHOICES_HELP = (
+    "which labels to project: 'bones' (default: every TotalSegmentator bone as its own class), 'all' (every "
+    "label value present), or groups such as \"ribs = rib_left_1..12, rib_right_1..12; spine = vertebrae_*\" "
+    "given inline or as a path to a text file with one group per line"
+)
+
+
+def _add_geometry_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("geometry (RAS millimetres; see README 'Geometry conventions')")
+    g.add_argument("--view", default="chest-pa", choices=views.PRESET_NAMES,
+                   help="clinical view preset (default: chest-pa)")
+    g.add_argument("--size", type=int, default=512,
+                   help="detector pixels along its longer side; pixels are square (default: 512)")
+    g.add_argument("--sdd", type=float, help="source-to-detector distance, mm (default: the preset's)")
+    g.add_argument("--sid", type=float, help="source-to-isocentre distance, mm (default: the preset's)")
+    g.add_argument("--detector-mm", type=float, nargs=2, metavar=("WIDTH", "HEIGHT"),
+                   help="physical detector size, mm (default: the preset's)")
+    g.add_argument("--isocenter", default="labels",
+                   help="point the view is aimed at: 'labels' (centroid of the projected labels, default; the CT "
+                        "centre if there are none), 'center' (CT grid centre), or 'R,A,S' in mm")
+    g.add_argument("--lao", type=float, default=0.0, help="rotate the set-up: LAO (+) / RAO (-) degrees")
+    g.add_argument("--cranial", type=float, default=0.0, help="rotate the set-up: cranial (+) / caudal (-) degrees")
+    g.add_argument("--geometry", type=Path,
+                   help="JSON geometry (as written in drr.json 'geometry'); overrides the preset options")
+    g.add_argument("--projection-matrix", type=Path,
+                   help="3x4 projection matrix (text, 3 rows of 4 numbers, RAS -> pixel); needs --pixel-spacing")
+    g.add_argument("--pixel-spacing", type=float, nargs=2, metavar=("COLUMN_MM", "ROW_MM"),
+                   help="detector pixel spacing for --projection-matrix")
+    g.add_argument("--detector-pixels", type=int, nargs=2, metavar=("COLUMNS", "ROWS"),
+                   help="detector size in pixels for --projection-matrix (default: --size square)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xrayseg",
+        description="XraySeg: simulated radiographs (DRRs) with exactly projected bone labels from CT.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    render = sub.add_parser(
+        "render", help="render one DRR with projected labels",
+        description="Render a DRR of a CT and project its label map in the same pass. Writes drr.nrrd "
+                    "(line integral, placed on the detector in RAS), drr.png, labels.nrrd (single label), "
+                    "labels.seg.nrrd (overlapping masks), labels.png, overlay.png and drr.json (geometry, P).",
+    )
+    render.add_argument("--ct", type=Path, required=True, help="CT volume in HU: NIfTI, NRRD, MHA or DICOM folder")
+    render.add_argument("--labels", type=Path, help="label map on the CT grid (optional: DRR only without it)")
+    render.add_argument("--names", default="totalsegmentator",
+                        help="label value names: 'totalsegmentator' (v1 table, default), 'none' (label_<value>), "
+                             "or a CSV with columns value,name")
+    render.add_argument("--classes", default="bones", help=CLASS_CHOICES_HELP)
+    render.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
+    render.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    render.add_argument("--mu-water", type=float, default=MU_WATER_60KEV_PER_MM,
+                        help=f"attenuation of water, 1/mm (default {MU_WATER_60KEV_PER_MM}, water at 60 keV)")
+    render.add_argument("--save-thickness", action="store_true", help="also write thickness.nrrd (mm per class)")
+    _add_geometry_options(render)
+
+    demo = sub.add_parser("demo", help="fetch the sample chest CT and render a PA chest DRR with all bone labels")
+    demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
+    demo.add_argument("--size", type=int, default=512, help="detector pixels (default: 512)")
+
+    sub.add_parser("fetch-sample", help="download the sample chest CT and labels into the cache; print the paths")
+    sub.add_parser("views", help="list the view presets with their distances and detector sizes")
+    return parser
+
+
+def _names_table(option: str) -> dict[int, str] | None:
+    if option == "none":
+        return None
+    table = read_names_table(None if option == "totalsegmentator" else option)
+    return {value: name for value, (name, _) in table.items()}
+
+
+def _classes(option: str, names_option: str, names: dict[int, str] | None) -> LabelClasses | None:
+    """None means: one class per label value present."""
+    if option == "all" or (option == "bones" and names_option != "totalsegmentator"):
+        return None if names is None else LabelClasses.from_values(names)
+    if option == "bones":
+        return LabelClasses.totalsegmentator_bones()
+    if names is None:
+        raise InputError("--classes with group names needs a names table (--names)")
+    text = Path(option).read_text() if Path(option).is_file() else option
+    return LabelClasses.from_names(names, parse_group_spec(text, list(names.values())))
+
+
+def _isocenter(option: str, ct: Volume, projector: DrrProjector) -> np.ndarray:
+    if option == "center":
+        return ct.center_ras
+    if option == "labels":
+        labelled = projector.packed >> 16 != 0
+        return ct.centroid_ras(labelled) if labelled.any() else ct.center_ras
+    try:
+        point = np.array([float(x) for x in option.split(",")])
+    except ValueError:
+        point = np.zeros(0)
+    if point.shape != (3,):
+        raise InputError(f"--isocenter must be 'labels', 'center' or 'R,A,S' in mm, got '{option}'")
+    return point
+
+
+def geometry_from_args(args: argparse.Namespace, isocenter: np.ndarray) -> XrayGeometry:
+    if args.geometry:
+        if not args.geometry.exists():
+            raise InputError(f"geometry JSON not found: {args.geometry}")
+        data = json.loads(args.geometry.read_text())
+        return XrayGeometry.from_dict(data.get("geometry", data))
+    if args.projection_matrix:
+        if not args.projection_matrix.exists():
+            raise InputError(f"projection matrix file not found: {args.projection_matrix}")
+        if not args.pixel_spacing:
+            raise InputError("--projection-matrix needs --pixel-spacing COLUMN_MM ROW_MM (P does not contain it)")
+        matrix = np.loadtxt(args.projection_matrix).reshape(3, 4)
+        pixels = tuple(args.detector_pixels) if args.detector_pixels else (args.size, args.size)
+        return XrayGeometry.from_projection_matrix(matrix, pixels, tuple(args.pixel_spacing), in_front=isocenter)
+    return views.from_preset(
+        args.view, isocenter, args.size, args.sdd, args.sid,
+        tuple(args.detector_mm) if args.detector_mm else None, args.lao, args.cranial,
+    )
+
+
+def run_render(args: argparse.Namespace) -> dict[str, Path]:
+    ct = read_volume(args.ct, "CT")
+    labels = read_volume(args.labels, "label map") if args.labels else None
+    names = _names_table(args.names) if labels is not None else None
+    classes = _classes(args.classes, args.names, names) if labels is not None else None
+    projector = DrrProjector(ct, labels, classes, args.mu_water, args.threads, names)
+    if labels is not None and len(projector.classes) == 0:
+        raise InputError(
+            f"the label map {args.labels} holds none of the requested classes ({args.classes}); it may be "
+            "empty, or use other label values: try --classes all or --names none"
+        )
+    geometry = geometry_from_args(args, _isocenter(args.isocenter, ct, projector))
+    started = time.perf_counter()
+    result = projector.render(geometry)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    from .io import write_render_outputs
+
+    sidecar = {"ct": str(args.ct), "labels": str(args.labels) if args.labels else None,
+               "mu_water_per_mm": args.mu_water, "render_ms": round(elapsed_ms, 1)}
+    paths = write_render_outputs(result, args.out, sidecar, args.save_thickness)
+    if result.unknown_label_values:
+        print(f"note: label values {result.unknown_label_values} are not in the names table; ignored",
+              file=sys.stderr)
+    print(f"rendered {geometry.size[0]}x{geometry.size[1]} {geometry.view} with {len(result.classes)} classes "
+          f"in {elapsed_ms:.0f} ms -> {args.out}")
+    return paths
+
+
+def run_demo(args: argparse.Namespace) -> dict[str, Path]:
+    from .sample_data import fetch_sample_chest_ct
+
+    sample = fetch_sample_chest_ct()
+    render_args = build_parser().parse_args([
+        "render", "--ct", str(sample.ct_path), "--labels", str(sample.labels_path), "--view", "chest-pa",
+        "--size", str(args.size), "--out", str(args.out),
+    ])
+    paths = run_render(render_args)
+    for kind, path in paths.items():
+        print(f"  {kind:13s} {path}")
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "render":
+            run_render(args)
+        elif args.command == "demo":
+            run_demo(args)
+        elif args.command == "fetch-sample":
+            from .sample_data import fetch_sample_chest_ct
+
+            sample = fetch_sample_chest_ct()
+            print(f"ct:     {sample.ct_path}\nlabels: {sample.labels_path}\nnames:  {sample.structures_path}")
+        elif args.command == "views":
+            for preset in views.PRESETS.values():
+                print(f"{preset.name:15s} SDD {preset.source_to_detector_mm:6.0f}  SID "
+                      f"{preset.source_to_isocenter_mm:6.0f}  detector {preset.detector_mm[0]:.0f}x"
+                      f"{preset.detector_mm[1]:.0f} mm  {preset.description}")
+    except XraySegError as error:
+        print(f"xrayseg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
