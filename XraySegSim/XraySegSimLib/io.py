@@ -131,8 +131,9 @@ def write_render_outputs(result, out_dir: str | Path, sidecar: dict[str, Any] | 
     write_detector_image(paths["drr"], result.line_integral, geometry)
     gray = drr_to_uint8(result.line_integral)
     write_png(paths["drr_png"], gray)
+    masks = result.masks()
     if len(classes):
-        masks, label_image = result.masks(), result.label_image()
+        label_image = result.label_image()
         paths.update(labels=out / "labels.nrrd", segmentation=out / "labels.seg.nrrd",
                      labels_png=out / "labels.png", overlay_png=out / "overlay.png")
         write_detector_image(paths["labels"], label_image, geometry)
@@ -148,10 +149,12 @@ def write_render_outputs(result, out_dir: str | Path, sidecar: dict[str, Any] | 
                 "dimensionless; transmission I/I0 = exp(-value)"},
         "classes": [{"index": i + 1, "name": c.name, "label_values": list(c.values),
                      "color_rgb": list(c.color),
-                     "projected_pixels": int(result.thickness_mm[i].astype(bool).sum())}
+                     "projected_pixels": int(masks[i].sum()) if len(classes) else 0}
                     for i, c in enumerate(classes.classes)],
+        "mask_rule": f"a pixel is in a class when its ray runs >= {result.min_mask_thickness_mm:.3g} mm through it "
+                     "(the CT's smallest voxel spacing); labels.seg.nrrd keeps overlaps (one layer per class)",
         "label_image_rule": "each pixel takes the class with the longest path through it (ties: lower index); "
-                            "0 = no class; labels.seg.nrrd keeps overlaps (one layer per class)",
+                            "0 = no class",
         "unknown_label_values_ignored": result.unknown_label_values,
     }
     meta.update(sidecar or {})
