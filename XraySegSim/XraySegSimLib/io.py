@@ -90,6 +90,10 @@ def write_segmentation_nrrd(
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+        # Slicer's serialisation of the reference geometry: the 16 IJK->RAS values (row-major) then the extent.
+        "Segmentation_ConversionParameters": "Reference image geometry|"
+        + "".join(f"{v:.10g};" for v in geometry.detector_ijk_to_ras().ravel())
+        + f"0;{cols - 1};0;{rows - 1};0;0;|Image geometry description",
     }
     for index, cls in enumerate(classes.classes):
         prefix = f"Segment{index}_"
