@@ -32,6 +32,7 @@ import numpy as np
 from .errors import GeometryError, InputError
 from .geometry import XrayGeometry
 from .labels import LabelClasses, unknown_label_values
+from .materials import MAX_MATERIALS, MaterialModel
 from .volume import Volume
 
 MU_WATER_60KEV_PER_MM = 0.0206
@@ -57,11 +58,13 @@ def _pack_voxels(hu, labels, class_lut, has_labels, packed):  # pragma: no cover
 def _trace_rays(
     packed, mu_scale, mu_offset,
     source, origin, column_step, row_step, metric, row_order,
-    line_integral, thickness,
+    line_integral, thickness, material_lut, materials,
 ):  # pragma: no cover - compiled; covered through DrrProjector tests
     """Trace every detector pixel. All points are in IJK shifted by +0.5, so voxel v spans [v, v+1)."""
     nk, nj, ni = packed.shape
     n_rows, n_cols = line_integral.shape
+    n_materials = materials.shape[0]
+    with_materials = n_materials > 0
     sx, sy, sz = source[0], source[1], source[2]
     for r in numba.prange(n_rows):
         row = row_order[r]
@@ -111,6 +114,7 @@ def _trace_rays(
                 step_z, next_z, delta_z = -1, (iz - sz) / dz, -1.0 / dz
             t = t0
             total = 0.0
+            m0 = m1 = m2 = m3 = 0.0
             run_class = 0
             run_length = 0.0
             while True:
@@ -118,6 +122,12 @@ def _trace_rays(
                 segment = t_exit - t
                 word = np.int64(packed[iz, iy, ix])
                 total += segment * max(0.0, mu_offset + mu_scale * np.int16(word & 0xFFFF))
+                if with_materials:
+                    code = word & 0xFFFF
+                    m0 += segment * material_lut[code, 0]
+                    m1 += segment * material_lut[code, 1]
+                    m2 += segment * material_lut[code, 2]
+                    m3 += segment * material_lut[code, 3]
                 c = word >> 16
                 if c != run_class:
                     if run_class != 0:
@@ -146,6 +156,10 @@ def _trace_rays(
             if run_class != 0:
                 thickness[run_class - 1, row, col] += run_length * length_mm
             line_integral[row, col] = total * length_mm
+            if with_materials:
+                for m, value in enumerate((m0, m1, m2, m3)):
+                    if m < n_materials:
+                        materials[m, row, col] = value * length_mm * 0.1  # g/cm^3 * mm -> g/cm^2
 
 
 @dataclass
@@ -158,6 +172,8 @@ class DrrResult:
     classes: LabelClasses
     unknown_label_values: list[int] = field(default_factory=list)
     min_mask_thickness_mm: float = 0.0  # default mask rule: path length through the class >= this
+    material_g_cm2: np.ndarray | None = None  # (n_materials, rows, cols): density line integrals, if requested
+    material_names: tuple[str, ...] = ()
 
     @property
     def transmission(self) -> np.ndarray:
@@ -195,7 +211,10 @@ class DrrProjector:
         mu_water_per_mm: float = MU_WATER_60KEV_PER_MM,
         threads: int | None = None,
         names_table: dict[int, object] | None = None,
+        materials: MaterialModel | None = None,
     ) -> None:
+        """``materials``: also integrate the partial density of each material (g/cm^2) in the same pass,
+        for the polyenergetic physics (see ``materials``)."""
         if min(ct.array.shape) < 2:
             raise InputError(
                 f"{ct.name or 'CT'}: has shape {ct.array.shape[::-1]} (i, j, k); a CT must be a 3D volume "
@@ -206,6 +225,8 @@ class DrrProjector:
         self.threads = threads
         self.classes = LabelClasses(())
         self.unknown_values: list[int] = []
+        self.materials = materials
+        self.material_lut = materials.lookup_table() if materials else np.zeros((1, MAX_MATERIALS), np.float32)
         class_lut = np.zeros(1, np.uint16)
         label_array = np.zeros((1, 1, 1), np.uint8)
         if labels is not None:
@@ -262,6 +283,8 @@ class DrrProjector:
         cols, rows = geometry.size
         line_integral = np.zeros((rows, cols), np.float32)
         thickness = np.zeros((len(self.classes), rows, cols), np.float32)
+        n_materials = len(self.materials.channels) if self.materials else 0
+        material_g_cm2 = np.zeros((n_materials, rows, cols), np.float32)
         # A fixed shuffle of rows balances threads (edge rows miss the body and are cheap).
         row_order = np.random.default_rng(0).permutation(rows).astype(np.int64)
         previous_threads = numba.get_num_threads()
@@ -271,9 +294,10 @@ class DrrProjector:
             _trace_rays(
                 self.packed, self.mu_water_per_mm / 1000.0,
                 self.mu_water_per_mm, source, origin, column_step, row_step, metric, row_order,
-                line_integral, thickness,
+                line_integral, thickness, self.material_lut, material_g_cm2,
             )
         finally:
             numba.set_num_threads(previous_threads)
         return DrrResult(geometry, line_integral, thickness, self.classes, list(self.unknown_values),
-                         float(self.ct.spacing.min()))
+                         float(self.ct.spacing.min()), material_g_cm2 if n_materials else None,
+                         self.materials.channels if self.materials else ())
