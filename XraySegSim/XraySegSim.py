@@ -1,14 +1,16 @@
-from typing import Annotated
+from typing import Annotated, Union
 
 import numpy as np
 import vtk
 
 import slicer
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _, translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import *  # noqa: F403
 from slicer.util import VTKObservationMixin
+
+import qt
 
 # = XraySegSimLib.views.PRESET_NAMES (a test checks it), repeated so importing this module stays light.
 VIEW_PRESETS = ("chest-pa", "chest-lateral", "chest-ap", "wrist-pa", "wrist-lateral", "lumbar-ap",
@@ -34,20 +36,32 @@ class XraySegSim(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class XraySegSimParameterNode:
-    """CT (HU), optional label map on the CT grid, view preset, pixels along the longer detector side."""
+    """CT (HU), optional bone labels (segmentation, or label map on the CT grid), and the X-ray set-up: a view
+    preset, C-arm angles, distances and detector size (mm), pixels along the longer detector side."""
     inputVolume: vtkMRMLScalarVolumeNode
-    inputLabels: vtkMRMLLabelMapVolumeNode
+    inputLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
     viewPreset: Annotated[str, Choice(VIEW_PRESETS)] = "chest-pa"
     detectorSize: Annotated[int, WithinRange(16, 4096)] = 512
+    laoAngle: Annotated[float, WithinRange(-90, 90)] = 0.0
+    craAngle: Annotated[float, WithinRange(-45, 45)] = 0.0
+    sourceToDetector: Annotated[float, WithinRange(200, 2500)] = 1800.0
+    sourceToIsocenter: Annotated[float, WithinRange(100, 2400)] = 1650.0
+    detectorWidth: Annotated[float, WithinRange(20, 600)] = 430.0
+    detectorHeight: Annotated[float, WithinRange(20, 600)] = 430.0
+    livePreview: bool = True
 
 
 class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Binds the .ui to the parameter node and calls Logic; live preview is throttled with two timers."""
+    PREVIEW_DELAY_MS, FULL_DELAY_MS = 80, 600
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._preset = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -56,10 +70,24 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = XraySegSimLogic()
+        self.previewTimer = self._timer(self.PREVIEW_DELAY_MS, lambda: self._render(preview=True))
+        self.fullTimer = self._timer(self.FULL_DELAY_MS, lambda: self._render(preview=False))
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.renderButton.connect("clicked(bool)", self.onRenderButton)
+        self.ui.renderButton.connect("clicked(bool)", lambda: self._render(preview=False))
+        self.ui.showInSliceViewButton.connect("clicked(bool)", self.onShowInSliceView)
+        self.ui.resetPoseButton.connect("clicked(bool)", lambda: self.logic.sim.set_pose_matrix(np.eye(4)))
+        self.ui.exportButton.connect("clicked(bool)", self.onExport)
+        self.ui.saveGeometryButton.connect("clicked(bool)", self.onSaveGeometry)
+        self.ui.loadGeometryButton.connect("clicked(bool)", self.onLoadGeometry)
         self.initializeParameterNode()
+
+    def _timer(self, delay_ms, callback):
+        timer = qt.QTimer()
+        timer.setSingleShot(True)
+        timer.setInterval(delay_ms)
+        timer.connect("timeout()", callback)
+        return timer
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -85,52 +113,133 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRender)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParametersChanged)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanRender)
-            self._checkCanRender()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParametersChanged)
+            self.onParametersChanged()
 
-    def _checkCanRender(self, caller=None, event=None) -> None:
-        ready = bool(self._parameterNode and self._parameterNode.inputVolume)
+    def onParametersChanged(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        ready = bool(p and p.inputVolume)
         self.ui.renderButton.enabled = ready
+        if not ready:
+            return
+        if p.viewPreset != self._preset:  # a new preset brings its distances and detector size
+            self._preset = p.viewPreset
+            self.logic.applyPresetDefaults(p)
+            return  # the changes above come back here once more
+        with slicer.util.tryWithErrorDisplay(_("Invalid X-ray set-up."), show=False):
+            self.logic.updateGeometry(p)
+            self._observePose()
+            self._scheduleRender()
 
-    def onRenderButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to render the radiograph."), waitCursor=True):
-            p = self._parameterNode
-            result = self.logic.render(p.inputVolume, p.inputLabels, p.viewPreset, p.detectorSize)
+    def _observePose(self) -> None:
+        pose = self.logic.sim.node("pose")
+        event = slicer.vtkMRMLTransformableNode.TransformModifiedEvent
+        if pose is not None and not self.hasObserver(pose, event, self.onPoseChanged):
+            self.addObserver(pose, event, self.onPoseChanged)
+
+    def onPoseChanged(self, caller=None, event=None) -> None:
+        self._scheduleRender()
+
+    def _scheduleRender(self) -> None:
+        if self._parameterNode and self._parameterNode.livePreview:
+            self.previewTimer.start()
+            self.fullTimer.start()
+
+    def _render(self, preview: bool) -> None:
+        p = self._parameterNode
+        if not (p and p.inputVolume):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to render the radiograph."), show=not preview,
+                                             waitCursor=not preview):
+            result = self.logic.renderView(p, preview=preview)
+            self.ui.showInSliceViewButton.enabled = self.ui.exportButton.enabled = True
             rows, cols = result.line_integral.shape
-            message = _("Rendered a {cols}x{rows} {view} DRR with {n} label classes").format(
-                cols=cols, rows=rows, view=p.viewPreset, n=len(result.classes))
-            slicer.util.showStatusMessage(message, 5000)
+            slicer.util.showStatusMessage(_("Rendered a {cols}x{rows} DRR with {n} label classes").format(
+                cols=cols, rows=rows, n=len(result.classes)), 3000)
+
+    def onShowInSliceView(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the DRR."), waitCursor=True):
+            self.logic.showInSliceView("Red")
+
+    def onExport(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export current view to"))
+        if folder:
+            with slicer.util.tryWithErrorDisplay(_("Failed to export the view."), waitCursor=True):
+                p = self._parameterNode
+                self.logic.sim.export(folder, p.inputVolume, p.inputLabels, size=p.detectorSize)
+                slicer.util.showStatusMessage(_("Exported to {folder}").format(folder=folder), 5000)
+
+    def onSaveGeometry(self) -> None:
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save X-ray geometry"), "geometry.json",
+                                              "Geometry (*.json);;Projection matrix (*.txt)")
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Failed to save the geometry.")):
+                self.logic.sim.save_geometry(path)
+
+    def onLoadGeometry(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Load X-ray geometry"), "",
+                                              "Geometry (*.json)")
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Failed to load the geometry.")):
+                self.logic.sim.load_geometry(path)
+                self._observePose()
+                self._scheduleRender()
 
 
 class XraySegSimLogic(ScriptedLoadableModuleLogic):
-    """Thin bridge from MRML nodes to XraySegSimLib. The full MRML adapter (parent transforms, segmentation
-    nodes, output volume nodes with detector geometry) comes with a later issue."""
+    """Qt-free bridge from the parameter node to ``XraySegSimLib.mrml_adapter.XraySimScene`` (``self.sim``),
+    which owns the X-ray set-up and output nodes of the scene."""
+    PREVIEW_SIZE = 128
+
+    def __init__(self, scene=None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        from XraySegSimLib.mrml_adapter import XraySimScene
+        self.sim = XraySimScene(scene if scene is not None else slicer.mrmlScene)
+
     def getParameterNode(self):
         return XraySegSimParameterNode(super().getParameterNode())
 
     @staticmethod
-    def volumeFromNode(node):
-        """XraySegSimLib.Volume sharing the node's voxels ([k, j, i]) with its IJK->RAS matrix."""
-        from XraySegSimLib import InputError, Volume
-        if node.GetParentTransformNode() is not None:
-            raise InputError(f"{node.GetName()}: is under a transform; harden the transform first")
-        ijkToRas = vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(ijkToRas)
-        return Volume(slicer.util.arrayFromVolume(node), slicer.util.arrayFromVTKMatrix(ijkToRas), node.GetName())
+    def applyPresetDefaults(p) -> None:
+        """Set the distances and detector size of ``p`` to its view preset's."""
+        from XraySegSimLib import views
+        preset = views.PRESETS[p.viewPreset]
+        p.sourceToDetector, p.sourceToIsocenter = preset.source_to_detector_mm, preset.source_to_isocenter_mm
+        p.detectorWidth, p.detectorHeight = preset.detector_mm
 
-    def render(self, ctNode, labelsNode=None, viewPreset: str = "chest-pa", size: int = 512):
-        """One DRR of ``ctNode`` (HU) for view ``viewPreset`` aimed at the CT centre, ``size`` pixels along the
-        longer detector side; ``labelsNode`` (optional) is a label map on the CT grid, projected too.
-        Returns an ``XraySegSimLib.DrrResult`` (line integral, per-class path lengths); creates no nodes yet."""
-        from XraySegSimLib import DrrProjector, views
-        ct = self.volumeFromNode(ctNode)
-        labels = self.volumeFromNode(labelsNode) if labelsNode is not None else None
-        geometry = views.from_preset(viewPreset, ct.center_ras, size=int(size))
-        return DrrProjector(ct, labels).render(geometry)
+    def geometry(self, ctNode, viewPreset="chest-pa", size=512, laoAngle=0.0, craAngle=0.0,
+                 sourceToDetector=None, sourceToIsocenter=None, detectorMm=None):
+        """The preset's geometry aimed at the CT centre (world RAS, parent transforms included)."""
+        from XraySegSimLib import views
+        from XraySegSimLib.mrml_adapter import volume_from_node
+        return views.from_preset(viewPreset, volume_from_node(ctNode).center_ras, int(size), sourceToDetector,
+                                 sourceToIsocenter, detectorMm, laoAngle, craAngle)
+
+    def updateGeometry(self, p) -> None:
+        """Place the set-up from the parameter node; a dragged pose is kept on top."""
+        self.sim.set_geometry(self.geometry(
+            p.inputVolume, p.viewPreset, p.detectorSize, p.laoAngle, p.craAngle, p.sourceToDetector,
+            p.sourceToIsocenter, (p.detectorWidth, p.detectorHeight)), keep_pose=True)
+
+    def renderView(self, p, preview: bool = False):
+        return self.sim.render(p.inputVolume, p.inputLabels, size=self.PREVIEW_SIZE if preview else None)
+
+    def render(self, ctNode, labelsNode=None, viewPreset=None, size=512, preview=False):
+        """Render ``ctNode`` (HU) with optional labels (segmentation or label map) into the "X-ray DRR" and
+        "X-ray labels" nodes. ``viewPreset`` (re)places the set-up, else the current one (pose included) is
+        used. Returns the ``XraySegSimLib.DrrResult``."""
+        if viewPreset is not None or not self.sim.has_geometry():
+            self.sim.set_geometry(self.geometry(ctNode, viewPreset or "chest-pa", size))
+        return self.sim.render(ctNode, labelsNode, size=self.PREVIEW_SIZE if preview else None)
+
+    def showInSliceView(self, sliceViewName="Red") -> None:
+        sliceLogic = slicer.app.applicationLogic().GetSliceLogicByLayoutName(sliceViewName)
+        self.sim.show_in_slice_view(sliceLogic.GetSliceNode(), sliceLogic.GetSliceCompositeNode())
+        sliceLogic.GetSliceNode().SetSliceVisible(True)  # the DRR on the detector in 3D too
 
 
 class XraySegSimTest(ScriptedLoadableModuleTest):
@@ -139,11 +248,36 @@ class XraySegSimTest(ScriptedLoadableModuleTest):
         self.test_render_synthetic_ct()
 
     def test_render_synthetic_ct(self):
+        from XraySegSimLib.mrml_adapter import array_from_vtk_matrix, volume_from_node
         hu = np.full((64, 64, 64), -1000, np.int16)  # air
         hu[8:56, 8:56, 8:56] = 0  # water box
-        hu[24:40, 24:40, 24:40] = 400  # bone-like cube
+        hu[24:40, 24:40, 20:32] = 1000  # bone-like block
         ctNode = slicer.util.addVolumeFromArray(hu, name="SyntheticCT")
-        result = XraySegSimLogic().render(ctNode, None, "chest-pa", 64)
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Bones")
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
+        segmentId = segmentation.GetSegmentation().AddEmptySegment("femur", "femur", (0.9, 0.2, 0.1))
+        slicer.util.updateSegmentBinaryLabelmapFromArray((hu == 1000).astype(np.uint8), segmentation, segmentId,
+                                                         ctNode)
+        logic = XraySegSimLogic()
+        result = logic.render(ctNode, segmentation, "carm-ap", 64)
         image = result.line_integral
-        self.assertGreater(float(image.max()), 0.0)
-        self.assertGreater(image[image.shape[0] // 2, image.shape[1] // 2], image[0, 0])
+        self.assertGreater(image[32, 34], image[32, 4])  # the block is denser than the water around it
+        drr = logic.sim.node("drr")
+        matrix = vtk.vtkMatrix4x4()
+        drr.GetIJKToRASMatrix(matrix)
+        np.testing.assert_allclose(array_from_vtk_matrix(matrix), result.geometry.detector_ijk_to_ras(), atol=1e-6)
+        labels = logic.sim.node("labels").GetSegmentation()
+        self.assertEqual(labels.GetNthSegment(0).GetName(), "femur")
+        np.testing.assert_allclose(labels.GetNthSegment(0).GetColor(), (0.9, 0.2, 0.1), atol=1e-6)
+        self.assertGreater(int(result.masks()[0].sum()), 20)
+        # Dragging the C-arm 10 mm along the detector columns moves the block against it.
+        drag = np.eye(4)
+        drag[:3, 3] = 10 * result.geometry.column_axis
+        logic.sim.set_pose_matrix(drag)
+        moved = logic.render(ctNode, segmentation)
+        shift = np.argwhere(moved.masks()[0])[:, 1].mean() - np.argwhere(result.masks()[0])[:, 1].mean()
+        block = volume_from_node(ctNode).centroid_ras(hu == 1000)
+        predicted = (moved.geometry.project(block) - result.geometry.project(block))[0]
+        self.assertAlmostEqual(shift, predicted, delta=1.0)
+        logic.showInSliceView("Red")

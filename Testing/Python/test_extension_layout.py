@@ -160,10 +160,14 @@ def test_ui_parameter_names_are_parameter_node_fields(module):
 def test_sim_parameter_node_and_ui():
     cls = parameter_node_class(parse_module("XraySegSim"))
     assert cls is not None and cls.name == "XraySegSimParameterNode"
-    assert set(annotated_fields(cls)) == {"inputVolume", "inputLabels", "viewPreset", "detectorSize"}
+    set_up = {"laoSlider": "laoAngle", "craSlider": "craAngle", "sourceToDetectorSlider": "sourceToDetector",
+              "sourceToIsocenterSlider": "sourceToIsocenter", "detectorWidthSlider": "detectorWidth",
+              "detectorHeightSlider": "detectorHeight", "livePreviewCheckBox": "livePreview"}
+    assert set(annotated_fields(cls)) == {"inputVolume", "inputLabels", "viewPreset", "detectorSize", *set_up.values()}
     root = ui_tree("XraySegSim")
     assert ui_parameter_names(root) == {"inputVolumeSelector": "inputVolume", "inputLabelsSelector": "inputLabels",
-                                        "viewPresetComboBox": "viewPreset", "detectorSizeSpinBox": "detectorSize"}
+                                        "viewPresetComboBox": "viewPreset", "detectorSizeSpinBox": "detectorSize",
+                                        **set_up}
     # Node combo boxes get the scene from the module widget, as in Slicer's template.
     combos = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
     connected = {c.findtext("receiver") for c in root.iter("connection")
