@@ -220,7 +220,7 @@ class DrrProjector:
                 f"{ct.name or 'CT'}: has shape {ct.array.shape[::-1]} (i, j, k); a CT must be a 3D volume "
                 "with at least 2 voxels along every axis, not a single slice or a radiograph"
             )
-        self.ct = ct
+        self.ct = ct.grid_only()  # the packed copy below is all we keep: the caller may free the CT voxels
         self.mu_water_per_mm = float(mu_water_per_mm)
         self.threads = threads
         self.classes = LabelClasses(())

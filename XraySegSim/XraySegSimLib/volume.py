@@ -74,6 +74,12 @@ class Volume:
         origin = ", ".join(f"{o:.4g}" for o in self.ijk_to_ras[:3, 3])
         return f"size {self.shape_ijk}, spacing ({sp}) mm, origin RAS ({origin})"
 
+    def grid_only(self) -> "Volume":
+        """The same grid with no voxel memory (a read-only zero-stride array): for code that needs only the
+        placement, so the voxels can be freed."""
+        placeholder = np.lib.stride_tricks.as_strided(np.zeros(1, self.array.dtype), self.array.shape, (0, 0, 0))
+        return Volume(placeholder, self.ijk_to_ras.copy(), self.name)
+
     def centroid_ras(self, mask: np.ndarray) -> np.ndarray:
         """RAS centroid of the voxels where ``mask[k, j, i]`` is true."""
         k, j, i = np.nonzero(mask)
