@@ -11,7 +11,7 @@ APT_BENCH := plastimatch
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -39,8 +39,13 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
+# Our engine next to plastimatch and DiffDRR, interleaved; then the physics chain (its rows join drr.json).
 bench: $(BENCH_STAMP)
 	$(PY) bench/bench_drr.py
+	$(PY) bench/bench_physics.py --figure
+
+bench-quick: $(BENCH_STAMP)
+	$(PY) bench/bench_drr.py --quick
 
 clean:
 	rm -rf out bench-results Testing/Artifacts .pytest_cache
