@@ -32,10 +32,12 @@ import numpy as np
 from .errors import GeometryError, InputError
 from .geometry import XrayGeometry
 from .labels import LabelClasses, unknown_label_values
-from .materials import MAX_MATERIALS, MaterialModel
+from .materials import MAX_MATERIALS, SOFT_BONE_KNEE_HU, MaterialModel
 from .volume import Volume
 
 MU_WATER_60KEV_PER_MM = 0.0206
+# Below this HU a voxel is pure soft tissue in every MaterialModel (checked when the table is built).
+SOFT_ONLY_BELOW_HU = int(SOFT_BONE_KNEE_HU) + 1
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -58,7 +60,7 @@ def _pack_voxels(hu, labels, class_lut, has_labels, packed):  # pragma: no cover
 def _trace_rays(
     packed, mu_scale, mu_offset,
     source, origin, column_step, row_step, metric, row_order,
-    line_integral, thickness, material_lut, materials,
+    line_integral, thickness, material_lut, materials, soft_only_below,
 ):  # pragma: no cover - compiled; covered through DrrProjector tests
     """Trace every detector pixel. All points are in IJK shifted by +0.5, so voxel v spans [v, v+1)."""
     nk, nj, ni = packed.shape
@@ -125,9 +127,10 @@ def _trace_rays(
                 if with_materials:
                     code = word & 0xFFFF
                     m0 += segment * material_lut[code, 0]
-                    m1 += segment * material_lut[code, 1]
-                    m2 += segment * material_lut[code, 2]
-                    m3 += segment * material_lut[code, 3]
+                    if soft_only_below <= np.int16(code):  # most voxels are soft tissue: one lookup only
+                        m1 += segment * material_lut[code, 1]
+                        m2 += segment * material_lut[code, 2]
+                        m3 += segment * material_lut[code, 3]
                 c = word >> 16
                 if c != run_class:
                     if run_class != 0:
@@ -227,6 +230,9 @@ class DrrProjector:
         self.unknown_values: list[int] = []
         self.materials = materials
         self.material_lut = materials.lookup_table() if materials else np.zeros((1, MAX_MATERIALS), np.float32)
+        soft_codes = (np.arange(-32768, SOFT_ONLY_BELOW_HU, dtype=np.int64) & 0xFFFF)
+        if materials and np.any(self.material_lut[soft_codes, 1:]):
+            raise ValueError("material model puts non-soft-tissue below SOFT_ONLY_BELOW_HU; update the projector")
         class_lut = np.zeros(1, np.uint16)
         label_array = np.zeros((1, 1, 1), np.uint8)
         if labels is not None:
@@ -294,7 +300,7 @@ class DrrProjector:
             _trace_rays(
                 self.packed, self.mu_water_per_mm / 1000.0,
                 self.mu_water_per_mm, source, origin, column_step, row_step, metric, row_order,
-                line_integral, thickness, self.material_lut, material_g_cm2,
+                line_integral, thickness, self.material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU,
             )
         finally:
             numba.set_num_threads(previous_threads)
