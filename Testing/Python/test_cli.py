@@ -169,3 +169,27 @@ def test_console_script_help_explains_every_option():
     for option in ("--ct", "--labels", "--view", "--size", "--out", "--sdd", "--sid", "--isocenter", "--lao",
                    "--cranial", "--projection-matrix", "--geometry", "--classes", "--names"):
         assert option in done.stdout
+
+
+def test_render_with_physics_writes_a_realistic_radiograph_on_the_detector(phantom_files, tmp_path):
+    ct, labels, _ = phantom_files
+    out = tmp_path / "out"
+    assert main(["render", "--ct", str(ct), "--labels", str(labels), "--view", "lumbar-lateral", "--physics",
+                 "lumbar-lateral", "--size", "48", "--out", str(out)]) == 0
+    sidecar = json.loads((out / "drr.json").read_text())
+    assert sidecar["physics"]["preset"] == "lumbar-lateral" and sidecar["physics"]["params"]["spectrum"]["kvp"] > 0
+    radiograph = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "radiograph.nrrd")))[0]
+    drr = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "drr.nrrd")))[0]
+    assert radiograph.shape == drr.shape and 0 <= radiograph.min() and radiograph.max() <= 1
+    body = drr > 0.5
+    # MONOCHROME2: where the body attenuates more, the processed radiograph is brighter
+    assert np.corrcoef(radiograph[body], drr[body])[0, 1] > 0.8
+    assert (out / "radiograph_overlay.png").exists()
+    with pytest.raises(SystemExit):
+        main(["render", "--bogus"])
+
+
+def test_unknown_physics_preset_is_refused(phantom_files, tmp_path, capsys):
+    ct, _, _ = phantom_files
+    assert main(["render", "--ct", str(ct), "--physics", "knee", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown preset 'knee'" in capsys.readouterr().err

@@ -6,6 +6,7 @@ Errors in the input end with a one-paragraph message saying what to fix, and exi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -18,6 +19,7 @@ from . import views
 from .errors import InputError, XraySegError
 from .geometry import XrayGeometry
 from .labels import LabelClasses, parse_group_spec, read_names_table
+from .materials import MaterialModel
 from .projector import MU_WATER_60KEV_PER_MM, DrrProjector
 from .volume import Volume, read_volume
 
@@ -77,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--mu-water", type=float, default=MU_WATER_60KEV_PER_MM,
                         help=f"attenuation of water, 1/mm (default {MU_WATER_60KEV_PER_MM}, water at 60 keV)")
     render.add_argument("--save-thickness", action="store_true", help="also write thickness.nrrd (mm per class)")
+    render.add_argument("--physics", default="none",
+                        help="realistic radiograph too (radiograph.nrrd/.png): a physics preset (chest-pa, wrist-pa, "
+                             "wrist-lateral, lumbar-lateral, pelvis-ap, hip-ap), 'auto' (the view's preset, if any), "
+                             "or 'none' (default)")
+    render.add_argument("--seed", type=int, default=0, help="seed of the physics noise (default 0)")
     _add_geometry_options(render)
 
     demo = sub.add_parser("demo", help="fetch the sample chest CT and render a PA chest DRR with all bone labels")
@@ -147,7 +154,9 @@ def run_render(args: argparse.Namespace) -> dict[str, Path]:
     labels = read_volume(args.labels, "label map") if args.labels else None
     names = _names_table(args.names) if labels is not None else None
     classes = _classes(args.classes, args.names, names) if labels is not None else None
-    projector = DrrProjector(ct, labels, classes, args.mu_water, args.threads, names)
+    physics_preset = _physics_preset(args.physics, args.view)
+    materials = MaterialModel() if physics_preset else None
+    projector = DrrProjector(ct, labels, classes, args.mu_water, args.threads, names, materials)
     if labels is not None and len(projector.classes) == 0:
         raise InputError(
             f"the label map {args.labels} holds none of the requested classes ({args.classes}); it may be "
@@ -161,12 +170,50 @@ def run_render(args: argparse.Namespace) -> dict[str, Path]:
 
     sidecar = {"ct": str(args.ct), "labels": str(args.labels) if args.labels else None,
                "mu_water_per_mm": args.mu_water, "render_ms": round(elapsed_ms, 1)}
+    if physics_preset:
+        from . import physics
+
+        simulated = physics.simulate_radiograph(result, physics_preset, rng=args.seed)
+        sidecar["physics"] = {"preset": physics_preset, "seed": args.seed,
+                              "params": dataclasses.asdict(simulated.params)}
     paths = write_render_outputs(result, args.out, sidecar, args.save_thickness)
+    if physics_preset:
+        paths.update(_write_radiograph(simulated.image, result, args.out))
     if result.unknown_label_values:
         print(f"note: label values {result.unknown_label_values} are not in the names table; ignored",
               file=sys.stderr)
     print(f"rendered {geometry.size[0]}x{geometry.size[1]} {geometry.view} with {len(result.classes)} classes "
           f"in {elapsed_ms:.0f} ms -> {args.out}")
+    return paths
+
+
+def _physics_preset(option: str, view: str) -> str | None:
+    if option == "none":
+        return None
+    from . import physics
+
+    if option == "auto":
+        return view if view in physics.PRESETS else None
+    if option not in physics.PRESETS:
+        raise InputError(f"--physics: unknown preset '{option}'; use one of {', '.join(sorted(physics.PRESETS))}, "
+                         "auto or none")
+    return option
+
+
+def _write_radiograph(image: np.ndarray, result, out_dir: Path) -> dict[str, Path]:
+    """The realistic radiograph (float32 in [0, 1], MONOCHROME2) on the detector, its PNG and its overlay."""
+    from .io import write_detector_image, write_png
+    from .overlay import overlay_rgb
+
+    out = Path(out_dir)
+    paths = {"radiograph": out / "radiograph.nrrd", "radiograph_png": out / "radiograph.png"}
+    write_detector_image(paths["radiograph"], image.astype(np.float32), result.geometry)
+    gray = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    write_png(paths["radiograph_png"], gray)
+    if len(result.classes):
+        paths["radiograph_overlay_png"] = out / "radiograph_overlay.png"
+        write_png(paths["radiograph_overlay_png"],
+                  overlay_rgb(gray, result.masks(), result.label_image(), result.classes))
     return paths
 
 
@@ -176,7 +223,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
     sample = fetch_sample_chest_ct()
     render_args = build_parser().parse_args([
         "render", "--ct", str(sample.ct_path), "--labels", str(sample.labels_path), "--view", "chest-pa",
-        "--size", str(args.size), "--out", str(args.out),
+        "--size", str(args.size), "--out", str(args.out), "--physics", "chest-pa",
     ])
     paths = run_render(render_args)
     for kind, path in paths.items():
