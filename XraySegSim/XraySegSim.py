@@ -4,7 +4,8 @@ import numpy as np
 import vtk
 
 import slicer
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import (vtkMRMLLabelMapVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
+                    vtkMRMLSegmentationNode)
 from slicer.i18n import tr as _, translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import *  # noqa: F403
@@ -15,6 +16,8 @@ import qt
 # = XraySegSimLib.views.PRESET_NAMES (a test checks it), repeated so importing this module stays light.
 VIEW_PRESETS = ("chest-pa", "chest-lateral", "chest-ap", "wrist-pa", "wrist-lateral", "lumbar-ap",
                 "lumbar-lateral", "pelvis-ap", "carm-ap")
+# = XraySegSimLib.mrml_adapter.ISOCENTER_MODES (a test checks it).
+ISOCENTER_MODES = ("CT centre", "Markup point", "Segment centre")
 
 
 class XraySegSim(ScriptedLoadableModule):
@@ -37,10 +40,14 @@ class XraySegSim(ScriptedLoadableModule):
 @parameterNodeWrapper
 class XraySegSimParameterNode:
     """CT (HU), optional bone labels (segmentation, or label map on the CT grid), and the X-ray set-up: a view
-    preset, C-arm angles, distances and detector size (mm), pixels along the longer detector side."""
+    preset aimed at the isocentre (the CT centre, a markup point, or the centre of a segment of the labels),
+    C-arm angles, distances and detector size (mm), pixels along the longer detector side."""
     inputVolume: vtkMRMLScalarVolumeNode
     inputLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
     viewPreset: Annotated[str, Choice(VIEW_PRESETS)] = "chest-pa"
+    isocenterMode: Annotated[str, Choice(ISOCENTER_MODES)] = "CT centre"
+    isocenterMarkup: vtkMRMLMarkupsFiducialNode
+    isocenterSegment: str = ""  # a segment name of inputLabels (the widget's segment combo box writes it)
     detectorSize: Annotated[int, WithinRange(16, 4096)] = 512
     laoAngle: Annotated[float, WithinRange(-90, 90)] = 0.0
     craAngle: Annotated[float, WithinRange(-45, 45)] = 0.0
@@ -62,6 +69,9 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._preset = None
+        self._rigTags = []  # observers on the source / detector markups (dragged on their own)
+        self._rigNodes = None
+        self._observedMarkup = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -80,6 +90,7 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.saveGeometryButton.connect("clicked(bool)", self.onSaveGeometry)
         self.ui.loadGeometryButton.connect("clicked(bool)", self.onLoadGeometry)
+        self.ui.isocenterSegmentComboBox.connect("currentIndexChanged(int)", self.onIsocenterSegmentChanged)
         self.initializeParameterNode()
 
     def _timer(self, delay_ms, callback):
@@ -91,6 +102,8 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self.logic.sim.unobserve_rig(self._rigTags)
+        self._rigTags, self._rigNodes = [], None
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -100,6 +113,7 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self._rigTags, self._rigNodes = [], None  # the markups go with the scene
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -124,6 +138,8 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         ready = bool(p and p.inputVolume)
         self.ui.renderButton.enabled = ready
+        if p and self._updateIsocenterWidgets(p):
+            return  # it chose a segment: the change comes back here once more
         if not ready:
             return
         if p.viewPreset != self._preset:  # a new preset brings its distances and detector size
@@ -133,7 +149,65 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Invalid X-ray set-up."), show=False):
             self.logic.updateGeometry(p)
             self._observePose()
+            self._observeRig()
             self._scheduleRender()
+
+    def _updateIsocenterWidgets(self, p) -> bool:
+        """Enable the markup or segment chooser of the isocentre mode; list the segments of the labels.
+        Returns True when it changed the parameter node (the first segment is chosen for a new label set)."""
+        from XraySegSimLib.mrml_adapter import segment_names
+        self.ui.isocenterMarkupSelector.enabled = p.isocenterMode == "Markup point"
+        self.ui.isocenterSegmentComboBox.enabled = p.isocenterMode == "Segment centre"
+        try:
+            names = segment_names(p.inputLabels)
+        except Exception:  # unreadable labels: the render reports why
+            names = []
+        combo = self.ui.isocenterSegmentComboBox
+        if [combo.itemText(i) for i in range(combo.count)] != names:
+            wasBlocked = combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(names)
+            combo.blockSignals(wasBlocked)
+        if names and p.isocenterSegment not in names:
+            p.isocenterSegment = names[0]
+            return True
+        wasBlocked = combo.blockSignals(True)
+        combo.currentIndex = names.index(p.isocenterSegment) if p.isocenterSegment in names else -1
+        combo.blockSignals(wasBlocked)
+        self._observeIsocenterMarkup(p.isocenterMarkup if p.isocenterMode == "Markup point" else None)
+        return False
+
+    def onIsocenterSegmentChanged(self, index) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.isocenterSegment = self.ui.isocenterSegmentComboBox.itemText(index)
+
+    def _observeIsocenterMarkup(self, markup) -> None:
+        """Moving the isocentre point re-aims the view (throttled like the sliders)."""
+        if markup is self._observedMarkup:
+            return
+        events = (slicer.vtkMRMLMarkupsNode.PointModifiedEvent, slicer.vtkMRMLMarkupsNode.PointAddedEvent,
+                  slicer.vtkMRMLMarkupsNode.PointRemovedEvent, slicer.vtkMRMLTransformableNode.TransformModifiedEvent)
+        if self._observedMarkup is not None:
+            for event in events:
+                self.removeObserver(self._observedMarkup, event, self.onIsocenterMarkupMoved)
+        self._observedMarkup = markup
+        if markup is not None:
+            for event in events:
+                self.addObserver(markup, event, self.onIsocenterMarkupMoved)
+
+    def onIsocenterMarkupMoved(self, caller=None, event=None) -> None:
+        self.onParametersChanged()
+
+    def _observeRig(self) -> None:
+        """Dragging the source point or the detector plane on their own re-renders, throttled like the pose."""
+        nodes = (self.logic.sim.node("source"), self.logic.sim.node("detector"))
+        if nodes != self._rigNodes and None not in nodes:
+            self.logic.sim.unobserve_rig(self._rigTags)
+            self._rigTags = self.logic.sim.observe_rig(self.onRigMoved)
+            self._rigNodes = nodes
+
+    def onRigMoved(self, final: bool) -> None:
+        self._scheduleRender()
 
     def _observePose(self) -> None:
         pose = self.logic.sim.node("pose")
@@ -187,6 +261,7 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("Failed to load the geometry.")):
                 self.logic.sim.load_geometry(path)
                 self._observePose()
+                self._observeRig()
                 self._scheduleRender()
 
 
@@ -212,28 +287,37 @@ class XraySegSimLogic(ScriptedLoadableModuleLogic):
         p.detectorWidth, p.detectorHeight = preset.detector_mm
 
     def geometry(self, ctNode, viewPreset="chest-pa", size=512, laoAngle=0.0, craAngle=0.0,
-                 sourceToDetector=None, sourceToIsocenter=None, detectorMm=None):
-        """The preset's geometry aimed at the CT centre (world RAS, parent transforms included)."""
+                 sourceToDetector=None, sourceToIsocenter=None, detectorMm=None, isocenter=None):
+        """The preset's geometry aimed at ``isocenter`` (world RAS; default: the CT centre, parent transforms
+        included)."""
         from XraySegSimLib import views
         from XraySegSimLib.mrml_adapter import volume_from_node
-        return views.from_preset(viewPreset, volume_from_node(ctNode).center_ras, int(size), sourceToDetector,
-                                 sourceToIsocenter, detectorMm, laoAngle, craAngle)
+        if isocenter is None:
+            isocenter = volume_from_node(ctNode).center_ras
+        return views.from_preset(viewPreset, isocenter, int(size), sourceToDetector, sourceToIsocenter,
+                                 detectorMm, laoAngle, craAngle)
+
+    @staticmethod
+    def isocenter(p):
+        """World RAS of the parameter node's isocentre: CT centre, markup point or segment centre."""
+        from XraySegSimLib.mrml_adapter import isocenter_ras
+        return isocenter_ras(p.isocenterMode, p.inputVolume, p.isocenterMarkup, p.inputLabels, p.isocenterSegment)
 
     def updateGeometry(self, p) -> None:
         """Place the set-up from the parameter node; a dragged pose is kept on top."""
         self.sim.set_geometry(self.geometry(
             p.inputVolume, p.viewPreset, p.detectorSize, p.laoAngle, p.craAngle, p.sourceToDetector,
-            p.sourceToIsocenter, (p.detectorWidth, p.detectorHeight)), keep_pose=True)
+            p.sourceToIsocenter, (p.detectorWidth, p.detectorHeight), self.isocenter(p)), keep_pose=True)
 
     def renderView(self, p, preview: bool = False):
         return self.sim.render(p.inputVolume, p.inputLabels, size=self.PREVIEW_SIZE if preview else None)
 
-    def render(self, ctNode, labelsNode=None, viewPreset=None, size=512, preview=False):
+    def render(self, ctNode, labelsNode=None, viewPreset=None, size=512, preview=False, isocenter=None):
         """Render ``ctNode`` (HU) with optional labels (segmentation or label map) into the "X-ray DRR" and
-        "X-ray labels" nodes. ``viewPreset`` (re)places the set-up, else the current one (pose included) is
-        used. Returns the ``XraySegSimLib.DrrResult``."""
-        if viewPreset is not None or not self.sim.has_geometry():
-            self.sim.set_geometry(self.geometry(ctNode, viewPreset or "chest-pa", size))
+        "X-ray labels" nodes. ``viewPreset`` (re)places the set-up aimed at ``isocenter`` (RAS, default the
+        CT centre), else the current one (pose included) is used. Returns the ``XraySegSimLib.DrrResult``."""
+        if viewPreset is not None or isocenter is not None or not self.sim.has_geometry():
+            self.sim.set_geometry(self.geometry(ctNode, viewPreset or "chest-pa", size, isocenter=isocenter))
         return self.sim.render(ctNode, labelsNode, size=self.PREVIEW_SIZE if preview else None)
 
     def showInSliceView(self, sliceViewName="Red") -> None:
@@ -246,9 +330,14 @@ class XraySegSimTest(ScriptedLoadableModuleTest):
     def runTest(self):
         slicer.mrmlScene.Clear()
         self.test_render_synthetic_ct()
+        slicer.mrmlScene.Clear()
+        self.test_isocenter_on_segment_and_point()
 
-    def test_render_synthetic_ct(self):
-        from XraySegSimLib.mrml_adapter import array_from_vtk_matrix, volume_from_node
+    FEMUR_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical "
+                         "Structure~SCT^71341001^Femur~SCT^7771000^Left~Anatomic codes - DICOM master list~^^~^^")
+
+    def _syntheticInputs(self):
+        """A 64^3 water box (air around it) with a bone block, and a segmentation "femur" of the block."""
         hu = np.full((64, 64, 64), -1000, np.int16)  # air
         hu[8:56, 8:56, 8:56] = 0  # water box
         hu[24:40, 24:40, 20:32] = 1000  # bone-like block
@@ -259,6 +348,51 @@ class XraySegSimTest(ScriptedLoadableModuleTest):
         segmentId = segmentation.GetSegmentation().AddEmptySegment("femur", "femur", (0.9, 0.2, 0.1))
         slicer.util.updateSegmentBinaryLabelmapFromArray((hu == 1000).astype(np.uint8), segmentation, segmentId,
                                                          ctNode)
+        segmentation.GetSegmentation().GetSegment(segmentId).SetTerminology(self.FEMUR_TERMINOLOGY)
+        return hu, ctNode, segmentation
+
+    def _assertOnPrincipalRay(self, geometry, point):
+        """``point`` projects to the principal point (where the ray perpendicular to the detector meets it)."""
+        P = geometry.projection_matrix()
+        principal = np.array([P[0, :3] @ P[2, :3], P[1, :3] @ P[2, :3]])
+        error = np.abs(geometry.project(np.asarray(point)) - principal).max()
+        self.assertLess(error, 0.01, f"the isocentre projects {error:.4f} px off the principal point")
+
+    def test_isocenter_on_segment_and_point(self):
+        from XraySegSimLib.mrml_adapter import volume_from_node
+        hu, ctNode, segmentation = self._syntheticInputs()
+        logic = XraySegSimLogic()
+        p = logic.getParameterNode()
+        p.inputVolume, p.inputLabels = ctNode, segmentation
+        p.viewPreset, p.detectorSize, p.laoAngle, p.craAngle = "carm-ap", 64, 30.0, -15.0
+        logic.applyPresetDefaults(p)
+        # Isocentre on the centre of the "femur" segment: the block's voxel centroid.
+        p.isocenterMode, p.isocenterSegment = "Segment centre", "femur"
+        block = volume_from_node(ctNode).centroid_ras(hu == 1000)
+        np.testing.assert_allclose(logic.isocenter(p), block, atol=1e-6)
+        logic.updateGeometry(p)
+        geometry = logic.sim.geometry()
+        np.testing.assert_allclose(geometry.isocenter, block, atol=1e-6)
+        self._assertOnPrincipalRay(geometry, block)
+        result = logic.renderView(p)
+        rows, cols = result.line_integral.shape
+        centre = np.argwhere(result.masks()[0]).mean(0)  # (row, column) of the projected block
+        self.assertLess(np.abs(centre - [(rows - 1) / 2, (cols - 1) / 2]).max(), 2.0)
+        output = logic.sim.node("labels").GetSegmentation().GetNthSegment(0)
+        self.assertEqual(output.GetName(), "femur")
+        self.assertEqual(output.GetTerminology(), self.FEMUR_TERMINOLOGY)
+        # Isocentre on a markup point.
+        markup = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Aim")
+        markup.AddControlPoint(vtk.vtkVector3d(-12.0, 7.5, 20.0), "aim")
+        p.isocenterMode, p.isocenterMarkup = "Markup point", markup
+        logic.updateGeometry(p)
+        np.testing.assert_allclose(logic.sim.geometry().isocenter, (-12.0, 7.5, 20.0), atol=1e-9)
+        self._assertOnPrincipalRay(logic.sim.geometry(), (-12.0, 7.5, 20.0))
+        self.assertAlmostEqual(logic.sim.geometry().source_to_isocenter_distance, p.sourceToIsocenter, places=6)
+
+    def test_render_synthetic_ct(self):
+        from XraySegSimLib.mrml_adapter import array_from_vtk_matrix, volume_from_node
+        hu, ctNode, segmentation = self._syntheticInputs()
         logic = XraySegSimLogic()
         result = logic.render(ctNode, segmentation, "carm-ap", 64)
         image = result.line_integral

@@ -47,7 +47,8 @@ class HeadlessSlicer:
         color_logic = self.app_logic.GetColorLogic()
         color_logic.SetMRMLScene(self.scene)
         color_logic.AddDefaultColorNodes()
-        self.logics = {}
+        self.app_logic.SetModuleLogic("Colors", color_logic)  # the Volumes logic colours label maps with it
+        self.logics = {"Colors": color_logic}
         for name, cls in [("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
                           ("Markups", slicer.vtkSlicerMarkupsLogic),
                           ("Volumes", slicer.vtkSlicerVolumesLogic),

@@ -163,11 +163,13 @@ def test_sim_parameter_node_and_ui():
     set_up = {"laoSlider": "laoAngle", "craSlider": "craAngle", "sourceToDetectorSlider": "sourceToDetector",
               "sourceToIsocenterSlider": "sourceToIsocenter", "detectorWidthSlider": "detectorWidth",
               "detectorHeightSlider": "detectorHeight", "livePreviewCheckBox": "livePreview"}
-    assert set(annotated_fields(cls)) == {"inputVolume", "inputLabels", "viewPreset", "detectorSize", *set_up.values()}
+    isocentre = {"isocenterModeComboBox": "isocenterMode", "isocenterMarkupSelector": "isocenterMarkup"}
+    assert set(annotated_fields(cls)) == {"inputVolume", "inputLabels", "viewPreset", "detectorSize",
+                                          "isocenterSegment", *set_up.values(), *isocentre.values()}
     root = ui_tree("XraySegSim")
     assert ui_parameter_names(root) == {"inputVolumeSelector": "inputVolume", "inputLabelsSelector": "inputLabels",
                                         "viewPresetComboBox": "viewPreset", "detectorSizeSpinBox": "detectorSize",
-                                        **set_up}
+                                        **set_up, **isocentre}
     # Node combo boxes get the scene from the module widget, as in Slicer's template.
     combos = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
     connected = {c.findtext("receiver") for c in root.iter("connection")

@@ -229,7 +229,7 @@ def test_drr_node_lies_on_the_detector_and_labels_keep_names_colours_and_overlap
     assert drr.GetImageData().GetDimensions() == (32, 24, 1)
     assert np.abs(detector_corners_of_node(drr) - geometry.corners_ras()).max() < 0.01
     sim.render(ct, segmentation)
-    assert len(node_ids(app.scene)) == before + 4  # drr, labels and their display nodes (the rig came first)
+    assert len(node_ids(app.scene)) == before + 6  # drr, labels, labels3d and their display nodes (the rig came first)
     assert len([n for n in range(app.scene.GetNumberOfNodes())
                 if app.scene.GetNthNode(n).GetAttribute("XraySegSim.Role") == "drr"]) == 1
 
@@ -455,7 +455,7 @@ def test_slice_view_shows_the_drr_with_the_label_overlay(app, inputs, sim, artif
 
 def test_three_d_view_shows_bones_source_detector_with_drr_and_beam(app, inputs, sim, artifacts_dir):
     ct, segmentation = inputs
-    sim.render(ct, segmentation, size=(128, 96))
+    result = sim.render(ct, segmentation, size=(128, 96))
     slice_view = app.slice_view("Red", size=(400, 300))
     sim.show_in_slice_view(slice_view.node, slice_view.composite_node)
     slice_view.node.SetSliceVisible(True)  # the DRR with its labels, on the detector in 3D
@@ -495,3 +495,339 @@ def test_three_d_view_shows_bones_source_detector_with_drr_and_beam(app, inputs,
     # The bone surfaces (red and green) are visible.
     assert ((rgb[..., 0] > 120) & (rgb[..., 1] < 60) & (rgb[..., 2] < 60)).sum() > 50
     assert ((rgb[..., 1] > 120) & (rgb[..., 0] < 60) & (rgb[..., 2] < 60)).sum() > 50
+    # The projected labels on the detector quad ("X-ray labels 3D"), in their classes' colours: sample the
+    # screen where the centres of the pixels labelled only bone_a (red) / only bone_b (green) are drawn. The
+    # detector's centre handle and a beam line cover part of them.
+    masks = result.masks()
+    for own, other, channel in ((0, 1, 0), (1, 0, 1)):
+        j, i = np.nonzero(masks[own] & ~masks[other])
+        centres = result.geometry.pixel_to_ras(i, j) - 0.5 * result.geometry.principal_direction
+        samples = np.array([rgb[y, x] for x, y in map(on_screen, centres)])
+        others = [c for c in range(3) if c != channel]
+        tinted = (samples[:, channel] > samples[:, others].max(1) + 30).mean()
+        assert len(samples) > 50 and tinted > 0.7, f"only {tinted:.0%} of class {own}'s pixels show its colour"
+    unlabelled = result.geometry.pixel_to_ras(*np.nonzero(~masks.any(0))[::-1])
+    gray = np.array([rgb[y, x] for x, y in map(on_screen, unlabelled)])
+    assert np.median(gray.max(1) - gray.min(1)) <= 10, "unlabelled detector pixels show the gray DRR"
+
+
+# ---- isocentre on a markup point or a segment -------------------------------------------------------------------
+
+
+def principal_point(geometry) -> np.ndarray:
+    """(i0, j0) where the principal ray meets the detector, read off P: P[:, :3] = K R and R's third row
+    is the unit principal direction, so K R n = K e3 = (i0, j0, 1)."""
+    p = geometry.projection_matrix()
+    n = p[2, :3]
+    assert np.linalg.norm(n) == pytest.approx(1.0)
+    return np.array([p[0, :3] @ n, p[1, :3] @ n])
+
+
+def aim_and_check(sim, ct, point, lao=25.0, cra=-10.0):
+    """Place a C-arm view on ``point`` and check the principal ray passes through it (< 0.01 px)."""
+    sim.set_geometry(views.from_preset("carm-ap", point, size=(64, 48), source_to_detector_mm=500.0,
+                                       source_to_isocenter_mm=320.0, detector_mm=(192.0, 144.0),
+                                       lao_deg=lao, cranial_deg=cra))
+    geometry = sim.geometry()
+    error = np.abs(geometry.project(point) - principal_point(geometry)).max()
+    assert error < 0.01, f"the chosen point projects {error:.4f} px off the principal point"
+    return geometry
+
+
+def test_isocentre_on_a_markup_point_lies_on_the_principal_ray(app, inputs, sim):
+    from XraySegSimLib.mrml_adapter import isocenter_ras
+    ct, _ = inputs
+    markup = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Aim")
+    markup.AddControlPoint(vtk.vtkVector3d(12.0, -7.0, 9.0), "aim")
+    shift = np.eye(4)
+    shift[:3, 3] = [3.0, 4.0, -5.0]  # a parent transform on the markup is honoured
+    transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    transform.SetMatrixTransformToParent(vtk_matrix_from_array(shift))
+    markup.SetAndObserveTransformNodeID(transform.GetID())
+    point = isocenter_ras("Markup point", ct, markup=markup)
+    np.testing.assert_allclose(point, [15.0, -3.0, 4.0], atol=1e-9)
+    geometry = aim_and_check(sim, ct, point)
+    np.testing.assert_allclose(geometry.isocenter, point, atol=1e-9)
+    np.testing.assert_allclose(isocenter_ras("CT centre", ct), volume_from_node(ct).center_ras)
+    empty = app.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "NoPoints")
+    with pytest.raises(InputError, match="NoPoints: has no control point 1; place a point first"):
+        isocenter_ras("Markup point", ct, markup=empty)
+    with pytest.raises(InputError, match="choose a markup point list"):
+        isocenter_ras("Markup point", ct, markup=None)
+
+
+def test_isocentre_on_a_segment_centre_lies_on_the_principal_ray(app, inputs, sim):
+    from XraySegSimLib.mrml_adapter import isocenter_ras, segment_names
+    ct, segmentation = inputs
+    _, masks = phantom_arrays()
+    k, j, i = np.nonzero(masks[1])
+    expected = ct_ijk_to_ras()[:3, :3] @ [i.mean(), j.mean(), k.mean()] + ct_ijk_to_ras()[:3, 3]
+    assert segment_names(segmentation) == ["bone_a", "bone_b"]
+    centre = isocenter_ras("Segment centre", ct, labels_node=segmentation, segment="bone_b")
+    np.testing.assert_allclose(centre, expected, atol=1e-6)
+    aim_and_check(sim, ct, centre)
+    # By segment ID too; a parent transform on the segmentation moves its centre.
+    move = np.eye(4)
+    move[:3, :3] = views.carm_rotation(10, 0)
+    move[:3, 3] = [4.0, 0.0, -2.0]
+    transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    transform.SetMatrixTransformToParent(vtk_matrix_from_array(move))
+    segmentation.SetAndObserveTransformNodeID(transform.GetID())
+    segment_id = segmentation.GetSegmentation().GetNthSegmentID(1)
+    moved = isocenter_ras("Segment centre", ct, labels_node=segmentation, segment=segment_id)
+    np.testing.assert_allclose(moved, move[:3, :3] @ expected + move[:3, 3], atol=1e-6)
+    aim_and_check(sim, ct, moved, lao=-40.0, cra=20.0)
+    with pytest.raises(InputError, match="Bones: has no segment 'tibia'; choose one of: bone_a, bone_b"):
+        isocenter_ras("Segment centre", ct, labels_node=segmentation, segment="tibia")
+    segmentation.GetSegmentation().AddEmptySegment("hollow", "hollow")
+    with pytest.raises(InputError, match="the segment 'hollow' is empty"):
+        isocenter_ras("Segment centre", ct, labels_node=segmentation, segment="hollow")
+    with pytest.raises(InputError, match="choose the segment"):
+        isocenter_ras("Segment centre", ct, labels_node=segmentation, segment="")
+
+
+def totalsegmentator_labelmap(app):
+    """The phantom's bones as a TotalSegmentator v1 label map (73 clavicula_left, 74 clavicula_right), with
+    the colour table Slicer gives a new label map."""
+    _, masks = phantom_arrays()
+    values = (73 * masks[0] + 74 * masks[1] * (1 - masks[0])).astype(np.int16)
+    return add_volume(app.scene, values, ct_ijk_to_ras(), "TSLabels", "vtkMRMLLabelMapVolumeNode"), masks
+
+
+def test_isocentre_on_a_label_of_a_label_map(app, inputs, sim):
+    from XraySegSimLib.mrml_adapter import isocenter_ras, segment_names
+    ct, _ = inputs
+    labels, masks = totalsegmentator_labelmap(app)
+    assert segment_names(labels) == ["clavicula_left", "clavicula_right"]
+    k, j, i = np.nonzero(masks[0])
+    expected = ct_ijk_to_ras()[:3, :3] @ [i.mean(), j.mean(), k.mean()] + ct_ijk_to_ras()[:3, 3]
+    for key in ("clavicula_left", 73, "73"):
+        np.testing.assert_allclose(isocenter_ras("Segment centre", ct, labels_node=labels, segment=key), expected,
+                                   atol=1e-6)
+    aim_and_check(sim, ct, expected)
+    with pytest.raises(InputError, match="TSLabels: has no label 'femur_left'"):
+        isocenter_ras("Segment centre", ct, labels_node=labels, segment="femur_left")
+
+
+# ---- terminology ---------------------------------------------------------------------------------------------
+
+
+CLAVICLE_LEFT = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure"
+                 "~SCT^51299004^Clavicle~SCT^7771000^Left~Anatomic codes - DICOM master list~^^~^^")
+
+
+def output_segments(sim):
+    out = sim.node("labels").GetSegmentation()
+    return [out.GetNthSegment(i) for i in range(out.GetNumberOfSegments())]
+
+
+def test_output_segments_copy_the_input_segments_terminology(inputs, sim):
+    ct, segmentation = inputs
+    humerus = CLAVICLE_LEFT.replace("51299004^Clavicle", "85050009^Humerus").replace("7771000^Left", "24028007^Right")
+    for index, tag in enumerate((CLAVICLE_LEFT, humerus)):
+        segmentation.GetSegmentation().GetNthSegment(index).SetTerminology(tag)
+    sim.render(ct, segmentation)
+    inputs_ = [segmentation.GetSegmentation().GetNthSegment(i) for i in range(2)]
+    for source, out in zip(inputs_, output_segments(sim)):
+        assert out.GetName() == source.GetName()
+        np.testing.assert_allclose(out.GetColor(), source.GetColor(), atol=1e-9)
+        assert out.GetTerminology() == source.GetTerminology()
+    assert [s.GetTerminology() for s in output_segments(sim)] == [CLAVICLE_LEFT, humerus]
+
+
+def test_totalsegmentator_label_map_gets_names_colours_and_terminology_from_the_table(app, inputs, sim):
+    from XraySegSimLib.mrml_adapter import read_label_table
+    ct, _ = inputs
+    labels, _ = totalsegmentator_labelmap(app)
+    assert labels.GetDisplayNode().GetColorNode().GetSingletonTag()  # Slicer's default table, not the user's
+    result = sim.render(ct, labels)
+    table = read_label_table()
+    assert result.classes.names == ["clavicula_left", "clavicula_right"]
+    segments = output_segments(sim)
+    for value, segment in zip((73, 74), segments):
+        assert segment.GetName() == table[value].name
+        np.testing.assert_allclose(segment.GetColor(), table[value].color, atol=1e-9)
+        assert segment.GetTerminology() == table[value].terminology
+    assert segments[0].GetTerminology() == CLAVICLE_LEFT
+    assert segments[1].GetTerminology() == CLAVICLE_LEFT.replace("SCT^7771000^Left", "SCT^24028007^Right")
+
+
+def test_label_map_with_its_own_colour_table_keeps_its_names_colours_and_terminology(app, inputs, sim):
+    ct, _ = inputs
+    labels, _ = totalsegmentator_labelmap(app)
+    colors = app.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "MyBones")
+    colors.SetTypeToUser()
+    colors.SetNumberOfColors(75)
+    colors.SetColor(73, "left collarbone", 0.5, 0.25, 0.75, 1)
+    colors.SetColor(74, "right collarbone", 0.25, 0.75, 0.5, 1)
+    colors.SetTerminology(73, "SCT", "123037004", "Anatomical Structure", "SCT", "51299004", "Clavicle",
+                          "SCT", "7771000", "Left")
+    labels.GetDisplayNode().SetAndObserveColorNodeID(colors.GetID())
+    sim.render(ct, labels)
+    segments = output_segments(sim)
+    assert [s.GetName() for s in segments] == ["left collarbone", "right collarbone"]
+    np.testing.assert_allclose(segments[0].GetColor(), (0.5, 0.25, 0.75), atol=1 / 255)
+    assert segments[0].GetTerminology() == CLAVICLE_LEFT
+    assert segments[1].GetTerminology() == slicer.vtkSegment().GetTerminology()  # none given: Slicer's default
+
+
+def test_shipped_bone_table_is_a_slicer_colour_table_matching_the_bone_classes(app):
+    """The table covers every TotalSegmentator v1 bone with the CLI's names and colours, Slicer reads it as a
+    colour table with the same terminology, and every coded entry is an Anatomical Structure in SNOMED CT."""
+    from XraySegSimLib.mrml_adapter import TOTALSEGMENTATOR_TABLE, read_label_table
+    table = read_label_table()
+    bones = LabelClasses.totalsegmentator_bones()
+    assert [(e.value, e.name) for e in table.values()] == [(c.values[0], c.name) for c in bones.classes]
+    for cls in bones.classes:
+        np.testing.assert_allclose(table[cls.values[0]].color, cls.color, atol=0.5 / 255 + 1e-4)
+    coded = {v: e.terminology for v, e in table.items() if e.terminology}
+    assert len(coded) >= 58 and {26, 77, 78}.isdisjoint(coded)  # S1 and the hip bones are left uncoded
+    assert all("~SCT^123037004^Anatomical Structure~SCT^" in t for t in coded.values())
+    assert "~SCT^113197003^" not in "".join(coded.values())  # ribs carry their own number's code
+    assert "SCT^48535007^First rib~SCT^24028007^Right" in coded[104]  # rib_right_1
+    assert "SCT^56873002^Sternum~^^" in coded[116]
+    colors = app.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "Shipped")
+    storage = slicer.vtkMRMLColorTableStorageNode()
+    storage.SetFileName(str(TOTALSEGMENTATOR_TABLE))
+    assert storage.ReadData(colors)
+    for value, entry in table.items():
+        assert colors.GetColorName(value) == entry.name
+        if entry.terminology:
+            assert entry.terminology.split("~")[1:4] == colors.GetTerminologyAsString(value).split("~")[1:4]
+
+
+# ---- dragging the source or detector on their own --------------------------------------------------------------
+
+
+def test_dragging_source_or_detector_redraws_the_beam_and_reports_moves(sim):
+    moves = []
+    tags = sim.observe_rig(moves.append)
+    geometry = sim.geometry()
+    source, detector = sim.node("source"), sim.node("detector")
+    source.SetNthControlPointPosition(0, *(geometry.source + [0.0, -30.0, 0.0]))
+    assert moves and not any(moves)
+    from vtk.util import numpy_support
+    beam = numpy_support.vtk_to_numpy(sim.node("frustum").GetPolyData().GetPoints().GetData())
+    np.testing.assert_allclose(beam[0], geometry.source + [0.0, -30.0, 0.0], atol=1e-6)
+    source.InvokeEvent(slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent)
+    assert moves[-1] is True
+    moves.clear()
+    detector.SetCenter(*(geometry.detector_center + [0.0, 20.0, 0.0]))
+    assert moves, "moving the detector plane is reported"
+    beam = numpy_support.vtk_to_numpy(sim.node("frustum").GetPolyData().GetPoints().GetData())
+    np.testing.assert_allclose(beam[1:], sim.geometry().corners_ras(), atol=1e-6)
+    assert sim.geometry().source_to_detector_distance == pytest.approx(
+        geometry.source_to_detector_distance + 50.0)
+    moves.clear()
+    sim.set_geometry(geometry)  # placing the set-up is not a drag
+    assert not moves
+    sim.unobserve_rig(tags)
+    source.SetNthControlPointPosition(0, *geometry.source)
+    assert not moves
+
+
+def test_labels_3d_model_has_a_quad_per_labelled_pixel_in_front_of_the_detector(inputs, sim):
+    from vtk.util import numpy_support
+    ct, segmentation = inputs
+    result = sim.render(ct, segmentation)
+    poly = sim.node("labels3d").GetPolyData()
+    label_image = result.label_image()
+    assert poly.GetNumberOfCells() == int((label_image > 0).sum()) > 50
+    colors = numpy_support.vtk_to_numpy(poly.GetCellData().GetArray("colors"))
+    expected = np.round(np.array([c.color for c in result.classes.classes]) * 255)[label_image[label_image > 0] - 1]
+    np.testing.assert_array_equal(colors, expected)
+    points = numpy_support.vtk_to_numpy(poly.GetPoints().GetData())
+    geometry = result.geometry
+    depth = (points - geometry.detector_center) @ geometry.principal_direction
+    np.testing.assert_allclose(depth, -0.5, atol=1e-6)  # 0.5 mm in front of the detector, towards the source
+    assert sim.render(ct, None) and sim.node("labels3d").GetPolyData().GetNumberOfCells() == 0
+
+
+# ---- the module's own self-test (XraySegSimTest), with stand-ins for the Qt-only parts ----------------------------
+
+
+def test_module_choices_match_the_library():
+    """XraySegSim.py repeats the isocentre modes (to import light); they must equal the adapter's."""
+    import ast
+    from pathlib import Path
+    from XraySegSimLib.mrml_adapter import ISOCENTER_MODES
+    tree = ast.parse((Path(__file__).resolve().parents[2] / "XraySegSim" / "XraySegSim.py").read_text())
+    (assigned,) = [n for n in tree.body if isinstance(n, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id == "ISOCENTER_MODES" for t in n.targets)]
+    assert tuple(ast.literal_eval(assigned.value)) == ISOCENTER_MODES
+
+
+def _qt_free_module_stubs() -> dict:
+    """Minimal stand-ins for what XraySegSim.py imports from the Slicer application (Qt): enough to run the
+    Logic and the Test class on a headless scene. The parameter node is a plain object with the defaults."""
+    import types
+    import typing
+    import unittest
+
+    def parameter_node_wrapper(cls):
+        hints = typing.get_type_hints(cls, include_extras=True)
+
+        class Parameters:
+            def __init__(self, _node=None):
+                for name in hints:
+                    setattr(self, name, getattr(cls, name, None))
+        return Parameters
+
+    class ScriptedLoadableModule:
+        pass
+
+    class ScriptedLoadableModuleWidget:
+        pass
+
+    class ScriptedLoadableModuleLogic:
+        def __init__(self):
+            pass
+
+        def getParameterNode(self):
+            return None
+
+    def module(name, **attributes):
+        m = types.ModuleType(name)
+        m.__dict__.update(attributes)
+        return m
+
+    return {
+        "slicer.i18n": module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text),
+        "slicer.parameterNodeWrapper": module(
+            "slicer.parameterNodeWrapper", Choice=lambda choices: ("Choice", choices),
+            WithinRange=lambda low, high: ("WithinRange", low, high), parameterNodeWrapper=parameter_node_wrapper),
+        "slicer.ScriptedLoadableModule": module(
+            "slicer.ScriptedLoadableModule", ScriptedLoadableModule=ScriptedLoadableModule,
+            ScriptedLoadableModuleWidget=ScriptedLoadableModuleWidget,
+            ScriptedLoadableModuleLogic=ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest=unittest.TestCase,
+            __all__=["ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
+                     "ScriptedLoadableModuleTest"]),
+        "qt": module("qt"),
+    }
+
+
+def test_module_self_test_passes_on_a_headless_scene(app, monkeypatch):
+    """Runs XraySegSimTest (the test Slicer runs inside the application: render, drag, isocentre on a segment
+    and on a point, terminology) on slicer-core, with the Qt-only imports stubbed."""
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+    for name, module in _qt_free_module_stubs().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    view = app.slice_view("Red", size=(200, 150))
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(applicationLogic=lambda: app.app_logic), raising=False)
+    modules = {name.lower(): types.SimpleNamespace(logic=lambda logic=logic: logic) for name, logic in app.logics.items()}
+    monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(**modules), raising=False)  # used by slicer.util
+    path = Path(__file__).resolve().parents[2] / "XraySegSim" / "XraySegSim.py"
+    spec = importlib.util.spec_from_file_location("XraySegSim_module_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(app.scene, "Clear", lambda *args: None, raising=False)  # keep the views' nodes
+    test = module.XraySegSimTest("runTest")
+    test.test_render_synthetic_ct()
+    assert view.node.GetSliceVisible()
+    for node in [app.scene.GetNthNode(i) for i in range(app.scene.GetNumberOfNodes())]:
+        if node.GetAttribute("XraySegSim.Role"):
+            app.scene.RemoveNode(node)
+    test.test_isocenter_on_segment_and_point()

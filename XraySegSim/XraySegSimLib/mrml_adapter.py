@@ -19,7 +19,19 @@ The X-ray set-up in the scene (:class:`XraySimScene`), all nodes tagged with the
   on its own changes the set-up too; call :meth:`XraySimScene.update_frustum` after that.
 * ``drr`` -- the DRR, a single-slice scalar volume whose IJK->RAS is ``geometry.detector_ijk_to_ras()``, so it
   lies on the detector in 3D; ``labels`` -- the projected labels, a segmentation on the same grid, one
-  segment (and one layer, so overlaps survive) per class, with the input's names and colours.
+  segment (and one layer, so overlaps survive) per class, with the input's names, colours and terminology;
+  ``labels3d`` -- a model that shows the projected labels in 3D: one coloured quad per labelled pixel (the
+  class with the longest path), just in front of the detector.
+
+Isocentre (the point the view is aimed at)::
+
+    isocenter_ras("Segment centre", ct_node, labels_node=bones, segment="femur_left")
+    isocenter_ras("Markup point", ct_node, markup=point_list_node)     # its first control point
+    isocenter_ras("CT centre", ct_node)
+
+Label maps whose colour table is one of Slicer's defaults are read as TotalSegmentator v1 label maps: names,
+colours and SNOMED CT terminology of the bones come from ``Resources/ColorTables/TotalSegmentatorV1Bones.csv``
+(a Slicer colour table file); other values are ignored. A label map with its own colour table keeps it.
 
 Rendering::
 
@@ -32,17 +44,19 @@ Rendering::
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
+import functools
 import json
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import slicer
 import vtk
 from vtk.util import numpy_support
 
-from .errors import InputError
+from .errors import GeometryError, InputError
 from .geometry import XrayGeometry
 from .labels import LabelClass, LabelClasses
 from .projector import DrrProjector, DrrResult
@@ -51,13 +65,23 @@ from .volume import Volume
 ROLE_ATTRIBUTE = "XraySegSim.Role"
 RIG_ATTRIBUTE = "XraySegSim.Rig"
 BASE_GEOMETRY_ATTRIBUTE = "XraySegSim.BaseGeometry"
-ROLES = ("pose", "source", "detector", "frustum", "drr", "labels")
+ROLES = ("pose", "source", "detector", "frustum", "drr", "labels", "labels3d")
 NODE_CLASSES = {"pose": "vtkMRMLLinearTransformNode", "source": "vtkMRMLMarkupsFiducialNode",
                 "detector": "vtkMRMLMarkupsPlaneNode", "frustum": "vtkMRMLModelNode",
-                "drr": "vtkMRMLScalarVolumeNode", "labels": "vtkMRMLSegmentationNode"}
+                "drr": "vtkMRMLScalarVolumeNode", "labels": "vtkMRMLSegmentationNode",
+                "labels3d": "vtkMRMLModelNode"}
 NODE_NAMES = {"pose": "X-ray pose", "source": "X-ray source", "detector": "X-ray detector",
-              "frustum": "X-ray beam", "drr": "X-ray DRR", "labels": "X-ray labels"}
+              "frustum": "X-ray beam", "drr": "X-ray DRR", "labels": "X-ray labels", "labels3d": "X-ray labels 3D"}
 BEAM_COLOR = (1.0, 0.85, 0.2)
+LABELS_3D_OFFSET_MM = 0.5  # the 3D label quads float this far in front of the detector (towards the source)
+LABELS_3D_OPACITY = 0.6
+
+ISOCENTER_MODES = ("CT centre", "Markup point", "Segment centre")
+RESOURCES = Path(__file__).resolve().parents[1] / "Resources"
+TOTALSEGMENTATOR_TABLE = RESOURCES / "ColorTables" / "TotalSegmentatorV1Bones.csv"
+TERMINOLOGY_TAG = "TerminologyEntry"
+TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 
 # ---- small MRML helpers -------------------------------------------------------------------------------------
@@ -164,6 +188,124 @@ def classes_from_color_node(color_node, values: Sequence[int]) -> LabelClasses:
     return LabelClasses(tuple(classes))
 
 
+# ---- names, colours and terminology ------------------------------------------------------------------------
+
+
+Code = tuple[str, str, str]  # (coding scheme, value, meaning), e.g. ("SCT", "51299004", "Clavicle")
+
+
+def terminology_entry(category: Code, type_: Code, type_modifier: Code | None = None,
+                      region: Code | None = None, region_modifier: Code | None = None) -> str:
+    """A segment's ``TerminologyEntry`` tag in Slicer's format (context~category~type~modifier~anatomic
+    context~region~region modifier, each code ``scheme^value^meaning``)."""
+    def code(c: Code | None) -> str:
+        return "^".join(c) if c else "^^"
+    return "~".join([TERMINOLOGY_CONTEXT, code(category), code(type_), code(type_modifier), ANATOMIC_CONTEXT,
+                     code(region), code(region_modifier)])
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelTableEntry:
+    """One row of a label table: value, name, colour (RGB 0..1) and terminology tag (None when uncoded)."""
+    value: int
+    name: str
+    color: tuple[float, float, float]
+    terminology: str | None
+
+
+def read_label_table(path: str | Path = TOTALSEGMENTATOR_TABLE) -> dict[int, LabelTableEntry]:
+    """{value: entry} from a Slicer colour table in CSV form (LabelValue, Name, Color_R/G/B (0..255), and
+    Category_/Type_/TypeModifier_/Region_/RegionModifier_ CodingScheme/CodeValue/CodeMeaning); background
+    (value 0) left out."""
+    return dict(_read_label_table(str(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_label_table(path: str) -> tuple[tuple[int, LabelTableEntry], ...]:
+    if not Path(path).is_file():
+        raise InputError(f"label table not found: {path}")
+    entries = []
+    for row in csv.DictReader(Path(path).read_text().splitlines()):
+        value = int(row["LabelValue"])
+        if value <= 0:
+            continue
+
+        def code(prefix: str) -> Code | None:
+            c = tuple((row.get(f"{prefix}_{f}") or "").strip() for f in ("CodingScheme", "CodeValue", "CodeMeaning"))
+            return c if c[1] else None  # type: ignore[return-value]
+        category, type_ = code("Category"), code("Type")
+        terminology = None if not (category and type_) else terminology_entry(
+            category, type_, code("TypeModifier"), code("Region"), code("RegionModifier"))
+        color = tuple(int(row[f"Color_{c}"]) / 255 for c in "RGB")
+        entries.append((value, LabelTableEntry(value, row["Name"].strip(), color, terminology)))  # type: ignore[arg-type]
+    return tuple(entries)
+
+
+def is_default_color_node(color_node) -> bool:
+    """True for none, or one of the colour tables Slicer creates by itself (not a table the user loaded or
+    made for this label map)."""
+    return color_node is None or bool(color_node.GetSingletonTag())
+
+
+def _color_node_of(labels_node):
+    display = labels_node.GetDisplayNode()
+    return display.GetColorNode() if display is not None else None
+
+
+def classes_for_labelmap(labels_node, values: Sequence[int]) -> LabelClasses:
+    """Classes of a label map with these values: from its own colour table, or -- when it has only one of
+    Slicer's default tables and some values are TotalSegmentator v1 bones -- from the shipped bone table
+    (names, colours; values not in the table are ignored)."""
+    color_node = _color_node_of(labels_node)
+    present = sorted(int(v) for v in values if int(v) > 0)
+    if is_default_color_node(color_node):
+        table = read_label_table()
+        known = [v for v in present if v in table]
+        if known:
+            return LabelClasses(tuple(LabelClass(table[v].name, (v,), table[v].color) for v in known))
+    return classes_from_color_node(color_node, present)
+
+
+def _terminology_from_color_node(color_node, value: int) -> str | None:
+    """The colour table's terminology of ``value`` as a segment tag (None where it has none)."""
+    if color_node is None or not hasattr(color_node, "GetTerminologyAsString") or \
+            value >= color_node.GetNumberOfColors():
+        return None
+    parts = (color_node.GetTerminologyAsString(value) or "").split("~")
+    if len(parts) < 7 or parts[2].strip("^") == "":
+        return None
+    parts[0], parts[4] = parts[0] or TERMINOLOGY_CONTEXT, parts[4] or ANATOMIC_CONTEXT
+    return "~".join(parts[:7])
+
+
+def terminology_for_classes(labels_node, classes: LabelClasses) -> list[str | None]:
+    """The ``TerminologyEntry`` tag of each class (None: Slicer's default). A segmentation's class ``v`` is
+    its segment ``v - 1`` (see :func:`classes_from_segmentation`), whose tag is copied as it is. A label
+    map's class takes the terminology of its colour table entry, else of the shipped TotalSegmentator table
+    (matched by name and value); classes that merge several values get none."""
+    if labels_node is None:
+        return [None] * len(classes)
+    if labels_node.IsA("vtkMRMLSegmentationNode"):
+        segmentation, ids = labels_node.GetSegmentation(), segment_ids(labels_node)
+        tags = []
+        for cls in classes.classes:
+            segment = segmentation.GetSegment(ids[cls.values[0] - 1]) if 0 < cls.values[0] <= len(ids) else None
+            tags.append(segment.GetTerminology() if segment is not None and len(cls.values) == 1 else None)
+        return tags
+    color_node, table = _color_node_of(labels_node), read_label_table()
+    tags = []
+    for cls in classes.classes:
+        tag = None
+        if len(cls.values) == 1:
+            value = cls.values[0]
+            if not is_default_color_node(color_node):
+                tag = _terminology_from_color_node(color_node, value)
+            if tag is None and value in table and table[value].name == cls.name:
+                tag = table[value].terminology
+        tags.append(tag)
+    return tags
+
+
 def segment_ids(segmentation_node) -> list[str]:
     ids = vtk.vtkStringArray()
     segmentation_node.GetSegmentation().GetSegmentIDs(ids)
@@ -233,10 +375,101 @@ def labels_from_node(scene, labels_node, ct_node, classes: LabelClasses | None =
                          f"a {labels_node.GetClassName()}")
     labels = volume_from_node(labels_node, role="label map")
     if classes is None:
-        display = labels_node.GetDisplayNode()
-        color_node = display.GetColorNode() if display is not None else None
-        classes = classes_from_color_node(color_node, np.unique(labels.array))
+        classes = classes_for_labelmap(labels_node, np.unique(labels.array))
     return labels, classes
+
+
+# ---- isocentre ----------------------------------------------------------------------------------------------
+
+
+def markup_point_ras(markup_node, index: int = 0) -> np.ndarray:
+    """World RAS of a markup's control point (parent transforms applied)."""
+    if markup_node is None or not markup_node.IsA("vtkMRMLMarkupsNode"):
+        raise InputError("choose a markup point list for the isocentre")
+    if markup_node.GetNumberOfControlPoints() <= index:
+        raise InputError(f"{markup_node.GetName()}: has no control point {index + 1}; place a point first")
+    position = [0.0, 0.0, 0.0]
+    markup_node.GetNthControlPointPositionWorld(index, position)
+    return np.array(position)
+
+
+def segment_names(labels_node) -> list[str]:
+    """Names a user can pick a segment by: the segments of a segmentation, or the classes of a label map
+    that has voxels (see :func:`classes_for_labelmap`)."""
+    if labels_node is None:
+        return []
+    if labels_node.IsA("vtkMRMLSegmentationNode"):
+        segmentation = labels_node.GetSegmentation()
+        return [segmentation.GetSegment(sid).GetName() for sid in segment_ids(labels_node)]
+    image = labels_node.GetImageData()
+    if image is None or image.GetPointData().GetScalars() is None:
+        return []
+    return classes_for_labelmap(labels_node, np.unique(_image_array(image))).names
+
+
+def _segment_mask_world(segmentation_node, segment_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mask[k, j, i], IJK->world 4x4) of a segment's binary labelmap, parent transforms applied."""
+    binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    segmentation = segmentation_node.GetSegmentation()
+    if not segmentation.ContainsRepresentation(binary):
+        segmentation_node.CreateBinaryLabelmapRepresentation()
+    segment = segmentation.GetSegment(segment_id)
+    image = segment.GetRepresentation(binary)
+    if image is None or image.GetPointData().GetScalars() is None:
+        return np.zeros((0, 0, 0), bool), np.eye(4)
+    extent = image.GetExtent()
+    dims = [extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)]
+    if min(dims) < 1:
+        return np.zeros((0, 0, 0), bool), np.eye(4)
+    array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    shift = np.eye(4)
+    shift[:3, 3] = extent[0::2]  # array index 0 is IJK extent start
+    return array == segment.GetLabelValue(), world_matrix(segmentation_node) @ array_from_vtk_matrix(matrix) @ shift
+
+
+def segment_center_ras(labels_node, segment: str | int) -> np.ndarray:
+    """World RAS centroid of a segment's voxels: a segmentation's segment (by ID or name), or a label map's
+    class (by name, or label value)."""
+    if labels_node is None:
+        raise InputError("choose bone labels (a segmentation or a label map) to aim at one of their segments")
+    name = labels_node.GetName()
+    if labels_node.IsA("vtkMRMLSegmentationNode"):
+        segmentation = labels_node.GetSegmentation()
+        ids = segment_ids(labels_node)
+        by_name: dict[str, str] = {}
+        for sid in ids:  # the first segment of a name wins
+            by_name.setdefault(segmentation.GetSegment(sid).GetName(), sid)
+        sid = str(segment) if str(segment) in ids else by_name.get(str(segment))
+        if sid is None:
+            raise InputError(f"{name}: has no segment '{segment}'; choose one of: {', '.join(by_name) or 'none'}")
+        mask, ijk_to_world = _segment_mask_world(labels_node, sid)
+        label = segmentation.GetSegment(sid).GetName()
+        if not mask.any():
+            raise InputError(f"{name}: the segment '{label}' is empty; choose a segment with voxels")
+        return Volume(mask, ijk_to_world, label).centroid_ras(mask)
+    labels = volume_from_node(labels_node, role="label map")
+    classes = classes_for_labelmap(labels_node, np.unique(labels.array))
+    chosen = [c for c in classes.classes if c.name == str(segment) or str(segment) in {str(v) for v in c.values}]
+    if not chosen:
+        raise InputError(f"{name}: has no label '{segment}'; choose one of: {', '.join(classes.names) or 'none'}")
+    return labels.centroid_ras(np.isin(labels.array, chosen[0].values))
+
+
+def isocenter_ras(mode: str, ct_node, markup=None, labels_node=None, segment: str | int | None = None
+                  ) -> np.ndarray:
+    """The point the view is aimed at (world RAS): ``mode`` is one of :data:`ISOCENTER_MODES` -- the CT
+    centre, the first control point of ``markup``, or the centroid of ``segment`` of ``labels_node``."""
+    if mode == "Markup point":
+        return markup_point_ras(markup)
+    if mode == "Segment centre":
+        if segment is None or str(segment) == "":
+            raise InputError("choose the segment to aim the view at")
+        return segment_center_ras(labels_node, segment)
+    if mode != "CT centre":
+        raise InputError(f"unknown isocentre placement '{mode}'; choose one of: {', '.join(ISOCENTER_MODES)}")
+    return volume_from_node(ct_node).center_ras
 
 
 # ---- the X-ray set-up in the scene --------------------------------------------------------------------------
@@ -254,6 +487,32 @@ def frustum_polydata(geometry: XrayGeometry) -> vtk.vtkPolyData:
     poly = vtk.vtkPolyData()
     poly.SetPoints(points)
     poly.SetLines(lines)
+    return poly
+
+
+def labels_3d_polydata(result: DrrResult, offset_mm: float = LABELS_3D_OFFSET_MM) -> vtk.vtkPolyData:
+    """One quad per labelled detector pixel, with cell data ``colors`` (RGB uint8 of the pixel's class),
+    ``offset_mm`` from the detector towards the source."""
+    geometry = result.geometry
+    label_image = result.label_image() if len(result.classes) else np.zeros(geometry.size[::-1], np.uint8)
+    j, i = np.nonzero(label_image)
+    du, dv = 0.5 * geometry.spacing[0] * geometry.column_axis, 0.5 * geometry.spacing[1] * geometry.row_axis
+    centres = geometry.pixel_to_ras(i, j) - offset_mm * geometry.principal_direction
+    corners = np.stack([centres - du - dv, centres + du - dv, centres + du + dv, centres - du + dv], 1)
+    points = vtk.vtkPoints()
+    points.SetData(numpy_support.numpy_to_vtk(corners.reshape(-1, 3).astype(np.float64), deep=True))
+    cells = vtk.vtkCellArray()
+    cells.SetData(numpy_support.numpy_to_vtkIdTypeArray(np.arange(0, 4 * len(i) + 1, 4, dtype=np.int64), deep=True),
+                  numpy_support.numpy_to_vtkIdTypeArray(np.arange(4 * len(i), dtype=np.int64), deep=True))
+    palette = np.array([(0.0, 0.0, 0.0)] + [c.color for c in result.classes.classes]) * 255
+    colors = numpy_support.numpy_to_vtk(np.round(palette[label_image[j, i]]).astype(np.uint8), deep=True,
+                                        array_type=vtk.VTK_UNSIGNED_CHAR)
+    colors.SetName("colors")
+    poly = vtk.vtkPolyData()
+    poly.SetPoints(points)
+    poly.SetPolys(cells)
+    poly.GetCellData().AddArray(colors)
+    poly.GetCellData().SetActiveScalars("colors")
     return poly
 
 
@@ -295,6 +554,7 @@ class XraySimScene:
         self.last_result: DrrResult | None = None
         self._projector: DrrProjector | None = None
         self._projector_key: tuple | None = None
+        self._placing = False  # set_geometry is moving the markups: not a user's drag
 
     # ---- nodes ----
     def node(self, role: str):
@@ -328,6 +588,7 @@ class XraySimScene:
             detector.CreateDefaultDisplayNodes()
             detector.SetSizeMode(slicer.vtkMRMLMarkupsPlaneNode.SizeModeAbsolute)
             detector.GetDisplayNode().SetFillVisibility(False)  # outline only: the DRR slice lies on it
+            detector.GetDisplayNode().SetPropertiesLabelVisibility(False)  # no name text across the image
         frustum = self.node("frustum")
         if frustum is None:
             frustum = self._new_node("frustum")
@@ -345,7 +606,7 @@ class XraySimScene:
         """Place the set-up. ``geometry`` becomes the base (untransformed) set-up; the pose is reset to identity
         unless ``keep_pose`` (then the scene shows ``geometry.transformed(pose)``, e.g. a slider change
         on top of a dragged C-arm)."""
-        with node_transaction(self.scene):
+        with node_transaction(self.scene), self._placing_markups():
             pose, source, detector, frustum = self._rig_nodes()
             pose.SetAttribute(BASE_GEOMETRY_ATTRIBUTE, json.dumps(geometry.to_dict()))
             if not keep_pose:
@@ -403,6 +664,41 @@ class XraySimScene:
         """Redraw the beam after the source point or detector plane were moved on their own."""
         self._rig_nodes()[3].SetAndObservePolyData(frustum_polydata(self.base_geometry()))
 
+    @contextlib.contextmanager
+    def _placing_markups(self) -> Iterator[None]:
+        was, self._placing = self._placing, True
+        try:
+            yield
+        finally:
+            self._placing = was
+
+    def observe_rig(self, on_moved: Callable[[bool], None]) -> list[tuple[Any, int]]:
+        """Watch the source and detector markups for a user dragging them on their own: each move redraws the
+        beam and calls ``on_moved(False)``; the end of a drag calls ``on_moved(True)``. Moves made by
+        :meth:`set_geometry` are not reported. Returns (node, observer tag) pairs for
+        :meth:`unobserve_rig`."""
+        def handler(final: bool):
+            def callback(caller, event):
+                if self._placing:
+                    return
+                try:
+                    self.update_frustum()
+                except (InputError, GeometryError):
+                    pass  # an impossible set-up mid-drag: the render reports it
+                on_moved(final)
+            return callback
+        tags = []
+        for node in self._rig_nodes()[1:3]:
+            for event, final in ((slicer.vtkMRMLMarkupsNode.PointModifiedEvent, False),
+                                 (slicer.vtkMRMLMarkupsNode.PointEndInteractionEvent, True)):
+                tags.append((node, node.AddObserver(event, handler(final))))
+        return tags
+
+    @staticmethod
+    def unobserve_rig(tags: list[tuple[Any, int]]) -> None:
+        for node, tag in tags:
+            node.RemoveObserver(tag)
+
     # ---- rendering ----
     def projector(self, ct_node, labels_node=None, classes: LabelClasses | None = None,
                   threads: int | None = None) -> DrrProjector:
@@ -442,9 +738,11 @@ class XraySimScene:
         if size is not None:
             geometry = geometry.with_size(pixels_keeping_aspect(geometry, size))
         result = self.projector(ct_node, labels_node, classes, threads).render(geometry)
+        terminology = terminology_for_classes(labels_node, result.classes)
         with node_transaction(self.scene):
             self._show_drr(result)
-            self._show_labels(result)
+            self._show_labels(result, terminology)
+            self._show_labels_3d(result)
         self.last_result = result
         return result
 
@@ -463,7 +761,7 @@ class XraySimScene:
         node.EndModify(was_modifying)
         return node
 
-    def _show_labels(self, result: DrrResult):
+    def _show_labels(self, result: DrrResult, terminology: Sequence[str | None] = ()):
         node = self.node("labels")
         if not len(result.classes):
             if node is not None:
@@ -480,18 +778,41 @@ class XraySimScene:
         segmentation.RemoveAllSegments()
         node.SetReferenceImageGeometryParameterFromVolumeNode(self.node("drr"))
         image_to_world = vtk_matrix_from_array(result.geometry.detector_ijk_to_ras())
-        for mask, cls in zip(result.masks(), result.classes.classes):
+        tags = list(terminology) + [None] * (len(result.classes) - len(terminology))
+        for mask, cls, tag in zip(result.masks(), result.classes.classes, tags):
             labelmap = slicer.vtkOrientedImageData()
             labelmap.ShallowCopy(_image_data(mask[None].astype(np.uint8), vtk.VTK_UNSIGNED_CHAR))
             labelmap.SetImageToWorldMatrix(image_to_world)
             segment = slicer.vtkSegment()
             segment.SetName(cls.name)
             segment.SetColor(*cls.color)
+            if tag:
+                segment.SetTerminology(tag)
             # Each segment keeps its own labelmap (its own layer), so overlapping classes stay overlapping.
             segment.AddRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(),
                                       labelmap)
             segmentation.AddSegment(segment, segmentation.GenerateUniqueSegmentID(cls.name))
         node.EndModify(was_modifying)
+        return node
+
+    def _show_labels_3d(self, result: DrrResult):
+        """The projected labels in 3D: a quad per labelled pixel in its class colour (longest path),
+        LABELS_3D_OFFSET_MM in front of the detector, so the labels show on the detector in the 3D view."""
+        node = self.node("labels3d")
+        if node is None:
+            node = self._new_node("labels3d")
+            node.CreateDefaultDisplayNodes()
+            display = node.GetDisplayNode()
+            display.SetVisibility2D(False)
+            display.SetScalarVisibility(True)
+            display.SetActiveScalar("colors", vtk.vtkAssignAttribute.CELL_DATA)
+            display.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseDirectMapping)
+            display.SetOpacity(LABELS_3D_OPACITY)
+            display.SetAmbient(1.0)
+            display.SetDiffuse(0.0)
+            display.SetSpecular(0.0)
+            display.SetBackfaceCulling(False)
+        node.SetAndObservePolyData(labels_3d_polydata(result))
         return node
 
     # ---- display ----
