@@ -43,6 +43,7 @@ test-fast: setup
 bench: $(BENCH_STAMP)
 	$(PY) bench/bench_drr.py
 	$(PY) bench/bench_physics.py --figure
+	$(PY) bench/bench_export.py
 
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/bench_drr.py --quick

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("fetch-sample", help="download the sample chest CT and labels into the cache; print the paths")
     sub.add_parser("views", help="list the view presets with their distances and detector sizes")
+    from .export_cli import add_export_parser  # xrayseg export (batch training sets)
+    add_export_parser(sub)
     return parser
 
 
@@ -238,6 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_render(args)
         elif args.command == "demo":
             run_demo(args)
+        elif args.command == "export":
+            from .export_cli import run_export_command
+
+            return run_export_command(args)
         elif args.command == "fetch-sample":
             from .sample_data import fetch_sample_chest_ct
 
