@@ -1,3 +1,4 @@
+import pathlib
 from typing import Annotated, Union
 
 import numpy as np
@@ -18,6 +19,10 @@ VIEW_PRESETS = ("chest-pa", "chest-lateral", "chest-ap", "wrist-pa", "wrist-late
                 "lumbar-lateral", "pelvis-ap", "carm-ap")
 # = XraySegSimLib.mrml_adapter.ISOCENTER_MODES (a test checks it).
 ISOCENTER_MODES = ("CT centre", "Markup point", "Segment centre")
+# = tuple(XraySegSimLib.physics.PRESETS) (a test checks it); "auto" picks the view's own physics preset.
+PHYSICS_PRESETS = ("chest-pa", "wrist-pa", "wrist-lateral", "lumbar-lateral", "pelvis-ap", "hip-ap")
+PREVIEW_PHYSICS = ("auto",) + PHYSICS_PRESETS
+EXPORT_PHYSICS = ("none", "auto") + PHYSICS_PRESETS
 
 
 class XraySegSim(ScriptedLoadableModule):
@@ -56,6 +61,19 @@ class XraySegSimParameterNode:
     detectorWidth: Annotated[float, WithinRange(20, 600)] = 430.0
     detectorHeight: Annotated[float, WithinRange(20, 600)] = 430.0
     livePreview: bool = True
+    # Realistic physics in the preview: the DRR node shows physics.simulate_radiograph(...).image in [0, 1].
+    realisticPhysics: bool = False
+    physicsPreset: Annotated[str, Choice(PREVIEW_PHYSICS)] = "auto"
+    # Export training set (XraySegSimLib.export.run_export on the current CT and labels).
+    exportFolder: pathlib.Path
+    exportViewPreset: Annotated[str, Choice(VIEW_PRESETS)] = "chest-pa"
+    exportViewsPerCt: Annotated[int, WithinRange(1, 100000)] = 10
+    exportSize: Annotated[int, WithinRange(16, 4096)] = 512
+    exportPhysics: Annotated[str, Choice(EXPORT_PHYSICS)] = "auto"
+    exportSeed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    exportTestFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
+    exportWorkers: Annotated[int, WithinRange(1, 64)] = 1
+    exportResume: bool = False
 
 
 class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -72,6 +90,9 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._rigTags = []  # observers on the source / detector markups (dragged on their own)
         self._rigNodes = None
         self._observedMarkup = None
+        self._exporting = False
+        self._exportCancelRequested = False
+        self._exportRoot = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -91,6 +112,9 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveGeometryButton.connect("clicked(bool)", self.onSaveGeometry)
         self.ui.loadGeometryButton.connect("clicked(bool)", self.onLoadGeometry)
         self.ui.isocenterSegmentComboBox.connect("currentIndexChanged(int)", self.onIsocenterSegmentChanged)
+        self.ui.exportDatasetButton.connect("clicked(bool)", self.onExportDataset)
+        self.ui.cancelExportButton.connect("clicked(bool)", self.onCancelExport)
+        self.ui.openExportFolderButton.connect("clicked(bool)", self.onOpenExportFolder)
         self.initializeParameterNode()
 
     def _timer(self, delay_ms, callback):
@@ -138,6 +162,8 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         ready = bool(p and p.inputVolume)
         self.ui.renderButton.enabled = ready
+        self.ui.physicsPresetComboBox.enabled = bool(p and p.realisticPhysics)
+        self.ui.exportDatasetButton.enabled = ready and not self._exporting
         if p and self._updateIsocenterWidgets(p):
             return  # it chose a segment: the change comes back here once more
         if not ready:
@@ -145,6 +171,7 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p.viewPreset != self._preset:  # a new preset brings its distances and detector size
             self._preset = p.viewPreset
             self.logic.applyPresetDefaults(p)
+            p.exportViewPreset = p.viewPreset  # the export follows the view preset unless changed there
             return  # the changes above come back here once more
         with slicer.util.tryWithErrorDisplay(_("Invalid X-ray set-up."), show=False):
             self.logic.updateGeometry(p)
@@ -247,6 +274,64 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.sim.export(folder, p.inputVolume, p.inputLabels, size=p.detectorSize)
                 slicer.util.showStatusMessage(_("Exported to {folder}").format(folder=folder), 5000)
 
+    # ---- export training set ----
+    # The export runs in this (GUI) thread's call, chunked: run_export renders in a worker thread (or worker
+    # processes) and polls about 3 times a second; each poll calls the cancel check below, which processes
+    # the pending GUI events, so the progress bar moves and Cancel is clickable. A background process
+    # (as SlicerMONAIAuto3DSeg does) would also isolate crashes and memory from Slicer; chunked work is
+    # enough here because the exporter already catches a bad CT and keeps the dataset resumable.
+    def _setExporting(self, exporting: bool) -> None:
+        self._exporting = exporting
+        self.ui.exportDatasetButton.enabled = not exporting and bool(self._parameterNode and
+                                                                     self._parameterNode.inputVolume)
+        self.ui.cancelExportButton.enabled = exporting
+
+    def _onExportProgress(self, done: int, total: int, message: str) -> None:
+        self.ui.exportProgressBar.maximum = max(1, total)
+        self.ui.exportProgressBar.value = done
+        self.ui.exportStatusLabel.text = _("Exporting: {done}/{total} samples").format(done=done, total=total)
+        slicer.app.processEvents()
+
+    def _isExportCancelled(self) -> bool:
+        slicer.app.processEvents()  # keeps the GUI responsive between progress updates
+        return self._exportCancelRequested
+
+    def onCancelExport(self) -> None:
+        self._exportCancelRequested = True
+        self.ui.exportStatusLabel.text = _("Cancelling after the samples in flight...")
+
+    def onExportDataset(self) -> None:
+        if self._exporting:
+            return
+        self._exportCancelRequested = False
+        self._exportRoot = None
+        self.ui.openExportFolderButton.enabled = False
+        self.ui.exportProgressBar.value = 0
+        self.ui.exportStatusLabel.text = _("Starting the export...")
+        self._setExporting(True)
+        report = None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Failed to export the training set.")):
+                report = self.logic.exportTrainingSet(self._parameterNode, progress=self._onExportProgress,
+                                                      cancel=self._isExportCancelled)
+        finally:
+            self._setExporting(False)
+        if report is None:
+            self.ui.exportStatusLabel.text = _("Export failed: nothing was exported.")
+            return
+        self._exportRoot = str(report.root)
+        self.ui.openExportFolderButton.enabled = True
+        text = _("{n} samples in {root}").format(n=report.n_ok, root=report.root)
+        if report.cancelled:
+            text += _(" (cancelled: tick Resume and export again to complete it)")
+        if report.failed_cts:
+            text += _(" - failed: {errors}").format(errors="; ".join(report.failed_cts.values()))
+        self.ui.exportStatusLabel.text = text
+
+    def onOpenExportFolder(self) -> None:
+        if self._exportRoot:
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(self._exportRoot))
+
     def onSaveGeometry(self) -> None:
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save X-ray geometry"), "geometry.json",
                                               "Geometry (*.json);;Projection matrix (*.txt)")
@@ -310,7 +395,23 @@ class XraySegSimLogic(ScriptedLoadableModuleLogic):
             p.sourceToIsocenter, (p.detectorWidth, p.detectorHeight), self.isocenter(p)), keep_pose=True)
 
     def renderView(self, p, preview: bool = False):
-        return self.sim.render(p.inputVolume, p.inputLabels, size=self.PREVIEW_SIZE if preview else None)
+        """Render with the parameter node's set-up; with ``realisticPhysics`` the DRR node shows the
+        simulated radiograph of ``physicsPreset`` ("auto": the view preset's own)."""
+        from XraySegSimLib.mrml_adapter import physics_preset_for
+        physics = physics_preset_for(p.viewPreset, p.physicsPreset) if p.realisticPhysics else None
+        return self.sim.render(p.inputVolume, p.inputLabels, size=self.PREVIEW_SIZE if preview else None,
+                               physics=physics)
+
+    def exportTrainingSet(self, p, progress=None, cancel=None):
+        """Batch-export randomised views of ``p.inputVolume`` with ``p.inputLabels`` (see
+        ``XraySegSimLib.mrml_adapter.export_training_set``); returns the ``ExportReport``."""
+        from XraySegSimLib.mrml_adapter import export_training_set
+        folder = str(p.exportFolder) if p.exportFolder is not None else ""
+        return export_training_set(self.sim.scene, p.inputVolume, p.inputLabels, folder, view=p.exportViewPreset,
+                                   views_per_ct=p.exportViewsPerCt, size=p.exportSize, physics=p.exportPhysics,
+                                   seed=p.exportSeed, test_fraction=p.exportTestFraction,
+                                   workers=p.exportWorkers, resume=p.exportResume, progress=progress,
+                                   cancel=cancel)
 
     def render(self, ctNode, labelsNode=None, viewPreset=None, size=512, preview=False, isocenter=None):
         """Render ``ctNode`` (HU) with optional labels (segmentation or label map) into the "X-ray DRR" and

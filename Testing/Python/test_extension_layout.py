@@ -164,12 +164,19 @@ def test_sim_parameter_node_and_ui():
               "sourceToIsocenterSlider": "sourceToIsocenter", "detectorWidthSlider": "detectorWidth",
               "detectorHeightSlider": "detectorHeight", "livePreviewCheckBox": "livePreview"}
     isocentre = {"isocenterModeComboBox": "isocenterMode", "isocenterMarkupSelector": "isocenterMarkup"}
+    physics = {"realisticPhysicsCheckBox": "realisticPhysics", "physicsPresetComboBox": "physicsPreset"}
+    export = {"exportFolderPathLineEdit": "exportFolder", "exportViewPresetComboBox": "exportViewPreset",
+              "exportViewsPerCtSpinBox": "exportViewsPerCt", "exportSizeSpinBox": "exportSize",
+              "exportPhysicsComboBox": "exportPhysics", "exportSeedSpinBox": "exportSeed",
+              "exportTestFractionSpinBox": "exportTestFraction", "exportWorkersSpinBox": "exportWorkers",
+              "exportResumeCheckBox": "exportResume"}
     assert set(annotated_fields(cls)) == {"inputVolume", "inputLabels", "viewPreset", "detectorSize",
-                                          "isocenterSegment", *set_up.values(), *isocentre.values()}
+                                          "isocenterSegment", *set_up.values(), *isocentre.values(),
+                                          *physics.values(), *export.values()}
     root = ui_tree("XraySegSim")
     assert ui_parameter_names(root) == {"inputVolumeSelector": "inputVolume", "inputLabelsSelector": "inputLabels",
                                         "viewPresetComboBox": "viewPreset", "detectorSizeSpinBox": "detectorSize",
-                                        **set_up, **isocentre}
+                                        **set_up, **isocentre, **physics, **export}
     # Node combo boxes get the scene from the module widget, as in Slicer's template.
     combos = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
     connected = {c.findtext("receiver") for c in root.iter("connection")

@@ -65,6 +65,7 @@ from .volume import Volume
 ROLE_ATTRIBUTE = "XraySegSim.Role"
 RIG_ATTRIBUTE = "XraySegSim.Rig"
 BASE_GEOMETRY_ATTRIBUTE = "XraySegSim.BaseGeometry"
+QUANTITY_ATTRIBUTE = "XraySegSim.Quantity"  # on the DRR node: what its voxels hold
 ROLES = ("pose", "source", "detector", "frustum", "drr", "labels", "labels3d")
 NODE_CLASSES = {"pose": "vtkMRMLLinearTransformNode", "source": "vtkMRMLMarkupsFiducialNode",
                 "detector": "vtkMRMLMarkupsPlaneNode", "frustum": "vtkMRMLModelNode",
@@ -552,6 +553,7 @@ class XraySimScene:
         self.scene = scene
         self.name = name
         self.last_result: DrrResult | None = None
+        self.last_radiograph: np.ndarray | None = None  # the realistic image of the last render, if physics
         self._projector: DrrProjector | None = None
         self._projector_key: tuple | None = None
         self._placing = False  # set_geometry is moving the markups: not a user's drag
@@ -701,8 +703,9 @@ class XraySimScene:
 
     # ---- rendering ----
     def projector(self, ct_node, labels_node=None, classes: LabelClasses | None = None,
-                  threads: int | None = None) -> DrrProjector:
-        """A projector for these inputs, rebuilt only when a node, its voxels or its transform changed."""
+                  threads: int | None = None, materials: bool = False) -> DrrProjector:
+        """A projector for these inputs, rebuilt only when a node, its voxels or its transform changed, or
+        when ``materials`` (integrate the material line integrals for the realistic physics) changes."""
         def stamp(node):
             if node is None:
                 return None
@@ -718,35 +721,48 @@ class XraySimScene:
                 content = image.GetMTime() if image is not None else 0
             parent = node.GetParentTransformNode()
             return (node.GetID(), node.GetMTime(), content, parent.GetTransformToWorldMTime() if parent else 0)
-        key = (stamp(ct_node), stamp(labels_node), classes, threads)
+        key = (stamp(ct_node), stamp(labels_node), classes, threads, bool(materials))
         if self._projector is None or key != self._projector_key:
+            from .materials import MaterialModel
+
             ct = volume_from_node(ct_node)
             labels, label_classes = labels_from_node(self.scene, labels_node, ct_node, classes)
-            self._projector = DrrProjector(ct, labels, label_classes, threads=threads)
+            self._projector = DrrProjector(ct, labels, label_classes, threads=threads,
+                                           materials=MaterialModel() if materials else None)
             self._projector_key = key
         return self._projector
 
     def render(self, ct_node, labels_node=None, size: int | tuple[int, int] | None = None,
                classes: LabelClasses | None = None, threads: int | None = None,
-               geometry: XrayGeometry | None = None) -> DrrResult:
+               geometry: XrayGeometry | None = None, physics: str | None = None, seed: int = 0) -> DrrResult:
         """Render the current set-up (or ``geometry``) and show it in the output nodes.
 
         ``size`` renders the same detector with other pixels (a preview while dragging): (columns, rows), or
-        an int for the longer side, square pixels kept. Nothing is created
-        or changed in the scene when the inputs or the set-up are refused (InputError / GeometryError)."""
+        an int for the longer side, square pixels kept. ``physics``: a preset name of ``physics.PRESETS``
+        (see :func:`physics_preset_for`) -- the projector then integrates the materials too, and the DRR node
+        shows ``physics.simulate_radiograph(result, physics, rng=seed).image`` (float32 in [0, 1],
+        MONOCHROME2, window 0..1; also kept in ``last_radiograph``) instead of the line integral. Nothing is
+        created or changed in the scene when the inputs or the set-up are refused (InputError /
+        GeometryError)."""
         geometry = self.geometry() if geometry is None else geometry
         if size is not None:
             geometry = geometry.with_size(pixels_keeping_aspect(geometry, size))
-        result = self.projector(ct_node, labels_node, classes, threads).render(geometry)
+        result = self.projector(ct_node, labels_node, classes, threads, materials=physics is not None).render(geometry)
+        image = None
+        if physics is not None:
+            from . import physics as physics_module
+
+            image = physics_module.simulate_radiograph(result, physics, rng=int(seed)).image.astype(np.float32)
         terminology = terminology_for_classes(labels_node, result.classes)
         with node_transaction(self.scene):
-            self._show_drr(result)
+            self._show_drr(result, image)
             self._show_labels(result, terminology)
             self._show_labels_3d(result)
         self.last_result = result
+        self.last_radiograph = image
         return result
 
-    def _show_drr(self, result: DrrResult):
+    def _show_drr(self, result: DrrResult, radiograph: np.ndarray | None = None):
         node = self.node("drr")
         if node is None:
             node = self._new_node("drr")
@@ -755,9 +771,13 @@ class XraySimScene:
             display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
             display.AutoWindowLevelOff()
         was_modifying = node.StartModify()
-        node.SetAndObserveImageData(_image_data(result.line_integral[None].astype(np.float32), vtk.VTK_FLOAT))
+        shown = result.line_integral if radiograph is None else radiograph
+        node.SetAndObserveImageData(_image_data(shown[None].astype(np.float32), vtk.VTK_FLOAT))
         node.SetIJKToRASMatrix(vtk_matrix_from_array(result.geometry.detector_ijk_to_ras()))
-        node.GetDisplayNode().SetWindowLevelMinMax(*radiograph_window(result.line_integral))
+        node.GetDisplayNode().SetWindowLevelMinMax(
+            *(radiograph_window(result.line_integral) if radiograph is None else (0.0, 1.0)))
+        node.SetAttribute(QUANTITY_ATTRIBUTE, "line integral" if radiograph is None else
+                          "radiograph in [0, 1], MONOCHROME2")
         node.EndModify(was_modifying)
         return node
 
@@ -879,3 +899,158 @@ class XraySimScene:
             geometry = XrayGeometry.from_dict(data.get("geometry", data))  # a drr.json sidecar works too
         self.set_geometry(geometry)
         return geometry
+
+
+# ---- realistic physics and batch export from the scene ------------------------------------------------------
+
+def physics_preset_names() -> tuple[str, ...]:
+    from . import physics
+
+    return tuple(physics.PRESETS)
+
+
+def physics_preset_for(view: str, choice: str | None) -> str | None:
+    """The ``physics.PRESETS`` name for a preview or an export: ``"none"`` (or None) gives None, ``"auto"``
+    the view's own preset (as ``xrayseg export --physics auto``: chest-lateral/chest-ap use chest-pa,
+    lumbar-ap/carm-ap use pelvis-ap), a preset name itself. Raises InputError for an unknown name."""
+    from .export import ExportConfig
+
+    return ExportConfig(out="", view=view, physics=choice or "none").physics_preset()
+
+
+def _write_volume_nrrd(path: Path, volume: Volume) -> None:
+    """A 3D NRRD (LPS, as Slicer and SimpleITK write it) of a Volume [k, j, i], written atomically."""
+    import nrrd
+
+    from .io import RAS_TO_LPS, atomic_path
+
+    matrix = np.asarray(volume.ijk_to_ras, float)
+    header = {"space": "left-posterior-superior", "kinds": ["domain"] * 3, "encoding": "raw",
+              "space directions": (RAS_TO_LPS @ matrix[:3, :3]).T, "space origin": RAS_TO_LPS @ matrix[:3, 3]}
+    with atomic_path(path) as tmp:
+        nrrd.write(str(tmp), np.ascontiguousarray(volume.array), header, index_order="C")
+
+
+def _fingerprint(ct: Volume, labels: Volume, classes: LabelClasses) -> str:
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for volume in (ct, labels):
+        digest.update(str((volume.array.shape, volume.array.dtype.str)).encode())
+        digest.update(np.ascontiguousarray(volume.ijk_to_ras, np.float64).tobytes())
+        digest.update(np.ascontiguousarray(volume.array).data)
+    digest.update(json.dumps([[c.name, list(c.values)] for c in classes.classes]).encode())
+    return digest.hexdigest()
+
+
+def _unique_names(names: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        n = seen.get(name, 0) + 1
+        seen[name] = n
+        out.append(name if n == 1 else f"{name}_{n}")
+    return out
+
+
+def export_training_set(scene, ct_node, labels_node, out: str | Path, view: str = "chest-pa",
+                        views_per_ct: int = 10, size: int = 512, physics: str = "auto", seed: int = 0,
+                        test_fraction: float = 0.2, workers: int = 1, resume: bool = False,
+                        progress: Callable[[int, int, str], None] | None = None,
+                        cancel: Callable[[], bool] | None = None, dataset_id: int = 501,
+                        dataset_name: str = "XraySeg", keep_inputs: bool = False):
+    """Batch-export randomised views of the scene's CT with its labels (``export.run_export``, nnU-Net v2
+    layout under ``<out>/Dataset<ID>_<Name>``); returns its ``ExportReport``.
+
+    The CT and its labels are converted as :meth:`XraySimScene.render` converts them (world RAS, parent
+    transforms applied; a segmentation's segments or a label map's classes, with names and colours), then
+    written atomically as NRRD (+ a names table) into the dataset's ``.work/scene_inputs/``, since the exporter
+    reads its cases from files (its worker processes get paths, not arrays). The classes of the dataset are
+    the input's segments (label maps: its classes), in order. ``progress(done, total, message)`` and
+    ``cancel()`` are passed on: a cancelled export stops after the sample in flight and stays resumable
+    (``resume=True`` with the same options and inputs; other inputs are refused). On a complete export the
+    NRRD copies are removed unless ``keep_inputs``.
+
+    Refused (InputError, nothing written): no CT, no output folder, no labels or no label classes, an unknown
+    view or physics preset, fewer than 1 view or 8 pixels, an existing export in the folder without
+    ``resume``."""
+    import shutil
+
+    from . import views as views_module
+    from .export import ExportConfig, run_export
+    from .export_inputs import CaseInput, ClassMapping, sanitize_id
+    from .export_layout import DatasetLayout
+
+    if ct_node is None:
+        raise InputError("choose a CT volume to export from")
+    if out is None or str(out).strip() in ("", "."):
+        raise InputError("choose an output folder for the training set")
+    if view not in views_module.PRESETS:
+        raise InputError(f"unknown view '{view}'; choose one of: {', '.join(views_module.PRESET_NAMES)}")
+    if int(views_per_ct) < 1 or int(size) < 8:
+        raise InputError("the export needs at least 1 view per CT and at least 8 pixels")
+    if not 0.0 <= float(test_fraction) <= 1.0:
+        raise InputError(f"the test fraction must be in [0, 1], got {test_fraction}")
+    physics_preset_for(view, physics)  # validates the physics choice
+    if labels_node is None:
+        raise InputError("choose the bone labels (a segmentation or a label map): a training set needs labels")
+    ct = volume_from_node(ct_node)
+    labels, classes = labels_from_node(scene, labels_node, ct_node)
+    if labels is None or classes is None or not len(classes):
+        raise InputError(f"{labels_node.GetName()}: holds no label classes to export")
+    # Class i (in the input's order) becomes label value i + 1; values of no class (e.g. the organs of a
+    # TotalSegmentator label map) become 0, so the exporter sees exactly the classes the preview shows.
+    names = _unique_names(classes.names)
+    lut = np.zeros(max(max(c.values) for c in classes.classes) + 1, np.uint16 if len(names) > 255 else np.uint8)
+    for index, cls in enumerate(classes.classes, start=1):
+        lut[list(cls.values)] = index
+    raw = np.asarray(labels.array)
+    compact = lut[np.clip(raw, 0, len(lut) - 1)] * (raw < len(lut))
+    labels = Volume(compact.astype(lut.dtype, copy=False), labels.ijk_to_ras, labels.name)
+    mapping = ClassMapping(tuple(names), tuple((i,) for i in range(1, len(names) + 1)),
+                           tuple(tuple(float(x) for x in c.color) for c in classes.classes),
+                           default_names={i: n for i, n in enumerate(names, start=1)},
+                           spec={"slicer_scene": {"labels": labels_node.GetName(), "classes": names}})
+    config = ExportConfig(out=str(out), dataset_id=int(dataset_id), dataset_name=dataset_name, view=view,
+                          views_per_ct=int(views_per_ct), size=int(size), physics=physics, seed=int(seed),
+                          test_fraction=float(test_fraction))
+    layout = DatasetLayout.create(out, config.dataset_id, config.dataset_name)
+    if layout.config.is_file() and not resume:
+        raise InputError(f"{layout.root} already holds an export: tick 'Resume' to continue it, or choose another "
+                         "output folder")
+    created = not layout.root.exists()
+    folder = layout.root / ".work" / "scene_inputs"
+    record = layout.root / ".work" / "scene_inputs.json"
+    fingerprint = _fingerprint(ct, labels, classes)
+    if record.is_file():
+        previous = json.loads(record.read_text()).get("fingerprint")
+        if previous != fingerprint:
+            raise InputError(f"{layout.root} holds an export of other inputs (CT, labels or classes changed): "
+                             "choose another output folder")
+    paths = {"ct": folder / "ct.nrrd", "labels": folder / "labels.nrrd", "names": folder / "names.csv"}
+    try:
+        if not (record.is_file() and all(p.is_file() for p in paths.values())):
+            from .io import atomic_path, write_json
+
+            _write_volume_nrrd(paths["ct"], ct)
+            _write_volume_nrrd(paths["labels"], labels)
+            with atomic_path(paths["names"]) as tmp:
+                with open(tmp, "w", newline="") as handle:
+                    writer = csv.writer(handle)
+                    writer.writerow(["value", "name"])
+                    for index, name in enumerate(names, start=1):
+                        writer.writerow([index, name])
+            write_json(record, {"fingerprint": fingerprint, "ct_node": ct_node.GetName(),
+                                "labels_node": labels_node.GetName(), "classes": names})
+        case = CaseInput(sanitize_id(ct_node.GetName() or "ct"), str(paths["ct"]), str(paths["labels"]),
+                         str(paths["names"]))
+        report = run_export([case], config, mapping, workers=max(1, int(workers)), resume=resume,
+                            progress=progress, cancel=cancel)
+    except InputError:
+        if created and not layout.config.is_file():  # refused before anything was exported: leave nothing
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
+    if not keep_inputs and not report.cancelled and report.n_ok == len(report.samples) == config.views_per_ct:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+    return report
