@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("views", help="list the view presets with their distances and detector sizes")
     from .export_cli import add_export_parser  # xrayseg export (batch training sets)
     add_export_parser(sub)
+    from XraySegInferLib.cli import add_subcommands  # xrayseg train | evaluate | infer (segmentation models)
+    add_subcommands(sub)
     return parser
 
 
@@ -236,6 +238,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "handler", None) is not None:  # subcommands added by XraySegInferLib.cli
+            return args.handler(args)
         if args.command == "render":
             run_render(args)
         elif args.command == "demo":

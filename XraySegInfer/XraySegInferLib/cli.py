@@ -1,0 +1,197 @@
+"""``xrayseg train | evaluate | infer``: added to the ``xrayseg`` command by ``add_subcommands(sub)``.
+
+Each subcommand sets ``handler`` (a function of the parsed args returning an exit status); XraySegSimLib's
+``main`` calls it and turns an ``XraySegError`` into a message and exit status 2. Heavy imports (torch, MONAI)
+happen only inside the handlers, so ``xrayseg render`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train", help="train a segmentation network on an exported dataset; writes a model package",
+        description="Train a MONAI U-Net on a dataset in the nnU-Net v2 layout (as exported by XraySeg). Writes "
+                    "OUT/model (model.safetensors + model.json card), checkpoints and history.json. The "
+                    "validation split is by CT.")
+    train.add_argument("dataset", type=Path, help="dataset folder (Dataset<ID>_<Name>/ or its parent)")
+    train.add_argument("--out", type=Path, required=True, help="output folder")
+    train.add_argument("--recipe", help="named preset: chest-sample (the bundled chest model), quick")
+    train.add_argument("--config", type=Path, help="JSON with TrainConfig fields (over the recipe; options below "
+                                                   "override both)")
+    train.add_argument("--mode", choices=("multilabel", "multiclass"),
+                       help="multilabel: sigmoid per class, overlaps kept (default); multiclass: softmax")
+    train.add_argument("--steps", type=int, help="training steps (default 2000)")
+    train.add_argument("--val-every", type=int, help="validate and checkpoint every N steps (default 200)")
+    train.add_argument("--batch-size", type=int, help="default 8")
+    train.add_argument("--patch-size", type=int, help="square training patch, pixels (default 256)")
+    train.add_argument("--spacing", type=float, help="training pixel spacing, mm (default: median of the images)")
+    train.add_argument("--lr", type=float, dest="learning_rate", help="learning rate (default 2e-3)")
+    train.add_argument("--channels", type=int, nargs="+", help="U-Net channels per level, e.g. 16 32 64 128 256")
+    train.add_argument("--flip", type=float, dest="flip_horizontal",
+                       help="probability of left/right flips (default 0: off; refused for lateral views)")
+    train.add_argument("--device", help="auto (default), cpu, cuda")
+    train.add_argument("--threads", type=int, help="CPU threads")
+    train.add_argument("--name", help="model name in the card")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(handler=run_train)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="evaluate a model on a dataset split (Dice, IoU, HD95, FCN scores, vertebrae)",
+        description="Predict every image of a dataset split and compare with its masks. Writes metrics.csv (per "
+                    "case and class), cases.csv and metrics.md (tables per class and per view).")
+    evaluate.add_argument("dataset", type=Path, help="dataset folder")
+    evaluate.add_argument("--model", type=Path, required=True, help="model package folder or nnU-Net results folder")
+    evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    evaluate.add_argument("--split", choices=("test", "val", "train"), default="test",
+                          help="test (imagesTs, default), val (held-out CTs of imagesTr) or train")
+    evaluate.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
+    evaluate.add_argument("--update-card", action="store_true", help="store the summary in the model card's metrics")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--threads", type=int)
+    evaluate.set_defaults(handler=run_evaluate)
+
+    infer = sub.add_parser(
+        "infer", help="segment bones on radiographs (DICOM, PNG/JPEG/TIFF, NRRD/NIfTI)",
+        description="Segment one or more radiographs. Writes labels.nrrd, labels.seg.nrrd (one layer per class, "
+                    "overlaps kept), overlay.png, labels.png and segmentation.json (areas in mm^2) into OUT "
+                    "(OUT/<name>/ for several inputs).")
+    infer.add_argument("radiographs", type=Path, nargs="+", help="radiograph file(s)")
+    infer.add_argument("--model", type=Path, help="model package folder (default: the bundled model) or nnU-Net "
+                                                  "results folder")
+    infer.add_argument("--out", type=Path, required=True, help="output folder")
+    infer.add_argument("--spacing", type=float, nargs=2, metavar=("ROW_MM", "COL_MM"),
+                       help="pixel spacing, when the file lacks it or to override it")
+    infer.add_argument("--photometric", choices=("MONOCHROME1", "MONOCHROME2"),
+                       help="override the file's photometric interpretation (PNG/JPEG are taken as MONOCHROME2)")
+    infer.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                       help="flip test-time augmentation (default: as the model card allows)")
+    infer.add_argument("--overlap", type=float, help="sliding-window overlap (default: the card's, 0.25)")
+    infer.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    infer.add_argument("--threads", type=int, help="CPU threads")
+    infer.set_defaults(handler=run_infer)
+
+
+def _threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def run_train(args) -> int:
+    from .errors import InputError
+    from .training import RECIPES, TrainConfig, train
+
+    if args.recipe and args.recipe not in RECIPES:
+        raise InputError(f"unknown recipe {args.recipe!r}; choose one of: {', '.join(RECIPES)}")
+    data = json.loads(json.dumps(RECIPES[args.recipe])) if args.recipe else {}
+    if args.config:
+        if not args.config.is_file():
+            raise InputError(f"training config not found: {args.config}")
+        data.update(json.loads(args.config.read_text()))
+    for key in ("mode", "steps", "val_every", "batch_size", "patch_size", "learning_rate", "device", "threads",
+                "name", "seed"):
+        value = getattr(args, key, None)
+        if value is not None:
+            data[key] = value
+    if args.spacing:
+        data["spacing_mm"] = args.spacing
+    if args.channels:
+        arch = dict(data.get("architecture") or TrainConfig().architecture)
+        arch["channels"] = args.channels
+        arch["strides"] = [2] * (len(args.channels) - 1)
+        data["architecture"] = arch
+    if args.flip_horizontal is not None:
+        data.setdefault("augment", {})["flip_horizontal"] = args.flip_horizontal
+    try:
+        config = TrainConfig.from_dict(data)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"training options: {error}") from error
+    result = train(args.dataset, args.out, config, resume=args.resume, progress=not args.quiet)
+    print(f"model package: {result.package}")
+    return 0
+
+
+def load_predictor(model: Path | None, device: str = "auto", **kwargs):
+    from .errors import ModelPackageError
+    from .nnunet import NnUNetPredictorAdapter, is_nnunet_results_folder
+
+    if model is None:
+        bundled = sorted(p for p in REPO_MODELS.glob("*") if (p / "model.json").is_file()) if REPO_MODELS.is_dir() \
+            else []
+        if not bundled:
+            raise ModelPackageError("no --model given and no bundled model in Resources/Models; train one with "
+                                    "'xrayseg train DATASET --out DIR' and pass --model DIR/model")
+        model = bundled[0]
+    if is_nnunet_results_folder(model):
+        return NnUNetPredictorAdapter(model, device=device)
+    from .inference import Predictor
+
+    return Predictor.from_package(model, device, **kwargs)
+
+
+def run_evaluate(args) -> int:
+    from .evaluate import evaluate_dataset
+
+    _threads(args)
+    predictor = load_predictor(args.model, args.device)
+    report = evaluate_dataset(predictor, args.dataset, args.out, args.split, hd95=not args.no_hd95, progress=True)
+    summary = report.summary()
+    print(report.markdown())
+    if args.update_card and hasattr(predictor, "model"):
+        from XraySegSimLib.io import write_json
+
+        from .package import CARD_FILE
+
+        card = dict(predictor.model.card)
+        card.setdefault("metrics", {})[args.split] = {
+            "dataset": str(args.dataset), **summary,
+            "per_class": {r["class"]: {"dice": r["dice"], "iou": r["iou"], "hd95_mm_median": r["hd95_mm_median"]}
+                          for r in report.per_class()}}
+        write_json(predictor.model.folder / CARD_FILE, card)
+    print(f"wrote {args.out}/metrics.csv, cases.csv, metrics.md")
+    return 0
+
+
+def run_infer(args) -> int:
+    from .inference import write_prediction
+
+    _threads(args)
+    kwargs = {}
+    if args.tta is not None:
+        kwargs["flip_tta"] = args.tta
+    if args.overlap is not None:
+        kwargs["overlap"] = args.overlap
+    predictor = load_predictor(args.model, args.device, **kwargs)
+    from .reader import read_radiograph
+
+    name = getattr(getattr(predictor, "model", None), "card", {}).get("name", str(args.model))
+    for path in args.radiographs:
+        radiograph = read_radiograph(path, args.photometric)
+        prediction = predictor.predict(radiograph, tuple(args.spacing) if args.spacing else None)
+        out = args.out if len(args.radiographs) == 1 else args.out / path.name.split(".")[0]
+        write_prediction(prediction, out, name)
+        areas = ", ".join(f"{k} {v:.0f}" for k, v in prediction.areas_mm2.items())
+        print(f"{path}: {prediction.label_image.shape[1]}x{prediction.label_image.shape[0]} px at "
+              f"{prediction.spacing_mm[0]:.3f} mm ({prediction.spacing_source}); areas mm^2: {areas} -> {out}")
+    return 0
+
+
+def main(argv=None) -> int:  # pragma: no cover - convenience for python -m XraySegInferLib.cli
+    from XraySegSimLib.cli import main as xrayseg_main
+
+    return xrayseg_main(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Datasets in our nnU-Net v2 raw layout (what the exporter writes), read without the exporter's code.
+
+Layout of ``<root>/Dataset<ID>_<Name>/``::
+
+    imagesTr/<case>_0000.nrrd   2D float32 radiograph in [0, 1], MONOCHROME2, spacing = pixel spacing (mm)
+    labelsTr/<case>.nrrd        2D region-encoded labels (atoms): class c = union of its atoms (dataset.json)
+    masksTr/<case>.nrrd         uint8 (C, H, W) overlapping binary masks in class order (preferred when present)
+    imagesTs/ labelsTs/ masksTs/    the test split, same layout
+    dataset.json                nnU-Net v2: labels {"background": 0, "<class>": [atoms...]}, regions_class_order...
+    atoms.json                  {atom: [class indices]} (used when dataset.json has no region lists)
+    classes.json                [{index, name, color, label_values}]
+    sidecars/<case>.json        geometry, "ct_id", physics
+    manifest.csv                case, ct_id, split, view, status, ...
+
+The validation split is by CT (``ct_id``), so no CT contributes views to both training and validation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError
+
+BAD_STATUS = {"failed", "error", "skipped", "excluded"}
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    index: int  # 1-based, class order
+    name: str
+    color: tuple[float, float, float]
+    atoms: tuple[int, ...] = ()
+
+
+@dataclass
+class Case:
+    case_id: str
+    split: str  # "train" (imagesTr) or "test" (imagesTs)
+    image: Path
+    label: Path | None
+    mask: Path | None
+    ct_id: str
+    view: str = ""
+    sidecar: Path | None = None
+
+
+@dataclass
+class SegmentationDataset:
+    root: Path
+    name: str
+    classes: list[ClassInfo]
+    cases: list[Case]
+    dataset_json: dict = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def split(self, which: str = "train") -> list[Case]:
+        return [c for c in self.cases if c.split == which]
+
+    def split_by_ct(self, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[Case], list[Case]]:
+        """(train, validation) of the training cases, split by CT: every view of a CT lands on one side.
+        With a single CT there is nothing to hold out: validation is empty (a warning is the caller's)."""
+        cases = self.split("train")
+        cts = sorted({c.ct_id for c in cases})
+        if len(cts) < 2 or val_fraction <= 0:
+            return cases, []
+        rng = np.random.default_rng(seed)
+        order = [cts[i] for i in rng.permutation(len(cts))]
+        n_val = min(len(cts) - 1, max(1, int(round(val_fraction * len(cts)))))
+        held = set(order[:n_val])
+        return [c for c in cases if c.ct_id not in held], [c for c in cases if c.ct_id in held]
+
+    def load(self, case: Case) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+        """(image float32 (H, W) as stored, masks uint8 (C, H, W), spacing (row_mm, col_mm))."""
+        from .reader import read_radiograph
+
+        image = read_radiograph(case.image)
+        if case.mask is not None and case.mask.exists():
+            masks = read_mask_stack(case.mask, len(self.classes))
+        elif case.label is not None and case.label.exists():
+            masks = decode_regions(read_label_image(case.label), self.classes)
+        else:
+            raise DatasetError(f"case {case.case_id}: neither {case.mask} nor {case.label} exists")
+        if masks.shape[1:] != image.shape:
+            raise DatasetError(f"case {case.case_id}: masks {masks.shape[1:]} and image {image.shape} differ in size")
+        return image.pixels, masks, image.spacing_mm or (1.0, 1.0)
+
+
+def find_dataset_folder(root: str | Path) -> Path:
+    """``root`` itself if it holds dataset.json, else its single ``Dataset*`` subfolder."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset folder not found: {root}")
+    if (root / "dataset.json").is_file():
+        return root
+    found = sorted(p for p in root.glob("Dataset*") if (p / "dataset.json").is_file())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DatasetError(f"{root} holds no dataset.json and no Dataset<ID>_<Name>/ folder with one; give the "
+                           "nnU-Net raw dataset folder written by the exporter")
+    raise DatasetError(f"{root} holds several datasets ({', '.join(p.name for p in found)}); give one of them")
+
+
+def _color(value, index: int) -> tuple[float, float, float]:
+    from XraySegSimLib.labels import palette_color
+
+    if value is None:
+        return palette_color(index)
+    rgb = [float(v) for v in value][:3]
+    if max(rgb) > 1.0:
+        rgb = [v / 255.0 for v in rgb]
+    return tuple(rgb)  # type: ignore[return-value]
+
+
+def read_classes(folder: Path, dataset_json: dict) -> list[ClassInfo]:
+    """Classes in dataset.json order (non-background keys of ``labels``), with names and colours from
+    classes.json and the atoms of each class from dataset.json (region lists) or atoms.json."""
+    labels = dataset_json.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise DatasetError(f"{folder / 'dataset.json'} has no 'labels' mapping")
+    names = [name for name in labels if name != "background"]
+    extra = {}
+    classes_path = folder / "classes.json"
+    if classes_path.is_file():
+        entries = json.loads(classes_path.read_text())
+        if isinstance(entries, dict):
+            entries = entries.get("classes", [])
+        extra = {e["name"]: e for e in entries}
+    atoms_by_class: dict[str, list[int]] = {}
+    atoms_path = folder / "atoms.json"
+    if atoms_path.is_file():
+        raw = json.loads(atoms_path.read_text())
+        raw = raw.get("atoms", raw) if isinstance(raw, dict) else raw
+        index_to_name = {int(e.get("index", i + 1)): e["name"] for i, e in enumerate(extra.values())} if extra \
+            else {i + 1: n for i, n in enumerate(names)}
+        for atom, members in (raw.items() if isinstance(raw, dict) else []):
+            for member in members:
+                name = member if isinstance(member, str) else index_to_name.get(int(member))
+                if name is not None:
+                    atoms_by_class.setdefault(name, []).append(int(atom))
+    classes = []
+    for i, name in enumerate(names):
+        value = labels[name]
+        atoms = [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+        if name in atoms_by_class and not isinstance(value, (list, tuple)):
+            atoms = sorted(set(atoms) | set(atoms_by_class[name]))
+        info = extra.get(name, {})
+        classes.append(ClassInfo(i + 1, name, _color(info.get("color"), i), tuple(sorted(set(atoms)))))
+    return classes
+
+
+def _manifest(folder: Path) -> dict[str, dict]:
+    path = folder / "manifest.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle) if row.get("case")}
+
+
+def read_dataset(root: str | Path) -> SegmentationDataset:
+    """Index a dataset folder (see module docstring); images are read lazily by :meth:`SegmentationDataset.load`."""
+    folder = find_dataset_folder(root)
+    try:
+        dataset_json = json.loads((folder / "dataset.json").read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{folder / 'dataset.json'} is not valid JSON: {error}") from error
+    classes = read_classes(folder, dataset_json)
+    ending = dataset_json.get("file_ending", ".nrrd")
+    manifest = _manifest(folder)
+    cases: list[Case] = []
+    for split, images, labels, masks in (("train", "imagesTr", "labelsTr", "masksTr"),
+                                         ("test", "imagesTs", "labelsTs", "masksTs")):
+        for image in sorted((folder / images).glob(f"*_0000{ending}")):
+            case_id = image.name[: -len(f"_0000{ending}")]
+            row = manifest.get(case_id, {})
+            if str(row.get("status", "")).strip().lower() in BAD_STATUS:
+                continue
+            sidecar = folder / "sidecars" / f"{case_id}.json"
+            meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+            ct_id = str(row.get("ct_id") or meta.get("ct_id") or case_id.rsplit("_", 1)[0])
+            view = str(row.get("view") or meta.get("view") or meta.get("geometry", {}).get("view", ""))
+            label = folder / labels / f"{case_id}{ending}"
+            mask = folder / masks / f"{case_id}{ending}"
+            cases.append(Case(case_id, split, image, label if label.exists() else None,
+                              mask if mask.exists() else None, ct_id, view, sidecar if sidecar.is_file() else None))
+    if not any(c.split == "train" for c in cases):
+        raise DatasetError(f"{folder} has no training images (imagesTr/<case>_0000{ending})")
+    return SegmentationDataset(folder, folder.name, classes, cases, dataset_json)
+
+
+def _read_nrrd(path: Path) -> tuple[np.ndarray, dict]:
+    import nrrd
+
+    try:
+        return nrrd.read(str(path), index_order="C")
+    except Exception as error:  # noqa: BLE001 - pynrrd raises several types
+        raise DatasetError(f"cannot read {path}: {error}") from error
+
+
+def read_label_image(path: Path) -> np.ndarray:
+    data, _ = _read_nrrd(path)
+    data = np.squeeze(data)
+    if data.ndim != 2:
+        raise DatasetError(f"{path}: label image of shape {data.shape} is not 2D")
+    return data.astype(np.int64)
+
+
+def read_mask_stack(path: Path, n_classes: int) -> np.ndarray:
+    """(C, H, W) uint8 from a mask NRRD; accepts (C, H, W), (H, W, C), (1, H, W, C) (Slicer .seg layout)."""
+    data, header = _read_nrrd(path)
+    kinds = list(reversed(header.get("kinds", [])))  # C order
+    if kinds and "list" in kinds and data.ndim == len(kinds):
+        data = np.moveaxis(data, kinds.index("list"), 0)
+    data = data.reshape([s for i, s in enumerate(data.shape) if not (s == 1 and i > 0)] or data.shape)
+    if data.ndim == 2 and n_classes == 1:
+        data = data[None]
+    if data.ndim != 3:
+        raise DatasetError(f"{path}: mask stack of shape {data.shape} is not (classes, rows, cols)")
+    if data.shape[0] != n_classes and data.shape[-1] == n_classes:
+        data = np.moveaxis(data, -1, 0)
+    if data.shape[0] != n_classes:
+        raise DatasetError(f"{path}: {data.shape[0]} mask layers but dataset.json names {n_classes} classes")
+    return (data > 0).astype(np.uint8)
+
+
+def decode_regions(label: np.ndarray, classes: list[ClassInfo]) -> np.ndarray:
+    """Overlapping masks (C, H, W) from a region-encoded label image: class c = pixels whose atom is one of its."""
+    return np.stack([np.isin(label, c.atoms) for c in classes]).astype(np.uint8)
+
+
+def masks_to_label(masks: np.ndarray) -> np.ndarray:
+    """Single-label image from overlapping masks: later classes are painted over earlier ones (nnU-Net's
+    regions_class_order convention). 0 = background."""
+    label = np.zeros(masks.shape[1:], np.int64)
+    for index in range(masks.shape[0]):
+        label[masks[index] > 0] = index + 1
+    return label

@@ -1,0 +1,228 @@
+"""Model packages: a folder with ``model.safetensors`` (the weights) and ``model.json`` (the model card).
+
+The card holds everything needed to run the model and to judge it: the architecture and its parameters, the
+label mode, the classes (names, colours, SNOMED CT codes where known), the input pixel spacing, the shared
+normalisation's parameters, the training data summary, the metrics, a version, and the SHA-256 of the
+weights file. :func:`load_package` checks the hash, that the network can be built from the card, and that the
+weights fit it (class count vs network output, layer shapes); every failure is a :class:`ModelPackageError`
+that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from .errors import ModelPackageError
+from .networks import build_network, out_channels_for
+
+CARD_FORMAT = "xrayseg-model"
+CARD_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model.json"
+
+SCT = "SCT"
+LEFT = {"CodeValue": "7771000", "CodingSchemeDesignator": SCT, "CodeMeaning": "Left"}
+RIGHT = {"CodeValue": "24028007", "CodingSchemeDesignator": SCT, "CodeMeaning": "Right"}
+# Bone structures (SNOMED CT body structure concepts, as in the TG-263 -> SNOMED CT mapping), by name pattern.
+SNOMED_BONES: list[tuple[str, str, str]] = [
+    (r"rib", "113197003", "Bone structure of rib"),
+    (r"clavic", "51299004", "Bone structure of clavicle"),
+    (r"scapul", "79601000", "Bone structure of scapula"),
+    (r"humer", "85050009", "Bone structure of humerus"),
+    (r"stern", "56873002", "Bone structure of sternum"),
+    (r"femur", "71341001", "Bone structure of femur"),
+    (r"acetabul", "37783008", "Bone structure of acetabulum"),
+    (r"ilium|iliac", "22356005", "Bone structure of ilium"),
+    (r"(vertebra|vertebrae)[_ ]?T\d+|thoracic[_ ]?(spine|vertebra)", "35769007", "Bone structure of thoracic vertebra"),
+    (r"(vertebra|vertebrae)[_ ]?L\d+|lumbar[_ ]?(spine|vertebra)", "73903008", "Bone structure of lumbar vertebra"),
+    (r"spine|vertebra", "421060004", "Structure of vertebral column"),
+]
+
+
+def snomed_for(name: str) -> dict | None:
+    """{"category", "type", "modifier"} codes (DICOM code-sequence style) for a bone class name, or None."""
+    lower = name.lower()
+    for pattern, code, meaning in SNOMED_BONES:
+        if re.search(pattern, name, re.IGNORECASE):
+            entry = {"category": {"CodeValue": "91723000", "CodingSchemeDesignator": SCT,
+                                  "CodeMeaning": "Anatomical structure"},
+                     "type": {"CodeValue": code, "CodingSchemeDesignator": SCT, "CodeMeaning": meaning}}
+            if re.search(r"(^|[_\s-])(left|l)($|[_\s-])", lower) or "left" in lower:
+                entry["modifier"] = LEFT
+            elif re.search(r"(^|[_\s-])(right|r)($|[_\s-])", lower) or "right" in lower:
+                entry["modifier"] = RIGHT
+            return entry
+    return None
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_card(*, name: str, architecture: dict, mode: str, classes: list[dict], spacing_mm: tuple[float, float],
+              patch_size: tuple[int, int], normalization: dict, training: dict | None = None,
+              metrics: dict | None = None, version: str = "0.1.0", flip_tta: bool = False,
+              field_of_view_mm: tuple[float, float] | None = None, description: str = "") -> dict:
+    """A model card (without the weights' hash, which :func:`save_package` adds)."""
+    from . import __version__
+
+    card_classes = []
+    for index, cls in enumerate(classes, start=1):
+        entry = {"index": index, "name": cls["name"], "color": [float(c) for c in cls["color"]]}
+        code = cls.get("snomed", snomed_for(cls["name"]))
+        if code:
+            entry["snomed"] = code
+        card_classes.append(entry)
+    return {
+        "format": CARD_FORMAT, "format_version": CARD_VERSION, "name": name, "version": version,
+        "description": description, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "software": {"xrayseg_infer": __version__, "torch": torch.__version__, "monai": _monai_version()},
+        "architecture": dict(architecture), "mode": mode,
+        "out_channels": out_channels_for(mode, len(card_classes)),
+        "classes": card_classes,
+        "input": {"channels": 1, "photometric": "MONOCHROME2", "pixel_spacing_mm": [float(s) for s in spacing_mm],
+                  "spacing_order": "row_mm, column_mm", "patch_size": [int(p) for p in patch_size],
+                  "field_of_view_mm": [float(f) for f in field_of_view_mm] if field_of_view_mm else None},
+        "normalization": {"function": "XraySegSimLib.physics.normalize_radiograph", **normalization},
+        "inference": {"sliding_window_overlap": 0.25, "flip_tta": bool(flip_tta),
+                      "threshold": 0.5 if mode == "multilabel" else None},
+        "training": training or {}, "metrics": metrics or {},
+    }
+
+
+def _monai_version() -> str:
+    try:
+        import monai
+
+        return monai.__version__
+    except ImportError:  # pragma: no cover
+        return "?"
+
+
+def save_package(folder: str | Path, network: torch.nn.Module, card: dict) -> Path:
+    """Write ``model.safetensors`` then ``model.json`` (with the weights' SHA-256 and size); returns the folder."""
+    from safetensors.torch import save_file
+    from XraySegSimLib.io import atomic_path, write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
+    weights = folder / WEIGHTS_FILE
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": CARD_FORMAT})
+    card = dict(card)
+    card["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(weights), "bytes": weights.stat().st_size,
+                       "parameters": int(sum(v.numel() for v in state.values()))}
+    write_json(folder / CARD_FILE, card)
+    return folder
+
+
+@dataclass
+class LoadedModel:
+    network: torch.nn.Module
+    card: dict
+    folder: Path
+
+    @property
+    def mode(self) -> str:
+        return self.card["mode"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c["name"] for c in self.card["classes"]]
+
+    @property
+    def spacing_mm(self) -> tuple[float, float]:
+        return tuple(self.card["input"]["pixel_spacing_mm"])  # type: ignore[return-value]
+
+
+def read_card(path: str | Path) -> tuple[dict, Path]:
+    """(card, folder) from a package folder or its model.json."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    card_path = folder / CARD_FILE if path.is_dir() else path
+    if not path.exists():
+        raise ModelPackageError(f"model package not found: {path}")
+    if not card_path.is_file():
+        raise ModelPackageError(f"{folder} is not a model package: {CARD_FILE} (the model card) is missing")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelPackageError(f"{card_path}: the model card is not valid JSON ({error})") from error
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise ModelPackageError(f"{card_path}: not an XraySeg model card (format is {card.get('format')!r}, "
+                                f"expected {CARD_FORMAT!r})" if isinstance(card, dict) else
+                                f"{card_path}: not an XraySeg model card")
+    if int(card.get("format_version", 0)) > CARD_VERSION:
+        raise ModelPackageError(f"{card_path}: card format version {card.get('format_version')} is newer than "
+                                f"this XraySeg understands ({CARD_VERSION}); update XraySeg")
+    missing = [k for k in ("architecture", "mode", "classes", "input", "normalization", "weights") if k not in card]
+    if missing:
+        raise ModelPackageError(f"{card_path}: the model card lacks {', '.join(missing)}")
+    return card, folder
+
+
+def load_package(path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> LoadedModel:
+    """Load and check a model package (see module docstring); the network is in eval mode on ``device``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    card, folder = read_card(path)
+    weights = folder / card["weights"].get("file", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ModelPackageError(f"{folder}: the weights file {weights.name} is missing")
+    if verify:
+        expected = card["weights"].get("sha256")
+        actual = sha256_file(weights)
+        if not expected:
+            raise ModelPackageError(f"{folder}: the model card has no SHA-256 of the weights")
+        if actual != expected:
+            raise ModelPackageError(
+                f"{weights}: SHA-256 {actual[:12]}... does not match the model card's {expected[:12]}...; the "
+                "weights are corrupt or belong to another card. Download the package again")
+    classes = card["classes"]
+    n_classes = len(classes)
+    if n_classes < 1:
+        raise ModelPackageError(f"{folder}: the model card lists no classes")
+    expected_out = out_channels_for(card["mode"], n_classes)
+    if int(card.get("out_channels", expected_out)) != expected_out:
+        raise ModelPackageError(
+            f"{folder}: the card lists {n_classes} classes in {card['mode']} mode, so the network needs "
+            f"{expected_out} outputs, but the card says out_channels = {card.get('out_channels')}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelPackageError(f"{weights}: not a readable safetensors file ({error})") from error
+    network = build_network(card["architecture"], n_classes, card["mode"])
+    own = network.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    absent = sorted(set(own) - set(state))
+    if unexpected or absent:
+        raise ModelPackageError(
+            f"{folder}: the weights do not fit the architecture in the card ({card['architecture'].get('name')}): "
+            f"{len(absent)} tensors missing (e.g. {absent[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    last = list(own)[-1]  # the output layer's bias (or weight): its first dimension is the output count
+    if state[last].shape[:1] != own[last].shape[:1]:
+        raise ModelPackageError(
+            f"{folder}: the weights have {state[last].shape[0]} output channels but the card lists {n_classes} "
+            f"classes in {card['mode']} mode, which need {expected_out}; the card and the weights do not belong "
+            "together")
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise ModelPackageError(
+                f"{folder}: tensor {key} has shape {tuple(tensor.shape)} in the weights but "
+                f"{tuple(own[key].shape)} in the network built from the card's architecture")
+    network.load_state_dict(state, strict=True)
+    network.to(device).eval()
+    return LoadedModel(network, card, folder)
