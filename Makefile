@@ -44,6 +44,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/bench_drr.py
 	$(PY) bench/bench_physics.py --figure
 	$(PY) bench/bench_export.py
+	$(PY) bench/bench_infer.py
 
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/bench_drr.py --quick
