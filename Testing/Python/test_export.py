@@ -21,7 +21,8 @@ from conftest import grid_volume, voxel_centers_ras
 from XraySegSimLib.errors import InputError
 from XraySegSimLib.export import ExportConfig, random_geometry, run_export, sample_rng
 from XraySegSimLib.export_inputs import (CaseInput, discover_folder, load_mapping, read_pairs_csv)
-from XraySegSimLib.export_layout import atom_table, combination_codes
+from XraySegSimLib.export_layout import (atom_table, combination_codes, gzip_runs, preview_rgb, sample_masks,
+                                         write_png_fast)
 from XraySegSimLib.seg_nrrd import read_seg_nrrd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,6 +134,56 @@ def test_atoms_round_trip():
         for c in combo:
             rebuilt[c - 1][codes == index] = True
     assert np.array_equal(rebuilt, masks)
+
+
+@pytest.mark.parametrize("n_classes", [6, 70])
+def test_fused_sample_kernels_equal_the_reference_path(n_classes, tmp_path):
+    """sample_masks / preview_rgb / write_png_fast give exactly DrrResult.masks + combination_codes + the LUT
+    label image + overlay.overlay_rgb + PIL (<= 64 classes: the bit kernels; beyond: the plane fallback)."""
+    from PIL import Image
+
+    from XraySegSimLib.labels import LabelClass, LabelClasses
+    from XraySegSimLib.overlay import overlay_rgb
+
+    rng = np.random.default_rng(1)
+    local_to_global = np.sort(rng.choice(n_classes, n_classes - 2, replace=False))[::-1].copy()  # not sorted
+    thickness = (rng.random((len(local_to_global), 37, 41)) * 3).astype(np.float32)
+    thickness[thickness < 2.2] = 0  # sparse, touching blobs
+    threshold = 0.7 + 1e-9  # not a float32: compared as float32, like DrrResult.masks
+    masks, codes, combos, top, counts, bits = sample_masks(thickness, threshold, local_to_global, n_classes)
+    reference = np.zeros((n_classes,) + thickness.shape[1:], np.uint8)
+    local = (thickness >= threshold) & (thickness > 0)
+    reference[local_to_global] = local
+    ref_codes, ref_combos = combination_codes(reference)
+    assert masks.dtype == np.uint8 and np.array_equal(masks, reference)
+    assert codes.dtype == np.uint16 and np.array_equal(codes, ref_codes) and combos == ref_combos
+    ref_top = np.array([c[-1] if c else 0 for c in ref_combos])[ref_codes]
+    assert np.array_equal(top, ref_top) and np.array_equal(counts, local.reshape(len(local), -1).sum(1))
+    assert (bits is None) == (n_classes > 64)
+    colors = [tuple(rng.random(3)) for _ in range(n_classes)]
+    classes = LabelClasses(tuple(LabelClass(f"c{i}", (i + 1,), col) for i, col in enumerate(colors)))
+    gray = rng.integers(0, 256, top.shape).astype(np.uint8)
+    present = [int(local_to_global[c]) + 1 for c in np.flatnonzero(counts)]
+    expected = overlay_rgb(gray, masks.astype(bool), top.astype(np.uint8), classes)
+    assert np.array_equal(preview_rgb(gray, masks, top, colors, present, bits), expected)
+    assert np.array_equal(preview_rgb(gray, masks, top, colors, present), expected)
+    write_png_fast(tmp_path / "p.png", expected)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "p.png")), expected)
+
+
+def test_gzip_runs_is_a_standard_gzip_stream():
+    import gzip
+    import zlib
+
+    rng = np.random.default_rng(2)
+    cases = [np.zeros(0, np.uint8), np.ones(1, np.uint8), rng.integers(0, 256, 3001).astype(np.uint8),
+             np.repeat(rng.integers(0, 3, 2000), rng.integers(1, 700, 2000)).astype(np.uint8),
+             np.zeros((3, 64, 64), np.uint8)]
+    for length in list(range(1, 20)) + [255, 256, 257, 258, 259, 260, 261, 262, 516, 517, 518, 519, 100_003]:
+        cases += [np.r_[7, np.full(length, 0), 9].astype(np.uint8), np.full(length, 200, np.uint8)]
+    for data in cases:
+        packed = gzip_runs(data)
+        assert gzip.decompress(packed) == data.tobytes() == zlib.decompress(packed, 31)
 
 
 def test_random_geometry_is_reproducible_and_recorded():

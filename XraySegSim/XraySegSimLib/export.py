@@ -63,10 +63,11 @@ import numpy as np
 from . import views
 from .errors import InputError, XraySegError
 from .export_inputs import CaseInput, ClassMapping, load_case, load_mapping, names_table
-from .export_layout import (DatasetLayout, atom_table, atoms_json, case_name, check_disk_space,
-                            combination_codes, dataset_json, expected_sample_bytes, load_json, read_nrrd,
-                            write_classes_json, write_image_2d, write_manifest, write_mask_stack)
-from .io import atomic_path, write_json, write_png
+from .export_layout import (DatasetLayout, atom_table, atoms_json, case_name, check_disk_space, dataset_json,
+                            expected_sample_bytes, labelled_centroid_ras, load_json, preview_rgb, read_nrrd,
+                            sample_masks, write_classes_json, write_image_2d, write_manifest, write_mask_stack,
+                            write_png_fast)
+from .io import atomic_path, write_json
 
 FORMAT_VERSION = 1
 
@@ -247,41 +248,140 @@ def _image(result, params, rng) -> np.ndarray:
     return physics.simulate_radiograph(result, params, rng).image
 
 
-def _write_sample(layout: DatasetLayout, case: str, split: str, image: np.ndarray, masks: np.ndarray,
-                  label_image: np.ndarray, codes: np.ndarray, combos: list, classes, spacing, sidecar: dict,
-                  previews: bool) -> None:
-    from .overlay import overlay_rgb
+@dataclass
+class _SampleJob:
+    """What the writer thread needs to finish one rendered sample (everything after the render)."""
 
+    case: str
+    split: str
+    view: int
+    result: Any  # DrrResult
+    geometry: Any
+    values: dict
+    physics_name: str | None
+    params: Any
+    rng: np.random.Generator  # after the geometry and physics draws: the noise comes next
+    render_ms: float
+
+
+@dataclass
+class _CtContext:
+    """Per-CT constants of the writer thread."""
+
+    layout: DatasetLayout
+    case_in: CaseInput
+    config: ExportConfig
+    mapping: ClassMapping
+    ct_grid: Any
+    local_to_global: np.ndarray
+
+
+def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
+    """Image, masks, combination codes, preview, sidecar; all files written atomically, the sidecar last.
+
+    Runs in the CT's writer thread while the next view renders (the projector releases the GIL); its kernels
+    are serial and release the GIL too."""
+    layout, config, mapping, case_in = ctx.layout, ctx.config, ctx.mapping, ctx.case_in
+    result, geometry, case, split, params = job.result, job.geometry, job.case, job.split, job.params
+    image = _image(result, params, job.rng)
+    masks, codes, combos, top, counts, bits = sample_masks(result.thickness_mm, result.min_mask_thickness_mm,
+                                                           ctx.local_to_global, len(mapping))
+    present_local = np.flatnonzero(counts)
+    present = [int(ctx.local_to_global[c]) + 1 for c in present_local]
+    projected = np.zeros(len(mapping), np.int64)
+    projected[ctx.local_to_global] = counts
+    spacing = geometry.spacing
     write_image_2d(layout.image(case, split), image.astype(np.float32), spacing)
-    write_mask_stack(layout.masks(case, split), masks, spacing, classes.names)
+    write_mask_stack(layout.masks(case, split), masks, spacing, mapping.names)
     with atomic_path(layout.codes(case)) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, codes=codes, combos=np.array(json.dumps([list(c) for c in combos])))
-    if previews:
+    if config.previews:
         gray = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-        write_png(layout.preview(case), overlay_rgb(gray, masks.astype(bool), label_image, classes))
+        # Tint: the highest class index of each pixel's combination; outlines show the others.
+        write_png_fast(layout.preview(case), preview_rgb(gray, masks, top, mapping.colors, present, bits))
+    sidecar = {
+        "format_version": FORMAT_VERSION,
+        "case": case, "ct_id": case_in.ct_id, "split": split, "view_index": job.view,
+        "inputs": case_in.to_dict(), "ct_grid": ctx.ct_grid,
+        "view_preset": config.view, "seed": config.seed,
+        "rng": {"entropy": [int(config.seed), zlib.crc32(case_in.ct_id.encode()), int(job.view)],
+                "order": "geometry draws (sorted names), physics.randomized, noise"},
+        "randomization": job.values,
+        "geometry": geometry.to_dict(),
+        "spacing_mm": list(geometry.spacing), "size": list(geometry.size),
+        "physics": None if params is None else {"preset": job.physics_name, "randomized":
+                                                config.randomize_physics,
+                                                "params": _jsonable(params)},
+        "image": {"quantity": "processed radiograph in [0, 1], MONOCHROME2 (dense = bright)"
+                  if params is not None else "naive DRR line integral normalised with "
+                  "physics.normalize_radiograph (0.5-99.5 % over the body), MONOCHROME2",
+                  "dtype": "float32"},
+        "classes": mapping.names,
+        "classes_present": present,
+        "projected_pixels": projected.tolist(),
+        "combinations": [list(c) for c in combos if c],
+        "mask_rule": f"path length through the class >= {result.min_mask_thickness_mm:.3g} mm",
+        "unknown_label_values_ignored": list(result.unknown_label_values),
+        "render_ms": round(job.render_ms, 1),
+        "files": {k: str(p.relative_to(layout.root)) for k, p in {
+            "image": layout.image(case, split), "label": layout.label(case, split),
+            "masks": layout.masks(case, split), "preview": layout.preview(case)}.items()},
+    }
     write_json(layout.sidecar(case), sidecar)  # last: the sample is complete
+
+
+# Rows per chunk of the render's parallel loop: chunks are handed out dynamically, so when the writer thread
+# takes a core for a moment the other render threads take over its rows (the default, static split waits for
+# the slowest thread). The rows are independent: the output does not depend on the scheduling.
+RENDER_CHUNK_ROWS = 4
+
+
+def _set_chunksize(rows: int) -> int:
+    """numba's parallel chunk size of the calling thread (its previous value is returned)."""
+    try:
+        import numba
+
+        previous = numba.get_parallel_chunksize()
+        numba.set_parallel_chunksize(rows)
+        return previous
+    except Exception:  # pragma: no cover - old numba: static scheduling
+        return 0
+
+
+def _set_numba_threads(threads: int | None) -> None:
+    """numba's thread count is per calling thread: set it in every thread that runs kernels."""
+    if threads:
+        try:
+            import numba
+
+            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        except Exception:  # pragma: no cover - numba missing is caught elsewhere
+            pass
 
 
 def process_ct(task: CtTask) -> dict[str, Any]:
     """Render and write every pending view of one CT. Never raises for a bad CT: returns its error."""
-    from .labels import LabelClass, LabelClasses
+    started = time.perf_counter()
+    layout = DatasetLayout(Path(task.root))
+    outcomes: list[dict] = []
+    report: dict[str, Any] = {"ct_id": task.case.ct_id, "error": None, "samples": outcomes, "notes": [],
+                              "unknown_label_values": []}
+    _set_numba_threads(task.threads)
+    previous_chunk = _set_chunksize(RENDER_CHUNK_ROWS)
+    try:
+        return _process_ct(task, started, layout, outcomes, report)
+    finally:
+        _set_chunksize(previous_chunk)
+
+
+def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: list[dict],
+                report: dict[str, Any]) -> dict[str, Any]:
+    from .labels import LabelClasses
     from .materials import MaterialModel
     from .projector import DrrProjector
 
-    started = time.perf_counter()
-    layout = DatasetLayout(Path(task.root))
     case_in, config, mapping = task.case, task.config, task.mapping
-    outcomes: list[dict] = []
-    report: dict[str, Any] = {"ct_id": case_in.ct_id, "error": None, "samples": outcomes, "notes": [],
-                              "unknown_label_values": []}
-    if task.threads:
-        try:
-            import numba
-
-            numba.set_num_threads(max(1, min(task.threads, numba.config.NUMBA_NUM_THREADS)))
-        except Exception:  # pragma: no cover - numba missing is caught elsewhere
-            pass
     try:
         loaded = load_case(case_in, mapping)
         classes_ct = mapping.classes_for(loaded.names) if loaded.labels is not None else LabelClasses(())
@@ -290,9 +390,9 @@ def process_ct(task: CtTask) -> dict[str, Any]:
                                  threads=task.threads, names_table=loaded.names,
                                  materials=MaterialModel() if physics_on else None)
         if config.isocenter == "labels" and len(projector.classes):
-            labelled = projector.packed >> 16 != 0
-            base_iso = loaded.ct.centroid_ras(labelled)
-            del labelled
+            base_iso = labelled_centroid_ras(projector.packed, loaded.ct.ijk_to_ras)
+            if base_iso is None:
+                raise InputError(f"{loaded.ct.name or 'volume'}: the mask is empty, it has no centroid")
         else:
             base_iso = loaded.ct.center_ras
         ct_grid = loaded.ct.describe_grid()
@@ -302,13 +402,19 @@ def process_ct(task: CtTask) -> dict[str, Any]:
     except (XraySegError, OSError, ValueError, MemoryError) as error:
         report["error"] = f"{type(error).__name__}: {error}" if not isinstance(error, XraySegError) else str(error)
         return report
-    n_classes = len(mapping)
     global_index = {name: i for i, name in enumerate(mapping.names)}
     local_to_global = np.array([global_index[c.name] for c in projector.classes.classes], np.int64)
-    dataset_classes = LabelClasses(tuple(LabelClass(n, (i + 1,), col)
-                                         for i, (n, col) in enumerate(zip(mapping.names, mapping.colors))))
-    writer = cf.ThreadPoolExecutor(1)
-    pending: list[cf.Future] = []
+    ctx = _CtContext(layout, case_in, config, mapping, ct_grid, local_to_global)
+    # One writer thread finishes each sample (image, masks, codes, preview, files) while the next view renders.
+    writer = cf.ThreadPoolExecutor(1, initializer=_set_numba_threads, initargs=(task.threads,))
+    pending: list[tuple[cf.Future, int]] = []  # (future, index of its row in outcomes)
+
+    def settle(future: cf.Future, row: int) -> None:
+        try:
+            future.result()
+        except (XraySegError, ValueError, OSError) as error:
+            outcomes[row] = dict(outcomes[row], status="failed", message=str(error))
+
     try:
         for view in task.views:
             case = case_name(case_in.ct_id, view)
@@ -322,58 +428,19 @@ def process_ct(task: CtTask) -> dict[str, Any]:
                 t0 = time.perf_counter()
                 result = projector.render(geometry)
                 render_ms = (time.perf_counter() - t0) * 1000
-                image = _image(result, params, rng)
-                local_masks = result.masks()
-                masks = np.zeros((n_classes,) + image.shape, np.uint8)
-                masks[local_to_global] = local_masks
-                codes, combos = combination_codes(masks)
-                # Preview tint: the highest class index of each pixel's combination (a LUT over the codes: cheap,
-                # unlike an argmax over every class's thickness); outlines show the others.
-                label_image = np.array([c[-1] if c else 0 for c in combos],
-                                       np.uint16 if n_classes > 254 else np.uint8)[codes]
-                split = task.split
-                present = [int(i) + 1 for i in local_to_global[local_masks.reshape(len(local_to_global), -1).any(1)]] \
-                    if len(local_to_global) else []
-                sidecar = {
-                    "format_version": FORMAT_VERSION,
-                    "case": case, "ct_id": case_in.ct_id, "split": split, "view_index": view,
-                    "inputs": case_in.to_dict(), "ct_grid": ct_grid,
-                    "view_preset": config.view, "seed": config.seed,
-                    "rng": {"entropy": [int(config.seed), zlib.crc32(case_in.ct_id.encode()), int(view)],
-                            "order": "geometry draws (sorted names), physics.randomized, noise"},
-                    "randomization": values,
-                    "geometry": geometry.to_dict(),
-                    "spacing_mm": list(geometry.spacing), "size": list(geometry.size),
-                    "physics": None if params is None else {"preset": physics_name, "randomized":
-                                                            config.randomize_physics,
-                                                            "params": _jsonable(params)},
-                    "image": {"quantity": "processed radiograph in [0, 1], MONOCHROME2 (dense = bright)"
-                              if params is not None else "naive DRR line integral normalised with "
-                              "physics.normalize_radiograph (0.5-99.5 % over the body), MONOCHROME2",
-                              "dtype": "float32"},
-                    "classes": mapping.names,
-                    "classes_present": present,
-                    "projected_pixels": [int(m.sum()) for m in masks],
-                    "combinations": [list(c) for c in combos if c],
-                    "mask_rule": f"path length through the class >= {result.min_mask_thickness_mm:.3g} mm",
-                    "unknown_label_values_ignored": list(result.unknown_label_values),
-                    "render_ms": round(render_ms, 1),
-                    "files": {k: str(p.relative_to(layout.root)) for k, p in {
-                        "image": layout.image(case, split), "label": layout.label(case, split),
-                        "masks": layout.masks(case, split), "preview": layout.preview(case)}.items()},
-                }
-                # Bounded overlap: at most one sample waits to be written while the next one renders.
-                while len(pending) >= 2:
-                    pending.pop(0).result()
-                pending.append(writer.submit(_write_sample, layout, case, split, image, masks, label_image, codes,
-                                             combos, dataset_classes, geometry.spacing, sidecar, config.previews))
-                outcomes.append(SampleOutcome(case, case_in.ct_id, split, view, "ok").row())
             except (XraySegError, ValueError, OSError) as error:
                 outcomes.append(SampleOutcome(case, case_in.ct_id, task.split, view, "failed", str(error)).row())
-        for future in pending:
-            future.result()
-    except OSError as error:  # a write failed (disk full...): the CT's remaining samples are not complete
-        report["error"] = f"writing failed: {error}"
+                continue
+            # Bounded overlap: at most one sample waits to be finished while the next one renders.
+            while len(pending) >= 2:
+                settle(*pending.pop(0))
+            job = _SampleJob(case, task.split, view, result, geometry, values, physics_name, params, rng, render_ms)
+            del result
+            outcomes.append(SampleOutcome(case, case_in.ct_id, task.split, view, "ok").row())
+            pending.append((writer.submit(_finish_sample, ctx, job), len(outcomes) - 1))
+            del job
+        for item in pending:
+            settle(*item)
     finally:
         writer.shutdown(wait=True)
     report["elapsed_s"] = time.perf_counter() - started
@@ -382,6 +449,14 @@ def process_ct(task: CtTask) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The coordinator
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity: taskset, containers), else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def assign_splits(cases: Sequence[CaseInput], config: ExportConfig) -> dict[str, str]:
@@ -505,7 +580,7 @@ def run_export(
     write_json(layout.config, _jsonable(content))
     layout.cancel_flag.unlink(missing_ok=True)
     if threads is None and scheduler is None:
-        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+        threads = max(1, available_cores() // max(1, workers))
     submit, close, kind = _executor(workers, scheduler, threads)
     futures = {}
     outcomes: list[SampleOutcome] = list(skipped)
