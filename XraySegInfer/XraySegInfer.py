@@ -1,6 +1,20 @@
+import pathlib
+from typing import Annotated
+
+import vtk
+
 import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _, translate
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import *  # noqa: F403
+from slicer.util import VTKObservationMixin
+
+import qt
+
+# = XraySegInferLib.dependencies.DEVICES (a test checks it), repeated so importing this module stays light:
+# torch, MONAI and the packages installed on first use are imported only when a model runs.
+DEVICES = ("Auto", "CUDA", "CPU")
 
 
 class XraySegInfer(ScriptedLoadableModule):
@@ -11,30 +25,380 @@ class XraySegInfer(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["XraySeg developers"]
         self.parent.helpText = _(
-            "Bone segmentation of radiographs (X-ray images). Inference arrives in a later release; until then "
-            "use XraySeg Sim to simulate radiographs with bone labels from CT. "
+            "Bone segmentation of radiographs (X-ray images): choose a radiograph (DICOM CR/DX, PNG/JPEG, NRRD or "
+            "an XraySeg Sim DRR), a model and a device, and click Segment. The result is a segmentation on the "
+            "radiograph's own grid with SNOMED CT terminology, and a table of bone areas (mm2) with the model's "
+            "confidence. Batch: a folder of radiographs to .seg.nrrd files and a summary table. "
             "See <a href='https://github.com/xrayseg/SlicerXraySeg'>the project page</a>.")
-        self.parent.acknowledgementText = _("Developed by the XraySeg developers.")
+        self.parent.acknowledgementText = _("Developed by the XraySeg developers. Networks from MONAI.")
 
 
-class XraySegInferWidget(ScriptedLoadableModuleWidget):
+@parameterNodeWrapper
+class XraySegInferParameterNode:
+    """Input radiograph, model (an id of ``XraySegInferLib.models.available_models``), device; the last outputs;
+    the batch folders."""
+    inputVolume: vtkMRMLScalarVolumeNode
+    modelId: str = ""
+    device: Annotated[str, Choice(DEVICES)] = "Auto"
+    outputSegmentation: vtkMRMLSegmentationNode
+    outputTable: vtkMRMLTableNode
+    batchInputFolder: pathlib.Path
+    batchOutputFolder: pathlib.Path
+    batchResume: bool = True
+
+
+class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Binds the .ui to the parameter node and calls Logic. Long runs: Logic runs the network in a worker thread
+    and calls back here a few times a second; the callback moves the progress bar and processes GUI events, so
+    Cancel is clickable (see XraySegInferLib.runner)."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = False
+        self._cancelRequested = False
+
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/XraySegInfer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = XraySegInferLogic()
+        self.logic = XraySegInferLogic(interactive=True)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.runButton.connect("clicked(bool)", self.onRun)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.batchRunButton.connect("clicked(bool)", self.onBatch)
+        self.ui.batchCancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.openBatchOutputButton.connect("clicked(bool)", lambda: self._openFolder(
+            self._parameterNode.batchOutputFolder if self._parameterNode else None))
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChosen)
+        self.ui.importModelFileButton.connect("clicked(bool)", self.onImportModelFile)
+        self.ui.importModelFolderButton.connect("clicked(bool)", self.onImportModelFolder)
+        self.ui.openCacheButton.connect("clicked(bool)", lambda: self._openFolder(self.logic.cacheDir))
+        self.ui.clearCacheButton.connect("clicked(bool)", self.onClearCache)
+        self.initializeParameterNode()
+        self.refreshModels()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParametersChanged)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParametersChanged)
+            self.onParametersChanged()
+
+    def onParametersChanged(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        hasModel = bool(p and p.modelId)
+        self.ui.runButton.enabled = bool(p and p.inputVolume and hasModel) and not self._running
+        self.ui.batchRunButton.enabled = bool(p and p.batchInputFolder and p.batchOutputFolder and hasModel) \
+            and not self._running
+        self.ui.cancelButton.enabled = self.ui.batchCancelButton.enabled = self._running
+
+    # ---- models ----
+    def refreshModels(self, select=None) -> None:
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for entry in self.logic.models():
+            combo.addItem(entry.label, entry.id)
+        combo.blockSignals(wasBlocked)
+        wanted = select or (self._parameterNode.modelId if self._parameterNode else "")
+        ids = [combo.itemData(i) for i in range(combo.count)]
+        combo.currentIndex = ids.index(wanted) if wanted in ids else (0 if ids else -1)
+        self.onModelChosen(combo.currentIndex)
+        if not ids:
+            self.ui.modelInfoLabel.text = _("No model: import a model package (.zip, folder) or an nnU-Net results "
+                                            "folder.")
+
+    def onModelChosen(self, index) -> None:
+        if not self._parameterNode:
+            return
+        modelId = self.ui.modelComboBox.itemData(index) if index >= 0 else ""
+        self._parameterNode.modelId = modelId or ""
+        entry = self.logic.model(modelId) if modelId else None
+        if entry is not None:
+            self.ui.modelInfoLabel.text = _("{n} classes: {names}\n{path}").format(
+                n=len(entry.class_names), names=", ".join(entry.class_names), path=entry.path)
+
+    def _import(self, path) -> None:
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Failed to import the model."), waitCursor=True):
+                entry = self.logic.importModel(path)
+                self.refreshModels(select=entry.id)
+                slicer.util.showStatusMessage(_("Imported {label}").format(label=entry.label), 5000)
+
+    def onImportModelFile(self) -> None:
+        self._import(qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Import model package"), "",
+                                                    _("Model package (*.zip model.json)")))
+
+    def onImportModelFolder(self) -> None:
+        self._import(qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("Import a model package folder or an nnU-Net v2 results folder")))
+
+    def onClearCache(self) -> None:
+        if slicer.util.confirmOkCancelDisplay(_("Remove all imported models from {cache}? The bundled model "
+                                                "stays.").format(cache=self.logic.cacheDir)):
+            removed = self.logic.clearCache()
+            self.refreshModels()
+            slicer.util.showStatusMessage(_("Removed {n} imported models").format(n=removed), 5000)
+
+    @staticmethod
+    def _openFolder(folder) -> None:
+        if folder:
+            pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
+            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(folder)))
+
+    # ---- run ----
+    def _setRunning(self, running: bool) -> None:
+        self._running = running
+        self._cancelRequested = False
+        self.onParametersChanged()
+
+    def _progress(self, bar, label):
+        def callback(fraction, message):
+            bar.value = int(round(100 * fraction))
+            label.text = message
+            slicer.app.processEvents()
+        return callback
+
+    def _isCancelled(self) -> bool:
+        slicer.app.processEvents()
+        return self._cancelRequested
+
+    def onCancel(self) -> None:
+        self._cancelRequested = True
+        self.ui.statusLabel.text = _("Cancelling...")
+
+    def onRun(self) -> None:
+        from XraySegInferLib.runner import Cancelled
+        p = self._parameterNode
+        self._setRunning(True)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Segmentation failed; nothing was added to the scene.")):
+                try:
+                    result = self.logic.segment(p.inputVolume, p.modelId, p.device,
+                                                progress=self._progress(self.ui.progressBar, self.ui.statusLabel),
+                                                cancel=self._isCancelled)
+                except Cancelled:
+                    self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
+                    return
+                p.outputSegmentation, p.outputTable = result.segmentation, result.table
+                self.logic.showResult(p.inputVolume, result.table)
+                self.ui.statusLabel.text = _("{n} bones segmented in {s:.1f} s. {notes}").format(
+                    n=sum(c.pixels > 0 for c in result.classes), s=result.seconds, notes=" ".join(result.notes))
+        finally:
+            self._setRunning(False)
+
+    def onBatch(self) -> None:
+        p = self._parameterNode
+        self._setRunning(True)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Batch segmentation failed.")):
+                report = self.logic.runBatch(p.batchInputFolder, p.batchOutputFolder, p.modelId, p.device,
+                                             resume=p.batchResume,
+                                             progress=self._progress(self.ui.batchProgressBar,
+                                                                     self.ui.batchStatusLabel),
+                                             cancel=self._isCancelled)
+                text = _("{done} done, {skipped} already done, {failed} failed").format(
+                    done=len(report.done), skipped=len(report.skipped), failed=len(report.failed))
+                if report.cancelled:
+                    text += _(" - cancelled: run again with Resume to continue")
+                self.ui.batchStatusLabel.text = text
+                self.logic.loadBatchSummary(report)
+        finally:
+            self._setRunning(False)
 
 
 class XraySegInferLogic(ScriptedLoadableModuleLogic):
-    """Placeholder: the inference core (XraySegInferLib) comes with a later issue."""
+    """Python console API (the widget only calls these)::
+
+        logic = slicer.util.getModuleLogic("XraySegInfer")     # or XraySegInferLogic()
+        [m.id for m in logic.models()]                          # bundled first, then imported
+        result = logic.segment(volumeNode)                      # bundled model, device "Auto"
+        result.segmentation, result.table, result.notes
+        logic.segment(volumeNode, modelId, "CPU", progress=lambda f, msg: print(f, msg), cancel=lambda: False)
+        logic.importModel("/path/model.zip")                    # or a package folder, or an nnU-Net results folder
+        logic.runBatch("/in", "/out", resume=True)              # .seg.nrrd per image + summary.csv
+    """
+
+    def __init__(self, scene=None, cacheDir=None, interactive: bool = False) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        from XraySegInferLib.dependencies import Dependencies
+        self.scene = scene
+        self.cacheDir = pathlib.Path(cacheDir) if cacheDir else self._defaultCacheDir()
+        if interactive:  # ask once, then install with pip (never at import time)
+            self.dependencies = Dependencies(confirm=slicer.util.confirmOkCancelDisplay,
+                                             pip_install=slicer.util.pip_install)
+        else:  # scripts: report what is missing, install nothing
+            self.dependencies = Dependencies(confirm=lambda text: False, pip_install=lambda requirements: None)
+        self._predictors = {}
+
+    @staticmethod
+    def _defaultCacheDir() -> pathlib.Path:
+        from XraySegInferLib.models import default_cache_dir
+        app = getattr(slicer, "app", None)
+        cachePath = getattr(app, "cachePath", None) if app is not None else None
+        return pathlib.Path(cachePath) / "XraySegInfer" if cachePath else default_cache_dir()
+
+    def getParameterNode(self):
+        return XraySegInferParameterNode(super().getParameterNode())
+
+    def _scene(self):
+        return self.scene if self.scene is not None else slicer.mrmlScene
+
+    # ---- models ----
+    def models(self):
+        from XraySegInferLib.models import available_models
+        return available_models(self.cacheDir)
+
+    def model(self, modelId=None):
+        """The model entry of ``modelId`` (default: the first, i.e. the bundled model)."""
+        from XraySegInferLib.errors import ModelPackageError
+        entries = self.models()
+        if not entries:
+            raise ModelPackageError("no model available: import a model package or an nnU-Net results folder")
+        if not modelId:
+            return entries[0]
+        for entry in entries:
+            if entry.id == modelId:
+                return entry
+        raise ModelPackageError(f"no model with id {modelId!r}; available: {', '.join(e.id for e in entries)}")
+
+    def importModel(self, path):
+        from XraySegInferLib.models import import_model
+        self._predictors.clear()
+        return import_model(path, self.cacheDir)
+
+    def clearCache(self) -> int:
+        from XraySegInferLib.models import clear_cache
+        self._predictors.clear()
+        return clear_cache(self.cacheDir)
+
+    def predictor(self, modelId=None, device="Auto"):
+        """(predictor, device note); loaded once per (model, device)."""
+        self.dependencies.ensure()
+        from XraySegInferLib.dependencies import resolve_device
+        from XraySegInferLib.models import load_entry
+        entry = self.model(modelId)
+        torchDevice, note = resolve_device(device)
+        key = (entry.id, str(entry.path), torchDevice)
+        if key not in self._predictors:
+            self._predictors = {key: load_entry(entry, torchDevice)}  # keep one model in memory
+        return self._predictors[key], note, entry
+
+    # ---- run ----
+    def segment(self, volumeNode, modelId=None, device="Auto", progress=None, cancel=None, spacingMm=None):
+        """Segment the radiograph ``volumeNode``: returns ``XraySegInferLib.mrml_adapter.SegmentationResult``
+        (segmentation node on the radiograph's grid, table node, notes). Raises ``InputError`` for a 3D or RGB
+        volume, ``ModelPackageError`` for a bad model, ``Cancelled`` on cancel; nothing is added then."""
+        from XraySegInferLib.mrml_adapter import radiograph_from_node, segment_radiograph
+        radiograph_from_node(volumeNode)  # a bad input is refused before a model is loaded
+        predictor, note, entry = self.predictor(modelId, device)
+        return segment_radiograph(self._scene(), volumeNode, predictor, progress, cancel, spacingMm,
+                                  model_label=entry.label, device_note=note)
+
+    def runBatch(self, inputFolder, outputFolder, modelId=None, device="Auto", resume=True, progress=None,
+                 cancel=None):
+        """Every radiograph under ``inputFolder`` -> ``outputFolder/<name>.seg.nrrd`` + ``summary.csv``
+        (``XraySegInferLib.runner.run_batch``); returns its ``BatchReport``."""
+        from XraySegInferLib.runner import run_batch
+        predictor, note, entry = self.predictor(modelId, device)
+        return run_batch(predictor, inputFolder, outputFolder, resume=resume, progress=progress, cancel=cancel)
+
+    def loadBatchSummary(self, report):
+        from XraySegInferLib.mrml_adapter import table_from_csv
+        if report.summary_csv.is_file():
+            return table_from_csv(self._scene(), report.summary_csv)
+
+    def showResult(self, volumeNode, tableNode=None, sliceViewName="Red") -> None:
+        """The radiograph (background) with the segmentation overlay in the ``sliceViewName`` view, fitted to
+        the image plane; the table below the views."""
+        from XraySegInferLib.mrml_adapter import show_in_slice_view
+        sliceLogic = slicer.app.applicationLogic().GetSliceLogicByLayoutName(sliceViewName)
+        show_in_slice_view(sliceLogic.GetSliceNode(), sliceLogic.GetSliceCompositeNode(), volumeNode)
+        if tableNode is not None and hasattr(slicer.app, "layoutManager") and slicer.app.layoutManager():
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(tableNode.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
 
 
 class XraySegInferTest(ScriptedLoadableModuleTest):
+    """Self-test on a DRR made in code: a phantom CT with three bones (XraySegInferLib.synthetic) is projected
+    by XraySegSimLib; a tiny model is trained on other phantoms in a few seconds (or taken from
+    ``$XRAYSEG_SELFTEST_MODEL``); the segmentation must lie on the DRR's oblique grid and reach Dice 0.7."""
+    DICE_FLOOR = 0.7
+
     def runTest(self):
         slicer.mrmlScene.Clear()
-        self.test_logic_instantiates()
+        self.test_segment_drr()
 
-    def test_logic_instantiates(self):
-        self.assertIsNotNone(XraySegInferLogic())
+    def _model(self):
+        import os
+        import tempfile
+        if os.environ.get("XRAYSEG_SELFTEST_MODEL"):
+            return os.environ["XRAYSEG_SELFTEST_MODEL"]
+        from XraySegInferLib.synthetic import make_dataset
+        from XraySegInferLib.training import TrainConfig, train
+        root = pathlib.Path(tempfile.mkdtemp(prefix="XraySegInferTest-"))
+        dataset = make_dataset(root / "data", n_cts=4, views_per_ct=4, size=64, test_cts=0, seed=0)
+        config = TrainConfig(architecture={"name": "UNet", "channels": [8, 16, 32, 64], "strides": [2, 2, 2],
+                                           "num_res_units": 0, "norm": "instance"},
+                             patch_size=64, batch_size=8, steps=150, val_every=50, learning_rate=1e-2,
+                             augment={"probability": 0.3, "blur_probability": 0.1}, threads=1, seed=0)
+        return str(train(dataset, root / "run", config, progress=False, log=lambda *a: None).package)
+
+    def test_segment_drr(self):
+        import numpy as np
+        from XraySegInferLib.synthetic import CLASS_NAMES, phantom_ct, render_views
+        from XraySegSimLib.mrml_adapter import _image_data, array_from_vtk_matrix, vtk_matrix_from_array
+        ct, labels = phantom_ct(np.random.default_rng(1234))
+        ((image, masks, spacing, geometry),) = render_views(ct, labels, [(12.0, -6.0)], size=64)
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "DRR")
+        node.SetAndObserveImageData(_image_data(image[None].astype(np.float32), vtk.VTK_FLOAT))
+        node.SetIJKToRASMatrix(vtk_matrix_from_array(geometry.detector_ijk_to_ras()))
+        node.CreateDefaultDisplayNodes()
+        import tempfile
+        logic = XraySegInferLogic(cacheDir=tempfile.mkdtemp(prefix="XraySegInferTest-cache-"))  # not the user's
+        entry = logic.importModel(self._model())
+        result = logic.segment(node, entry.id, "CPU")
+        matrix = vtk.vtkMatrix4x4()
+        segments = result.segmentation.GetSegmentation()
+        self.assertEqual([segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())],
+                         list(CLASS_NAMES))
+        labelmap = segments.GetNthSegment(0).GetRepresentation("Binary labelmap")
+        labelmap.GetImageToWorldMatrix(matrix)
+        np.testing.assert_allclose(array_from_vtk_matrix(matrix), geometry.detector_ijk_to_ras(), atol=1e-6)
+        predicted = result.prediction.masks.astype(bool)
+        truth = masks.astype(bool)
+        dice = [2 * (p & t).sum() / max(1, p.sum() + t.sum()) for p, t in zip(predicted, truth)]
+        self.assertGreater(float(np.mean(dice)), self.DICE_FLOOR, f"Dice per class {dice}")
+        self.assertEqual(result.table.GetTable().GetNumberOfRows(), len(CLASS_NAMES))
+

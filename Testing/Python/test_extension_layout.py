@@ -207,3 +207,27 @@ def test_icons_are_128_pngs(icon):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{icon} is not a PNG"
     assert struct.unpack(">II", data[16:24]) == (128, 128), f"{icon} is not 128x128"
+
+
+def test_infer_parameter_node_and_ui():
+    cls = parameter_node_class(parse_module("XraySegInfer"))
+    assert cls is not None and cls.name == "XraySegInferParameterNode"
+    bound = {"inputVolumeSelector": "inputVolume", "deviceComboBox": "device",
+             "batchInputPathLineEdit": "batchInputFolder", "batchOutputPathLineEdit": "batchOutputFolder",
+             "batchResumeCheckBox": "batchResume"}
+    assert set(annotated_fields(cls)) == {*bound.values(), "modelId", "outputSegmentation", "outputTable"}
+    root = ui_tree("XraySegInfer")
+    assert ui_parameter_names(root) == bound
+    combos = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    connected = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    assert combos and combos <= connected, f"not connected to the scene: {sorted(combos - connected)}"
+    tree = parse_module("XraySegInfer")
+    (devices,) = [n.value for n in tree.body if isinstance(n, ast.Assign)
+                  and any(isinstance(t, ast.Name) and t.id == "DEVICES" for t in n.targets)]
+    combo = next(w for w in root.iter("widget") if w.get("name") == "deviceComboBox")
+    items = tuple(i.findtext("./property[@name='text']/string") for i in combo.findall("item"))
+    assert items == tuple(ast.literal_eval(devices))
+    # The widget loads this .ui, as in Slicer's template.
+    assert 'self.resourcePath("UI/XraySegInfer.ui")' in (ROOT / "XraySegInfer" / "XraySegInfer.py").read_text()
