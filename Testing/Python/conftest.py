@@ -46,3 +46,17 @@ def voxel_centers_ras(volume: Volume) -> np.ndarray:
     k, j, i = np.meshgrid(*[np.arange(n) for n in volume.array.shape], indexing="ij")
     ijk = np.stack([i, j, k], axis=-1).astype(float)
     return ijk @ volume.ijk_to_ras[:3, :3].T + volume.ijk_to_ras[:3, 3]
+
+
+def write_image(array: np.ndarray, ijk_to_ras: np.ndarray, path: Path) -> Path:
+    """Write ``array[k, j, i]`` placed by a RAS ``ijk_to_ras`` with SimpleITK (which stores LPS)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((lps @ ijk_to_ras[:3, :3] / spacing).flatten().tolist())
+    image.SetOrigin((lps @ ijk_to_ras[:3, 3]).tolist())
+    sitk.WriteImage(image, str(path))
+    return path

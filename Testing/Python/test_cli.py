@@ -13,18 +13,7 @@ import SimpleITK as sitk
 
 from XraySegSimLib import XrayGeometry
 from XraySegSimLib.cli import main
-from conftest import grid_volume, voxel_centers_ras
-
-
-def write_image(array: np.ndarray, ijk_to_ras: np.ndarray, path: Path) -> Path:
-    image = sitk.GetImageFromArray(array)
-    lps = np.diag([-1.0, -1.0, 1.0])
-    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((lps @ ijk_to_ras[:3, :3] / spacing).flatten().tolist())
-    image.SetOrigin((lps @ ijk_to_ras[:3, 3]).tolist())
-    sitk.WriteImage(image, str(path))
-    return path
+from conftest import grid_volume, voxel_centers_ras, write_image
 
 
 @pytest.fixture(scope="module")

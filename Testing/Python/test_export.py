@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import grid_volume, voxel_centers_ras
+from conftest import grid_volume, voxel_centers_ras, write_image
 from XraySegSimLib.errors import InputError
 from XraySegSimLib.export import ExportConfig, random_geometry, run_export, sample_rng
 from XraySegSimLib.export_inputs import (CaseInput, discover_folder, load_mapping, read_pairs_csv)
@@ -28,17 +28,6 @@ from XraySegSimLib.seg_nrrd import read_seg_nrrd
 REPO = Path(__file__).resolve().parents[2]
 # TotalSegmentator v1 values: vertebrae_T6 = 38, sternum = 116, rib_left_5 = 96; liver = 5 (not a bone)
 MAPPING = "spine = vertebrae_T6; sternum; ribs = rib_left_*"
-
-
-def write_image(array: np.ndarray, ijk_to_ras: np.ndarray, path: Path) -> Path:
-    image = sitk.GetImageFromArray(array)
-    lps = np.diag([-1.0, -1.0, 1.0])
-    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((lps @ ijk_to_ras[:3, :3] / spacing).flatten().tolist())
-    image.SetOrigin((lps @ ijk_to_ras[:3, 3]).tolist())
-    sitk.WriteImage(image, str(path))
-    return path
 
 
 def make_phantom(folder: Path, name: str, shift=(0.0, 0.0, 0.0), flip=False, extra_label: int | None = None):
