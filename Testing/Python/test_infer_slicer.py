@@ -592,7 +592,7 @@ def test_module_self_test_passes_on_a_headless_scene(app, monkeypatch, tiny_mode
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (BUNDLED / "model.json").is_file(), reason="no bundled model in Resources/Models/chest yet")
-def test_bundled_model_on_a_sample_ct_drr_through_the_scene(app, sample_chest_ct):
+def test_bundled_model_on_a_sample_ct_drr_through_the_scene(app, sample_chest_ct, artifacts_dir):
     """The bundled model, found as the module finds it, on a new oblique PA view of the sample chest CT (the
     physics chain of its training), through the scene: the segmentation node lies on the radiograph's grid with
     the card's names and colours, and its Dice against the exactly projected labels stays within 0.10 of the
@@ -630,3 +630,15 @@ def test_bundled_model_on_a_sample_ct_drr_through_the_scene(app, sample_chest_ct
     scores = [dice(m, t) for m, t in zip(masks, result.masks() > 0)]
     floor = model.card["metrics"]["held_out_views"]["mean_dice_over_classes"] - 0.10
     assert np.mean(scores) >= floor, dict(zip(model.class_names, np.round(scores, 3)))
+    # The README's last picture of the round trip: the bundled model's segmentation in a Slicer slice view.
+    from XraySegInferLib.mrml_adapter import show_in_slice_view
+
+    node.GetDisplayNode().AutoWindowLevelOff()
+    node.GetDisplayNode().SetWindowLevelMinMax(0.0, 1.0)
+    view = app.slice_view("Red", size=(400, 400))
+    show_in_slice_view(view.node, view.composite_node, node)
+    path = artifacts_dir / "xrayseginfer_chest_bundled.png"
+    rgb = view.capture(path).astype(int)
+    shutil.copyfile(path, SCREENSHOT.parent / "XraySegInfer-chest.png")
+    coloured = (rgb.max(-1) - rgb.min(-1)) > 30
+    assert coloured.mean() > 0.1, "the overlay should cover the chest bones"

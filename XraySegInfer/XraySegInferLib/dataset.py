@@ -153,7 +153,8 @@ def read_classes(folder: Path, dataset_json: dict) -> list[ClassInfo]:
         if name in atoms_by_class and not isinstance(value, (list, tuple)):
             atoms = sorted(set(atoms) | set(atoms_by_class[name]))
         info = extra.get(name, {})
-        classes.append(ClassInfo(i + 1, name, _color(info.get("color"), i), tuple(sorted(set(atoms)))))
+        color = info.get("color", info.get("color_rgb"))  # the exporter writes color_rgb
+        classes.append(ClassInfo(i + 1, name, _color(color, i), tuple(sorted(set(atoms)))))
     return classes
 
 
