@@ -50,7 +50,7 @@ bench-quick: $(BENCH_STAMP)
 	$(PY) bench/bench_drr.py --quick
 
 # The bundled chest model (issue 6, section 5): DRRs of the sample chest CT with realistic physics (chest-pa,
-# randomised), the chest-sample recipe (+ tools/train-sample/train.json), evaluation on held-out VIEWS of the
+# randomised), the chest-sample recipe (the settings of the bundled model), evaluation on held-out VIEWS of the
 # same CT (a second export with another seed: there is only one CT), then Resources/Models/chest/.
 # Magnification is kept >= 1.11 so that the detector plane stays in front of the anterior chest wall (at the
 # export's lower default the detector cut through the patient and hid the sternum).
@@ -67,7 +67,7 @@ train-sample: setup
 	$(VENV)/bin/xrayseg export $(SAMPLE_EXPORT) --views-per-ct 40 --seed 1 --test-fraction 0 \
 		--dataset-id 602 --dataset-name ChestSampleHeldout --out $(SAMPLE)/heldout
 	$(VENV)/bin/xrayseg train $(SAMPLE)/train/Dataset601_ChestSample --recipe chest-sample \
-		--config tools/train-sample/train.json --threads 2 --out $(SAMPLE)/run
+		--threads 2 --out $(SAMPLE)/run
 	$(VENV)/bin/xrayseg evaluate $(SAMPLE)/heldout/Dataset602_ChestSampleHeldout --model $(SAMPLE)/run/model \
 		--split train --update-card --threads 2 --out $(SAMPLE)/eval
 	$(PY) tools/train-sample/bundle.py --run $(SAMPLE) --out Resources/Models/chest

@@ -8,6 +8,11 @@ CPU thread (the machine's cores are shared; two threads are slower there).
 from __future__ import annotations
 
 import json
+import re
+import shlex
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -58,6 +63,46 @@ def test_dataset_layout_and_split_by_ct(dataset):
     assert image.shape == (64, 64) and masks.shape == (3, 64, 64) and spacing[0] == pytest.approx(spacing[1])
     np.testing.assert_array_equal(decode_regions(read_label_image(train_cases[0].label), ds.classes), masks)
     assert (masks.sum(0) > 1).any()  # the bones overlap in projection
+
+
+BUNDLED_CARD = Path(__file__).resolve().parents[2] / "Resources" / "Models" / "chest" / "model.json"
+NOT_IN_CARD = ("device", "threads")  # machine settings: the card's training.config leaves them out
+
+
+def _card_config(config: TrainConfig) -> dict:
+    """``config`` as the card stores it (``training._training_summary``), through JSON (tuples -> lists)."""
+    return json.loads(json.dumps({k: v for k, v in asdict(config).items() if k not in NOT_IN_CARD}))
+
+
+def test_chest_sample_recipe_is_what_trained_the_bundled_model(tmp_path, monkeypatch):
+    """``--recipe chest-sample`` (what ``make train-sample`` runs) gives exactly the bundled card's training config,
+    and the recipe spells out every field the card stores, so that neither a TrainConfig default nor the recipe
+    can drift from the bundled model."""
+    from XraySegSimLib.cli import main
+
+    from XraySegInferLib import training
+    from XraySegInferLib.training import RECIPES
+    from XraySegInferLib.transforms import AugmentConfig
+
+    card = json.loads(BUNDLED_CARD.read_text())["training"]["config"]
+    recipe = RECIPES["chest-sample"]
+    assert set(recipe) == set(card), "the recipe must set every field the card stores, no more"
+    assert set(recipe["augment"]) == set(AugmentConfig().to_dict())
+    assert _card_config(TrainConfig.from_dict(json.loads(json.dumps(recipe)))) == card
+    # through the command line, as the Makefile's train-sample target calls it (no --config)
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    command = re.search(r"xrayseg train \$\(SAMPLE\)(?:\\\n|[^\n])*", makefile).group(0)  # with continuations
+    assert "--recipe chest-sample" in command and "--config" not in command, command
+    seen = {}
+
+    def fake_train(dataset, out, config, **_):
+        seen["config"] = config
+        return SimpleNamespace(package=Path(out) / "model")
+
+    monkeypatch.setattr(training, "train", fake_train)
+    argv = shlex.split(command.replace("\\\n", " ").replace("$(SAMPLE)", str(tmp_path)))[1:]
+    assert main(argv) == 0
+    assert _card_config(seen["config"]) == card and seen["config"].threads == 2
 
 
 @pytest.mark.slow
@@ -229,6 +274,7 @@ def test_cli_train_with_recipe(dataset, tmp_path, one_thread):
                  "--threads", "1", "--quiet", "--out", str(out)]) == 0
     card = json.loads((out / "model" / "model.json").read_text())
     assert card["training"]["steps"] == 20 and card["architecture"]["channels"] == [8, 16, 32, 64]
+    assert set(card["training"]["views"]) == {"chest-pa"}  # counted per view preset, not per view index
     assert (out / "checkpoint_last.pt").is_file() and (out / "history.json").is_file()
     assert main(["train", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert main(["train", str(dataset), "--recipe", "nope", "--out", str(out)]) == 2

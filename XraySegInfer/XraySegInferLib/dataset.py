@@ -9,8 +9,9 @@ Layout of ``<root>/Dataset<ID>_<Name>/``::
     dataset.json                nnU-Net v2: labels {"background": 0, "<class>": [atoms...]}, regions_class_order...
     atoms.json                  {atom: [class indices]} (used when dataset.json has no region lists)
     classes.json                [{index, name, color, label_values}]
-    sidecars/<case>.json        geometry, "ct_id", physics
-    manifest.csv                case, ct_id, split, view, status, ...
+    sidecars/<case>.json        geometry (with the preset name in geometry.view), "ct_id", physics
+    manifest.csv                case, ct_id, split, view, status, ...; ``view`` is the view preset name
+                                (older exports wrote the view's index there; then the sidecar names the preset)
 
 The validation split is by CT (``ct_id``), so no CT contributes views to both training and validation.
 """
@@ -45,8 +46,9 @@ class Case:
     label: Path | None
     mask: Path | None
     ct_id: str
-    view: str = ""
+    view: str = "unknown"  # the view preset name ("chest-pa"), "unknown" when the dataset does not say
     sidecar: Path | None = None
+    view_index: int | None = None  # the view's number within its CT, when the dataset gives it
 
 
 @dataclass
@@ -166,8 +168,46 @@ def _manifest(folder: Path) -> dict[str, dict]:
         return {row["case"]: row for row in csv.DictReader(handle) if row.get("case")}
 
 
-def read_dataset(root: str | Path) -> SegmentationDataset:
-    """Index a dataset folder (see module docstring); images are read lazily by :meth:`SegmentationDataset.load`."""
+SPLIT_FOLDERS = {"train": ("imagesTr", "labelsTr", "masksTr"), "test": ("imagesTs", "labelsTs", "masksTs")}
+
+
+def _as_index(value) -> int | None:
+    """``value`` as a view index when it is a whole number (``3``, ``"3"``, ``"3.0"``), else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def _view_name(row: dict, meta: dict) -> tuple[str, int | None]:
+    """(view preset name, view index) of a case. The manifest's ``view`` column holds the preset name; older
+    exports wrote the view's index there (and the index may also come in a ``view_index`` column). A numeric
+    ``view`` is an index, never a name: the name then comes from the sidecar (``geometry.view``, else its
+    ``view``/``view_preset``), else it is "unknown"."""
+    index = None
+    for value in (row.get("view_index"), meta.get("view_index"), row.get("view")):
+        index = _as_index(value)
+        if index is not None:
+            break
+    geometry = meta.get("geometry") if isinstance(meta.get("geometry"), dict) else {}
+    for value in (row.get("view"), geometry.get("view"), meta.get("view"), meta.get("view_preset")):
+        text = "" if value is None else str(value).strip()
+        if text and _as_index(text) is None:
+            return text, index
+    return "unknown", index
+
+
+def read_dataset(root: str | Path, require: str | None = None) -> SegmentationDataset:
+    """Index a dataset folder (see module docstring); images are read lazily by :meth:`SegmentationDataset.load`.
+
+    A dataset may hold only training images (imagesTr) or only test images (imagesTs). ``require`` ("train" or
+    "test") names the split the caller needs: it is an error when that split has no images. A dataset with no
+    images at all is always an error."""
+    if require is not None and require not in SPLIT_FOLDERS:
+        raise ValueError(f"require must be one of {sorted(SPLIT_FOLDERS)}, not {require!r}")
     folder = find_dataset_folder(root)
     try:
         dataset_json = json.loads((folder / "dataset.json").read_text())
@@ -177,8 +217,7 @@ def read_dataset(root: str | Path) -> SegmentationDataset:
     ending = dataset_json.get("file_ending", ".nrrd")
     manifest = _manifest(folder)
     cases: list[Case] = []
-    for split, images, labels, masks in (("train", "imagesTr", "labelsTr", "masksTr"),
-                                         ("test", "imagesTs", "labelsTs", "masksTs")):
+    for split, (images, labels, masks) in SPLIT_FOLDERS.items():
         for image in sorted((folder / images).glob(f"*_0000{ending}")):
             case_id = image.name[: -len(f"_0000{ending}")]
             row = manifest.get(case_id, {})
@@ -187,13 +226,20 @@ def read_dataset(root: str | Path) -> SegmentationDataset:
             sidecar = folder / "sidecars" / f"{case_id}.json"
             meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
             ct_id = str(row.get("ct_id") or meta.get("ct_id") or case_id.rsplit("_", 1)[0])
-            view = str(row.get("view") or meta.get("view") or meta.get("geometry", {}).get("view", ""))
+            view, view_index = _view_name(row, meta)
             label = folder / labels / f"{case_id}{ending}"
             mask = folder / masks / f"{case_id}{ending}"
             cases.append(Case(case_id, split, image, label if label.exists() else None,
-                              mask if mask.exists() else None, ct_id, view, sidecar if sidecar.is_file() else None))
-    if not any(c.split == "train" for c in cases):
-        raise DatasetError(f"{folder} has no training images (imagesTr/<case>_0000{ending})")
+                              mask if mask.exists() else None, ct_id, view, sidecar if sidecar.is_file() else None,
+                              view_index))
+    counts = {split: sum(c.split == split for c in cases) for split in SPLIT_FOLDERS}
+    where = " or ".join(f"{SPLIT_FOLDERS[s][0]}/<case>_0000{ending}" for s in SPLIT_FOLDERS)
+    if not cases:
+        raise DatasetError(f"{folder} has no images ({where})")
+    if require is not None and not counts[require]:
+        other = next(s for s in SPLIT_FOLDERS if s != require)
+        raise DatasetError(f"{folder} has no {require} images ({SPLIT_FOLDERS[require][0]}/<case>_0000{ending}); "
+                           f"it has {counts[other]} {other} images ({SPLIT_FOLDERS[other][0]})")
     return SegmentationDataset(folder, folder.name, classes, cases, dataset_json)
 
 

@@ -19,7 +19,11 @@ def evaluate_dataset(predictor, dataset_dir: str | Path, out_dir: str | Path | N
 
     from .reader import read_radiograph
 
-    dataset = read_dataset(dataset_dir)
+    if split not in ("test", "val", "train"):
+        raise DatasetError(f"unknown split {split!r}; choose test, val or train")
+    # A dataset may hold only one of imagesTr/imagesTs (a held-out export, a test-only set): only the split
+    # asked for must have images.
+    dataset = read_dataset(dataset_dir, require="test" if split == "test" else "train")
     names = list(predictor.class_names)
     missing = [n for n in dataset.class_names if n not in names]
     if missing:
@@ -27,6 +31,10 @@ def evaluate_dataset(predictor, dataset_dir: str | Path, out_dir: str | Path | N
     order = [names.index(n) for n in dataset.class_names]
     if split == "val":
         cases = dataset.split_by_ct(val_fraction, seed)[1]
+        if not cases:
+            cts = sorted({c.ct_id for c in dataset.split("train")})
+            raise DatasetError(f"{dataset.root}: split 'val' (the held-out CTs of imagesTr) is empty: imagesTr holds "
+                               f"{len(cts)} CT(s); use --split train to evaluate on all of imagesTr")
     else:
         cases = dataset.split(split)
     if not cases:

@@ -160,7 +160,7 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
         torch.set_num_threads(int(config.threads))
     device = pick_device(config.device)
     amp = bool(config.amp and device.type == "cuda")
-    dataset = read_dataset(dataset_dir)
+    dataset = read_dataset(dataset_dir, require="train")
     train_cases, val_cases = dataset.split_by_ct(config.val_fraction, config.seed)
     aug = AugmentConfig.from_dict(config.augment)
     if aug.flip_horizontal > 0 and not _flip_allowed(train_cases, aug):
@@ -270,13 +270,26 @@ def _inference_patch(config: TrainConfig, patch: tuple[int, int], divisor: int) 
 
 # Recipes: named TrainConfig presets (``xrayseg train DATASET --recipe NAME``).
 RECIPES: dict[str, dict] = {
-    # The bundled chest model (issue 6, section 5): DRRs of the sample chest CT with realistic physics; classes
-    # ribs left/right, clavicles, scapulae, humeri, sternum, thoracic spine. Overlapping bones -> multilabel.
-    # No flips: the classes have sides. Trains on CPU in reasonable time (256 px patches); infers on 512 px tiles.
-    "chest-sample": {"mode": "multilabel", "architecture": dict(DEFAULT_ARCHITECTURE), "patch_size": 256,
-                     "inference_patch_size": 512, "batch_size": 8, "steps": 4000, "val_every": 250,
-                     "learning_rate": 2e-3, "val_fraction": 0.2, "name": "xrayseg-chest-bones",
-                     "augment": AugmentConfig().to_dict()},
+    # The bundled chest model (issue 6, section 5; ``make train-sample``): DRRs of the sample chest CT with
+    # realistic physics; classes ribs left/right, clavicles, scapulae, humeri, sternum, thoracic spine. Overlapping
+    # bones -> multilabel. Exactly the configuration that trained Resources/Models/chest (its card's
+    # ``training.config``; Testing/Python/test_infer_training.py checks that they agree), every field spelled out
+    # so a change of a TrainConfig default cannot change it: a small U-Net (12-192 channels), batch 4, 3000 steps of
+    # 256 px patches (about 8-9 min on 2 CPU cores), 512 px tiles at inference. Intensity augmentation only: the
+    # export already randomises the geometry. No flips: the classes have sides.
+    "chest-sample": {
+        "mode": "multilabel",
+        "architecture": {"name": "UNet", "channels": [12, 24, 48, 96, 192], "strides": [2, 2, 2, 2],
+                         "num_res_units": 1, "norm": "instance", "dropout": 0.0},
+        "patch_size": 256, "inference_patch_size": 512, "spacing_mm": None,
+        "batch_size": 4, "steps": 3000, "val_every": 500, "learning_rate": 3e-3, "weight_decay": 1e-4,
+        "val_fraction": 0.2, "seed": 0, "max_val_images": 8,
+        "augment": {"probability": 0.8, "rotate_deg": 0.0, "scale": [1.0, 1.0], "translate_fraction": 0.0,
+                    "contrast": [0.75, 1.25], "brightness": 0.1, "gamma": [0.7, 1.5], "noise_std": 0.04,
+                    "blur_sigma_px": [0.5, 1.5], "blur_probability": 0.2, "flip_horizontal": 0.0},
+        "window_percentiles": [0.5, 99.5], "gamma": 1.0, "amp": True,
+        "name": "xrayseg-chest-bones", "version": "0.1.0",
+    },
     # A quick smoke run for any dataset (minutes on CPU).
     "quick": {"architecture": {"name": "UNet", "channels": [8, 16, 32, 64], "strides": [2, 2, 2],
                                "num_res_units": 0, "norm": "instance"},

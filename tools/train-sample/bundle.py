@@ -82,7 +82,7 @@ def amend_card(card: dict, run: Path) -> dict:
                                                           "randomize_physics", "seed", "ranges")},
         "held_out_export": {k: held_export.get(k) for k in ("view", "views_per_ct", "size", "physics",
                                                             "randomize_physics", "seed")},
-        "recipe": "make train-sample (xrayseg train --recipe chest-sample --config tools/train-sample/train.json)",
+        "recipe": "make train-sample (xrayseg train --recipe chest-sample)",
     }
     card["limitations"] = LIMITATIONS
     card["intended_use"] = "research and software testing; not for clinical use"
