@@ -19,10 +19,11 @@ import SimpleITK as sitk
 
 from conftest import grid_volume, voxel_centers_ras, write_image
 from XraySegSimLib.errors import InputError
-from XraySegSimLib.export import ExportConfig, random_geometry, run_export, sample_rng
+from XraySegSimLib.export import (DETECTOR_CLEARANCE_MM, ExportConfig, keep_detector_beyond_body, random_geometry,
+                                  run_export, sample_rng)
 from XraySegSimLib.export_inputs import (CaseInput, discover_folder, load_mapping, read_pairs_csv)
-from XraySegSimLib.export_layout import (atom_table, combination_codes, gzip_runs, preview_rgb, sample_masks,
-                                         write_png_fast)
+from XraySegSimLib.export_layout import (atom_table, body_points_ras, combination_codes, gzip_runs, preview_rgb,
+                                         sample_masks, write_png_fast)
 from XraySegSimLib.seg_nrrd import read_seg_nrrd
 
 REPO = Path(__file__).resolve().parents[2]
@@ -187,6 +188,97 @@ def test_random_geometry_is_reproducible_and_recorded():
     assert np.linalg.norm(g1.source - v1["isocenter_ras"]) == pytest.approx(v1["sid_mm"])
 
 
+def make_deep_phantom(folder: Path, name: str = "deep"):
+    """A CT 400 mm deep (A-P) whose body and 'sternum' (TotalSegmentator 116) lie more than 150 mm anterior of
+    its centre, i.e. beyond chest-pa's detector plane (SDD 1800, SID 1650) when aimed at the CT centre; a 'spine'
+    (38) posterior. Oblique grid, so the body hull is not axis aligned."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rotation = np.array([[np.cos(0.2), -np.sin(0.2), 0], [np.sin(0.2), np.cos(0.2), 0], [0, 0, 1]])
+    volume = grid_volume(np.full((16, 90, 40), -1000.0, np.float32), 5.0, rotation=rotation)
+    c = voxel_centers_ras(volume) - volume.center_ras
+    body = np.linalg.norm(c / (70, 195, 35), axis=-1) < 1
+    sternum = np.linalg.norm(c - (0, 170, 0), axis=-1) < 14
+    spine = np.linalg.norm(c - (0, -100, 0), axis=-1) < 14
+    volume.array[body] = 40.0
+    volume.array[sternum | spine] = 900.0
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[spine], labels[sternum] = 38, 116
+    ct = write_image(volume.array, volume.ijk_to_ras, folder / f"{name}_ct.nii.gz")
+    lb = write_image(labels, volume.ijk_to_ras, folder / f"{name}_labels.nrrd")
+    return volume, ct, lb, body
+
+
+def test_body_points_hold_the_farthest_body_voxel_in_any_direction(tmp_path):
+    from XraySegSimLib.projector import DrrProjector
+
+    volume, _, _, body = make_deep_phantom(tmp_path)
+    volume.array[3, 5, 7] = -200.0  # an isolated body voxel in the air counts too
+    body[3, 5, 7] = True
+    projector = DrrProjector(volume)
+    points = body_points_ras(projector.packed, volume.ijk_to_ras)
+    centres = voxel_centers_ras(volume)[body]
+    assert points.shape[0] == 3 and points.shape[1] <= 2 * 16 * 90 < len(centres)
+    for direction in np.random.default_rng(0).normal(size=(50, 3)):
+        assert (points.T @ direction).max() == pytest.approx((centres @ direction).max(), abs=1e-9)
+    volume.array[:] = -1000.0
+    assert body_points_ras(DrrProjector(volume).packed, volume.ijk_to_ras).shape == (3, 0)
+
+
+def test_detector_inside_the_body_is_pushed_beyond_it(tmp_path):
+    """chest-pa aimed at the centre of a CT 200 mm deep anteriorly: the preset's detector (150 mm anterior of the
+    isocentre) cuts through the body and the sternum. The export moves the detector back along the principal ray
+    (source, isocentre and pixel pitch kept), records it, and the sternum's mask is there."""
+    volume, ct, lb, body = make_deep_phantom(tmp_path / "cts")
+    case = CaseInput("deep", str(ct), str(lb))
+    fixed = {name: (v, v) for name, v in [("lao_deg", 4.0), ("cranial_deg", -3.0), ("roll_deg", 2.0),
+                                         ("shift_r_mm", 0.0), ("shift_a_mm", 0.0), ("shift_s_mm", 0.0),
+                                         ("sdd_scale", 1.0), ("magnification_scale", 1.0), ("pixel_scale", 1.0)]}
+    options = dict(view="chest-pa", views_per_ct=2, size=48, physics="none", isocenter="center",
+                   test_fraction=0.0, ranges=fixed)
+    mapping = load_mapping("spine = vertebrae_T6; sternum")
+    run_export([case], config(tmp_path / "on", **options), mapping)
+    run_export([case], config(tmp_path / "off", detector_beyond_body=False, **options), mapping)
+    root_on, root_off = tmp_path / "on/Dataset501_XraySeg", tmp_path / "off/Dataset501_XraySeg"
+    on = json.loads((root_on / "sidecars/deep_v0000.json").read_text())
+    off = json.loads((root_off / "sidecars/deep_v0000.json").read_text())
+    masks_on, masks_off = read(root_on / "masksTr/deep_v0000.nrrd"), read(root_off / "masksTr/deep_v0000.nrrd")
+    assert masks_off[0].sum() > 0 and masks_off[1].sum() == 0  # the sternum lies beyond the preset's detector
+    assert masks_on[0].sum() > 0 and masks_on[1].sum() > 0  # ... and is imaged once the detector moved
+    assert on["classes_present"] == [1, 2] and on["projected_pixels"][1] > 0
+    push = on["randomization"]["detector_pushed_mm"]
+    assert off["randomization"].get("detector_pushed_mm") is None
+    g_on, g_off = on["geometry"], off["geometry"]
+    assert g_off["source_to_detector_mm"] == pytest.approx(1800.0)
+    assert g_on["source_to_detector_mm"] == pytest.approx(1800.0 + push)
+    assert on["randomization"]["sdd_final_mm"] == pytest.approx(1800.0 + push)
+    assert on["randomization"]["magnification_final"] == pytest.approx((1800.0 + push) / 1650.0)
+    assert g_on["source_ras"] == pytest.approx(g_off["source_ras"])  # source, isocentre, pixels kept
+    assert g_on["isocenter_ras"] == pytest.approx(g_off["isocenter_ras"])
+    assert g_on["detector_spacing_mm"] == g_off["detector_spacing_mm"]
+    assert g_on["detector_size_pixels"] == g_off["detector_size_pixels"]
+    # just beyond the body: its farthest voxel (centre + half its extent) + the clearance, along the ray
+    n = np.array(g_on["detector_center_ras"]) - np.array(g_on["source_ras"])
+    n /= np.linalg.norm(n)
+    reach = ((voxel_centers_ras(volume)[body] - g_on["source_ras"]) @ n).max() + \
+        0.5 * np.abs(volume.ijk_to_ras[:3, :3].T @ n).sum()
+    assert 150 < reach - 1650.0 < 200 and push == pytest.approx(reach + DETECTOR_CLEARANCE_MM - 1800.0)
+    # deterministic: the same sample again is the same file
+    run_export([case], config(tmp_path / "again", **options), mapping)
+    again = json.loads((tmp_path / "again/Dataset501_XraySeg/sidecars/deep_v0000.json").read_text())
+    assert again["randomization"] == on["randomization"] and again["geometry"] == on["geometry"]
+    manifest = list(csv.DictReader((root_on / "manifest.csv").read_text().splitlines()))
+    assert [(r["view"], r["view_index"]) for r in manifest] == [("chest-pa", "0"), ("chest-pa", "1")]
+
+
+def test_keep_detector_beyond_body_leaves_a_clear_geometry_alone():
+    cfg = config(Path("/tmp/unused"), view="chest-pa", ranges={})
+    geometry, values = random_geometry(cfg, np.zeros(3), sample_rng(3, "ct", 5))
+    behind = np.array([[0.0, -50.0], [-300.0, 10.0], [0.0, 20.0]])  # posterior of the detector (anterior)
+    kept, kept_values = keep_detector_beyond_body(geometry, values, behind, np.eye(3))
+    assert kept is geometry and kept_values == dict(values, detector_pushed_mm=0.0)
+    assert keep_detector_beyond_body(geometry, values, np.zeros((3, 0)), np.eye(3))[0] is geometry
+
+
 @pytest.mark.slow
 def test_export_two_cts_is_a_valid_nnunet_dataset(inputs, tmp_path):
     _, cases = inputs
@@ -211,6 +303,11 @@ def test_export_two_cts_is_a_valid_nnunet_dataset(inputs, tmp_path):
     for row in rows:
         splits.setdefault(row["ct_id"], set()).add(row["split"])
         assert row["status"] == "ok"
+        # the view preset's name (what evaluation groups by, what training's lateral-flip guard reads); the index
+        # of the sample within its CT is view_index
+        assert row["view"] == "chest-ap" and row["case"].endswith(f"_v{int(row['view_index']):04d}")
+    assert list(rows[0]) == ["case", "ct_id", "split", "view", "view_index", "status", "message"]
+    assert sorted(int(r["view_index"]) for r in rows) == [0, 0, 1, 1, 2, 2]
     assert all(len(s) == 1 for s in splits.values()) and {next(iter(s)) for s in splits.values()} == {"train", "test"}
     overlap_seen = False
     for row in rows:
@@ -234,6 +331,8 @@ def test_export_two_cts_is_a_valid_nnunet_dataset(inputs, tmp_path):
         assert P.shape == (3, 4)
         assert sidecar["physics"]["preset"] == "chest-pa" and "kvp" in json.dumps(sidecar["physics"])
         assert set(sidecar["randomization"]) >= {"lao_deg", "sdd_mm", "pixel_spacing_mm", "shift_r_mm"}
+        assert sidecar["randomization"]["detector_pushed_mm"] == 0.0  # this phantom stays in front of it
+        assert sidecar["view_index"] == int(row["view_index"])
         assert (root / f"previews/{case}.png").is_file()
     assert overlap_seen and max(atoms) > 3  # spine/sternum/rib overlap in AP: combination atoms exist
     assert not list(root.rglob("*.part"))
@@ -302,7 +401,7 @@ def test_bad_inputs_are_reported_and_the_rest_goes_on(inputs, tmp_path):
     assert set(report.failed_cts) == {"missing", "mismatch"}
     assert "not found" in report.failed_cts["missing"] and "grid" in report.failed_cts["mismatch"]
     rows = {r["ct_id"]: r for r in csv.DictReader((root / "manifest.csv").read_text().splitlines())}
-    assert rows["missing"]["status"] == "failed" and rows["missing"]["view"] == ""
+    assert rows["missing"]["status"] == "failed" and rows["missing"]["view"] == rows["missing"]["view_index"] == ""
     assert rows["alpha"]["status"] == "ok" and rows["unknown"]["status"] == "ok"
     assert "250" in rows["unknown"]["message"]
     assert json.loads((root / "sidecars/unknown_v0000.json").read_text())["unknown_label_values_ignored"] == [250]
@@ -338,6 +437,7 @@ def test_cancel_stops_and_resume_completes(inputs, tmp_path):
     assert report.cancelled and report.n_ok < 80
     rows = list(csv.DictReader((tmp_path / "Dataset501_XraySeg/manifest.csv").read_text().splitlines()))
     assert {r["status"] for r in rows} <= {"ok", "cancelled", "incomplete"}
+    assert all(r["view"] == "chest-ap" and r["case"].endswith(f"_v{int(r['view_index']):04d}") for r in rows)
     report = run_export(cases, cfg, load_mapping(MAPPING), resume=True)
     assert report.n_ok == 80 and not report.cancelled
 

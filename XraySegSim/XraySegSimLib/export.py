@@ -20,8 +20,9 @@ Dataset contract (``<out>/Dataset<ID>_<Name>/``, ID 3 digits, default 501, Name 
 * ``sidecars/<case>.json``: geometry (with ``P`` 3x4 and the detector IJK->RAS), CT id and paths, physics
   parameters used, every randomised value, classes present, unknown label values, the files. Written last:
   a sample is complete exactly when its sidecar exists.
-* ``previews/<case>.png``: overlay preview. ``manifest.csv``: case, ct_id, split, view, status, message; one
-  row per sample, plus one row per failed CT (view empty). ``classes.json``: index, name, colour (RGB 0..1),
+* ``previews/<case>.png``: overlay preview. ``manifest.csv``: case, ct_id, split, view (the view preset name),
+  view_index (the sample's index ``v`` in its CT), status, message; one row per sample, plus one row per failed
+  CT (case, view and view_index empty). ``classes.json``: index, name, colour (RGB 0..1),
   member patterns and source label values. ``export.json``: the configuration (checked on ``--resume``).
 * Split by CT, never by view: ``test_fraction`` of the CTs (rounded, at least one train CT) chosen with the
   seed, or an explicit list of test CT ids (or a ``split`` column in the pairs CSV).
@@ -32,6 +33,10 @@ Behaviour
   whatever the order, the number of workers or interruptions. Geometry around the view preset (C-arm LAO/CRA
   and roll about the principal ray, isocentre shift, SDD, magnification, pixel spacing: see
   ``DEFAULT_RANGES``), then the physics draw (``physics.randomized``) and its noise.
+* The detector stays beyond the body: when a drawn geometry puts any body voxel (HU > -500, or labelled) at
+  or past the detector plane, the detector moves back along the principal ray until the body clears it by
+  ``DETECTOR_CLEARANCE_MM`` (source, isocentre and pixel pitch kept: SDD and magnification grow); the sidecar's
+  ``randomization.detector_pushed_mm`` records the move (0: none). Deterministic, no random draw.
 * Every file is written atomically; the sidecar last. ``resume=True`` re-checks each sample (sidecar and its
   files present), rebuilds incomplete ones, and skips the rest. Labels are (re)written by the final step from
   per-sample combination codes, once the dataset-wide atom table is known.
@@ -64,7 +69,8 @@ from . import views
 from .errors import InputError, XraySegError
 from .export_inputs import CaseInput, ClassMapping, load_case, load_mapping, names_table
 from .export_layout import (DatasetLayout, atom_table, atoms_json, case_name, check_disk_space, dataset_json,
-                            expected_sample_bytes, labelled_centroid_ras, load_json, preview_rgb, read_nrrd,
+                            body_points_ras, expected_sample_bytes, labelled_centroid_ras, load_json, preview_rgb,
+                            read_nrrd,
                             sample_masks, write_classes_json, write_image_2d, write_manifest, write_mask_stack,
                             write_png_fast)
 from .io import atomic_path, write_json
@@ -107,6 +113,9 @@ class ExportConfig:
     test_ids: tuple[str, ...] | None = None
     isocenter: str = "labels"  # "labels" (centroid of the projected labels) or "center"
     previews: bool = True
+    # Move the detector back along the principal ray when a drawn geometry puts it inside the body (the
+    # projector integrates from the source to the detector only: anatomy beyond the plane would be cut off).
+    detector_beyond_body: bool = True
 
     def physics_preset(self) -> str | None:
         from . import physics
@@ -208,6 +217,32 @@ def random_geometry(config: ExportConfig, isocenter: np.ndarray, rng: np.random.
     values = dict(draws, sdd_mm=sdd, sid_mm=sid, magnification=magnification, pixel_spacing_mm=pixel,
                   detector_mm=list(detector_mm), detector_pixels=list(pixels), isocenter_ras=iso.tolist(),
                   base_isocenter_ras=np.asarray(isocenter, float).tolist())
+    return geometry, values
+
+
+DETECTOR_CLEARANCE_MM = 1.0  # gap left between the body's farthest voxel and a pushed detector
+
+
+def keep_detector_beyond_body(geometry, values: dict, body_ras: np.ndarray | None, voxel_axes: np.ndarray):
+    """(geometry, values): the detector moved back along the principal ray (source, isocentre, pixel pitch and
+    pixel count kept; SDD and magnification grow) so that the whole body lies between source and detector.
+
+    ``body_ras`` (3, N): points whose convex hull holds the body's voxel centres (``body_points_ras``);
+    ``voxel_axes``: the CT's 3x3 IJK->RAS (a voxel's box reaches ``0.5 * sum |axis . n|`` beyond its centre
+    along ``n``). ``values["detector_pushed_mm"]`` records the move (0 when none was needed)."""
+    values = dict(values, detector_pushed_mm=0.0)
+    if body_ras is None or body_ras.shape[1] == 0:
+        return geometry, values
+    n = geometry.principal_direction
+    s = geometry.source
+    depth = (body_ras[0] - s[0]) * n[0] + (body_ras[1] - s[1]) * n[1] + (body_ras[2] - s[2]) * n[2]
+    reach = float(depth.max()) + 0.5 * float(np.abs(np.asarray(voxel_axes, float).T @ n).sum())
+    push = reach + DETECTOR_CLEARANCE_MM - geometry.source_to_detector_distance
+    if push <= 0:
+        return geometry, values
+    geometry = dataclasses.replace(geometry, detector_center=geometry.detector_center + push * n)
+    values.update(detector_pushed_mm=push, sdd_final_mm=geometry.source_to_detector_distance,
+                  magnification_final=geometry.magnification)
     return geometry, values
 
 
@@ -396,6 +431,9 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
         else:
             base_iso = loaded.ct.center_ras
         ct_grid = loaded.ct.describe_grid()
+        body_ras = body_points_ras(projector.packed, projector.ct.ijk_to_ras) if config.detector_beyond_body \
+            else None
+        voxel_axes = projector.ct.ijk_to_ras[:3, :3]
         del loaded.ct.array, loaded  # the projector keeps its packed copy only
         report["notes"] = []
         report["unknown_label_values"] = list(projector.unknown_values)
@@ -424,6 +462,8 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
             try:
                 rng = sample_rng(config.seed, case_in.ct_id, view)
                 geometry, values = random_geometry(config, base_iso, rng)
+                if config.detector_beyond_body:
+                    geometry, values = keep_detector_beyond_body(geometry, values, body_ras, voxel_axes)
                 physics_name, params = _physics_draw(config, rng)
                 t0 = time.perf_counter()
                 result = projector.render(geometry)
@@ -683,12 +723,12 @@ def finalize(layout: DatasetLayout, cases: Sequence[CaseInput], splits: dict[str
             name = case_name(case.ct_id, view)
             if name in complete_names:
                 note = f"label values {unknown[name]} are not in the names table: ignored" if unknown[name] else ""
-                rows.append({"case": name, "ct_id": case.ct_id, "split": splits[case.ct_id], "view": view,
-                             "status": "ok", "message": note})
+                rows.append({"case": name, "ct_id": case.ct_id, "split": splits[case.ct_id], "view": config.view,
+                             "view_index": view, "status": "ok", "message": note})
             else:
                 o = status.get(name)
-                rows.append({"case": name, "ct_id": case.ct_id, "split": splits[case.ct_id], "view": view,
-                             "status": o.status if o and o.status != "ok" else "incomplete",
+                rows.append({"case": name, "ct_id": case.ct_id, "split": splits[case.ct_id], "view": config.view,
+                             "view_index": view, "status": o.status if o and o.status != "ok" else "incomplete",
                              "message": (o.message if o else "") or failed.get(case.ct_id, "")})
     write_manifest(layout.root / "manifest.csv", rows)
     n_train = sum(split == "train" for _, split in complete)

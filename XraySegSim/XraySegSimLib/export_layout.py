@@ -33,7 +33,7 @@ from .errors import InputError
 from .io import atomic_path, write_json
 
 FILE_ENDING = ".nrrd"
-MANIFEST_FIELDS = ["case", "ct_id", "split", "view", "status", "message"]
+MANIFEST_FIELDS = ["case", "ct_id", "split", "view", "view_index", "status", "message"]
 GZIP_LEVEL = 1  # masks and labels are mostly zeros: level 1 is ~10x faster than 9 and ~as small
 
 
@@ -415,6 +415,45 @@ def _labelled_index_sums(packed):  # pragma: no cover - compiled
                     n += 1
         partial[k, 0], partial[k, 1], partial[k, 2], partial[k, 3] = si, sj, k * n, n
     return partial.sum(axis=0)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _body_row_extremes(packed, hu_min):  # pragma: no cover - compiled
+    """(nk, nj, 2) first and last i of each voxel row (k, j) that is body (HU > hu_min) or labelled; -1: none."""
+    nk, nj, ni = packed.shape
+    out = np.full((nk, nj, 2), -1, np.int32)
+    for k in numba.prange(nk):
+        for j in range(nj):
+            for i in range(ni):
+                word = np.int64(packed[k, j, i])
+                if np.int16(word & 0xFFFF) > hu_min or word >> 16 != 0:
+                    out[k, j, 0] = i
+                    break
+            if out[k, j, 0] < 0:
+                continue
+            for i in range(ni - 1, -1, -1):
+                word = np.int64(packed[k, j, i])
+                if np.int16(word & 0xFFFF) > hu_min or word >> 16 != 0:
+                    out[k, j, 1] = i
+                    break
+    return out
+
+
+BODY_HU = -500  # voxels above this (or labelled) are "body" for the detector placement
+
+
+def body_points_ras(packed: np.ndarray, ijk_to_ras: np.ndarray, hu_min: int = BODY_HU) -> np.ndarray:
+    """(3, N) RAS centres of the first and last body voxel of every voxel row along i (body: HU > ``hu_min``
+    or labelled). Their convex hull is the body's (voxel centres), so the largest value of any linear function
+    over the body, e.g. the depth along a ray, is their largest: one pass over the CT, then O(rows) per view."""
+    extremes = _body_row_extremes(packed, np.int64(hu_min))
+    k, j = np.nonzero(extremes[:, :, 0] >= 0)
+    if not len(k):
+        return np.zeros((3, 0))
+    i = extremes[k, j].T.reshape(-1)  # first of every row, then last of every row
+    m = np.asarray(ijk_to_ras, np.float64)
+    j, k = np.concatenate([j, j]), np.concatenate([k, k])
+    return m[:3, 0:1] * i + m[:3, 1:2] * j + m[:3, 2:3] * k + m[:3, 3:4]  # elementwise: bit-reproducible
 
 
 def labelled_centroid_ras(packed: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray | None:
