@@ -7,13 +7,14 @@ energy-dependent mass attenuation (xraydb, NIST) per pixel, so nothing is traced
 Model (documented conversion, after Schneider, Bortfeld & Schlegel 2000, Phys. Med. Biol. 45:459, which fits
 density and elemental composition as piecewise-linear functions of HU):
 
-* density, g/cm^3: ``1.0 + HU/1000`` up to ``SOFT_BONE_KNEE_HU`` (air, lung, fat, soft tissue; floored at air's
-  0.0012), then ``1.017 + 0.592e-3 * HU`` (Schneider's fit for bone-like tissue);
+* density, g/cm^3: ``max(0, 1.0 + HU/1000)`` up to ``SOFT_BONE_KNEE_HU`` (air, lung, fat, soft tissue; air at
+  -1000 HU is empty, as in the DRR's attenuation: 30 cm of real air would absorb < 1%), then ``1.017 + 0.592e-3 * HU`` (Schneider's fit for bone-like tissue);
 * composition: soft tissue (ICRU-44 soft tissue) below ``SOFT_BONE_KNEE_HU`` = 100 HU, cortical bone (ICRU-44)
   above ``BONE_PURE_HU`` = 1500 HU, a linear soft-tissue/bone mixture (by mass) in between;
 * optional metal (titanium, implants) above ``METAL_HU`` = 3000 HU, which ordinary CT clips before.
 
-Air below -950 HU is kept as soft tissue at its own tiny density: its attenuation is negligible either way.
+Air is soft tissue at zero density: the projector then obtains the soft-tissue channel of most voxels from the
+attenuation sum it computes anyway, which keeps the material channels cheap.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 SOFT_BONE_KNEE_HU = 100.0
 BONE_PURE_HU = 1500.0
 METAL_HU = 3000.0
-AIR_DENSITY = 0.0012
+AIR_DENSITY = 0.0  # air (-1000 HU) is taken as empty, like the DRR's mu = mu_water * max(0, 1 + HU/1000)
 MAX_MATERIALS = 4  # the projector keeps this many accumulators per ray
 
 

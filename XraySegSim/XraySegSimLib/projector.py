@@ -126,8 +126,11 @@ def _trace_rays(
                 total += segment * max(0.0, mu_offset + mu_scale * np.int16(word & 0xFFFF))
                 if with_materials:
                     code = word & 0xFFFF
-                    m0 += segment * material_lut[code, 0]
-                    if soft_only_below <= np.int16(code):  # most voxels are soft tissue: one lookup only
+                    hu_value = np.int16(code)
+                    # Soft-tissue voxels (most of them) cost nothing here: their partial density is the mu
+                    # integrand / mu_water, added from ``total`` at the end. Others correct that and add theirs.
+                    if soft_only_below <= hu_value:
+                        m0 += segment * (material_lut[code, 0] - (1.0 + 0.001 * hu_value))
                         m1 += segment * material_lut[code, 1]
                         m2 += segment * material_lut[code, 2]
                         m3 += segment * material_lut[code, 3]
@@ -160,6 +163,7 @@ def _trace_rays(
                 thickness[run_class - 1, row, col] += run_length * length_mm
             line_integral[row, col] = total * length_mm
             if with_materials:
+                m0 += total / mu_offset  # sum of segment * max(0, 1 + HU/1000): the soft-tissue line
                 for m, value in enumerate((m0, m1, m2, m3)):
                     if m < n_materials:
                         materials[m, row, col] = value * length_mm * 0.1  # g/cm^3 * mm -> g/cm^2
@@ -231,7 +235,10 @@ class DrrProjector:
         self.materials = materials
         self.material_lut = materials.lookup_table() if materials else np.zeros((1, MAX_MATERIALS), np.float32)
         soft_codes = (np.arange(-32768, SOFT_ONLY_BELOW_HU, dtype=np.int64) & 0xFFFF)
-        if materials and np.any(self.material_lut[soft_codes, 1:]):
+        soft_line = np.maximum(0.0, 1.0 + np.arange(-32768, SOFT_ONLY_BELOW_HU) / 1000.0)
+        # The kernel takes soft tissue below the knee from the mu sum: the model must agree with that line.
+        if materials and (np.any(self.material_lut[soft_codes, 1:])
+                          or not np.allclose(self.material_lut[soft_codes, 0], soft_line, atol=1e-6)):
             raise ValueError("material model puts non-soft-tissue below SOFT_ONLY_BELOW_HU; update the projector")
         class_lut = np.zeros(1, np.uint16)
         label_array = np.zeros((1, 1, 1), np.uint8)
