@@ -142,3 +142,13 @@ def test_rendered_point_object_lands_where_p_projects_it(view, lao, cranial, gri
         assert error < 0.5, (found, geometry.project(point))
         if grid_rotation is not None:
             assert error < 0.1
+
+
+def test_with_size_keeps_the_detector_rectangle_and_square_pixels():
+    g = views.from_preset("lumbar-ap", (0, 0, 0), size=512)  # 350 x 430 mm detector
+    preview = g.with_size(128)
+    assert preview.size == (104, 128)  # 128 along the longer side
+    np.testing.assert_allclose(preview.detector_size_mm, g.detector_size_mm)
+    assert preview.spacing[0] == pytest.approx(preview.spacing[1], rel=0.01)
+    np.testing.assert_allclose(preview.corners_ras(), g.corners_ras(), atol=1e-9)
+    assert g.with_size((40, 30)).size == (40, 30)

@@ -39,6 +39,12 @@ from .errors import GeometryError
 MIN_FACING_COSINE = 0.5
 
 
+def pixel_counts(width_mm: float, height_mm: float, longer_side_pixels: int) -> tuple[int, int]:
+    """(columns, rows) with ``longer_side_pixels`` along the longer detector side and (near-)square pixels."""
+    pixel = max(width_mm, height_mm) / int(longer_side_pixels)
+    return max(1, round(width_mm / pixel)), max(1, round(height_mm / pixel))
+
+
 def _unit(vector: Sequence[float]) -> np.ndarray:
     v = np.asarray(vector, dtype=float)
     norm = np.linalg.norm(v)
@@ -216,8 +222,9 @@ class XrayGeometry:
         )
 
     def with_size(self, size: int | tuple[int, int]) -> "XrayGeometry":
-        """Same detector rectangle sampled with a different number of pixels (e.g. a fast preview)."""
-        cols, rows = (size, size) if isinstance(size, int) else size
+        """Same detector rectangle sampled with a different number of pixels (e.g. a fast preview). An int is the
+        pixel count along the longer side, keeping the pixels (near-)square; a tuple is (columns, rows)."""
+        cols, rows = pixel_counts(*self.detector_size_mm, size) if isinstance(size, (int, np.integer)) else size
         width, height = self.detector_size_mm
         return dataclasses.replace(self, size=(cols, rows), spacing=(width / cols, height / rows))
 

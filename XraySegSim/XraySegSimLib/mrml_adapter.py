@@ -518,22 +518,10 @@ def labels_3d_polydata(result: DrrResult, offset_mm: float = LABELS_3D_OFFSET_MM
 
 
 def radiograph_window(line_integral: np.ndarray) -> tuple[float, float]:
-    """Display range of a DRR (dense = bright): 0.5..99.5 percentiles of the rays that cross the body,
-    the rule of ``overlay.drr_to_uint8``."""
-    body = line_integral[line_integral > 1e-3]
-    if body.size == 0:
-        return 0.0, 1.0
-    low, high = np.percentile(body, [0.5, 99.5])
-    return float(low), float(max(high, low + 1e-6))
+    """Display range of a DRR (dense = bright): ``overlay.display_range``, or 0..1 for an empty image."""
+    from .overlay import display_range
 
-
-def pixels_keeping_aspect(geometry: XrayGeometry, size: int | tuple[int, int]) -> tuple[int, int]:
-    """(columns, rows) for ``size`` pixels along the detector's longer side (a tuple is returned as is)."""
-    if not isinstance(size, (int, np.integer)):
-        return int(size[0]), int(size[1])
-    width, height = geometry.detector_size_mm
-    pixel = max(width, height) / int(size)
-    return max(1, round(width / pixel)), max(1, round(height / pixel))
+    return display_range(line_integral) or (0.0, 1.0)
 
 
 def slice_to_ras_for_detector(geometry: XrayGeometry) -> np.ndarray:
@@ -746,7 +734,7 @@ class XraySimScene:
         GeometryError)."""
         geometry = self.geometry() if geometry is None else geometry
         if size is not None:
-            geometry = geometry.with_size(pixels_keeping_aspect(geometry, size))
+            geometry = geometry.with_size(size)
         result = self.projector(ct_node, labels_node, classes, threads, materials=physics is not None).render(geometry)
         image = None
         if physics is not None:

@@ -7,17 +7,28 @@ import numpy as np
 from .labels import LabelClasses
 
 
+def display_range(line_integral: np.ndarray, low_percentile: float = 0.5,
+                  high_percentile: float = 99.5) -> tuple[float, float] | None:
+    """Radiograph window of a line-integral image: the given percentiles of the rays that cross the body
+    (None if no ray does)."""
+    body = line_integral[line_integral > 1e-3]
+    if body.size == 0:
+        return None
+    low, high = np.percentile(body, [low_percentile, high_percentile])
+    return float(low), float(max(high, low + 1e-6))
+
+
 def drr_to_uint8(line_integral: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5) -> np.ndarray:
     """Radiograph-style display (MONOCHROME2: dense = bright) of a line-integral image.
 
     The window spans the given percentiles of the pixels whose rays cross the body, so air around the
     patient is black and bone is bright, as on a processed clinical radiograph.
     """
-    body = line_integral[line_integral > 1e-3]
-    if body.size == 0:
+    window = display_range(line_integral, low_percentile, high_percentile)
+    if window is None:
         return np.zeros(line_integral.shape, np.uint8)
-    low, high = np.percentile(body, [low_percentile, high_percentile])
-    scaled = (line_integral - low) / max(high - low, 1e-6)
+    low, high = window
+    scaled = (line_integral - low) / (high - low)
     return (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
 
 

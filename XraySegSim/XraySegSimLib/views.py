@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import GeometryError
-from .geometry import XrayGeometry
+from .geometry import XrayGeometry, pixel_counts
 
 RIGHT, LEFT = np.array([1.0, 0, 0]), np.array([-1.0, 0, 0])
 ANTERIOR, POSTERIOR = np.array([0, 1.0, 0]), np.array([0, -1.0, 0])
@@ -116,9 +116,8 @@ def from_preset(
             f"distance ({sdd} mm), or the patient would be behind the detector"
         )
     if isinstance(size, int):
-        pixel = max(width, height) / size
-        pixels = (max(1, round(width / pixel)), max(1, round(height / pixel)))
-        spacing = (pixel, pixel)
+        pixels = pixel_counts(width, height, size)
+        spacing = (max(width, height) / size,) * 2
     else:
         pixels = (int(size[0]), int(size[1]))
         spacing = (width / pixels[0], height / pixels[1])
