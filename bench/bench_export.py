@@ -104,7 +104,7 @@ def run_one(size: int, workers: int, cts: int, views: int, physics: str, folder:
     pairs.write_text("ct,labels,id\n" + "".join(f"{sample.ct_path},{sample.labels_path},chest{i}\n"
                                                  for i in range(cts)))
     out = folder / f"out_{size}_{workers}_{views}{tag}"
-    command = [sys.executable, "-m", "XraySegSimLib.cli", "export", "--pairs", str(pairs), "--view", "chest-ap",
+    command = [sys.executable, "-m", "XraySegInferLib.entry", "export", "--pairs", str(pairs), "--view", "chest-ap",
                "--views-per-ct", str(views), "--size", str(size), "--physics", physics, "--workers", str(workers),
                "--test-fraction", "0", "--quiet", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(REPO / "XraySegSim"))

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from XraySegSimLib import XrayGeometry
-from XraySegSimLib.cli import main
+from XraySegInferLib.entry import main
 from conftest import grid_volume, voxel_centers_ras, write_image
 
 
@@ -152,7 +152,7 @@ def test_bad_input_gets_a_clear_message_and_exit_status_2(phantom_files, tmp_pat
 
 
 def test_console_script_help_explains_every_option():
-    done = subprocess.run([sys.executable, "-m", "XraySegSimLib.cli", "render", "--help"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "XraySegInferLib.entry", "render", "--help"], capture_output=True,
                           text=True)
     assert done.returncode == 0
     for option in ("--ct", "--labels", "--view", "--size", "--out", "--sdd", "--sid", "--isocenter", "--lao",

@@ -449,7 +449,7 @@ def test_resume_after_kill_equals_uninterrupted_export(inputs, tmp_path):
     pairs.write_text("ct,labels,id\n" + "".join(f"{c.ct},{c.labels},{c.ct_id}\n" for c in cases))
 
     def command(out):
-        return [sys.executable, "-m", "XraySegSimLib.cli", "export", "--pairs", str(pairs), "--classes", MAPPING,
+        return [sys.executable, "-m", "XraySegInferLib.entry", "export", "--pairs", str(pairs), "--classes", MAPPING,
                 "--view", "chest-ap", "--views-per-ct", "8", "--size", "96", "--physics", "auto", "--seed", "3",
                 "--test-fraction", "0.5", "--quiet", "--out", str(out)]
 
@@ -509,7 +509,7 @@ def test_two_worker_processes_give_the_same_dataset(inputs, tmp_path):
 
 
 def test_cli_export_single_ct(inputs, tmp_path, capsys):
-    from XraySegSimLib.cli import main
+    from XraySegInferLib.entry import main
 
     _, cases = inputs
     status = main(["export", "--ct", cases[0].ct, "--labels", cases[0].labels, "--classes", MAPPING, "--view",

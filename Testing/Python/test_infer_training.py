@@ -78,7 +78,7 @@ def test_chest_sample_recipe_is_what_trained_the_bundled_model(tmp_path, monkeyp
     """``--recipe chest-sample`` (what ``make train-sample`` runs) gives exactly the bundled card's training config,
     and the recipe spells out every field the card stores, so that neither a TrainConfig default nor the recipe
     can drift from the bundled model."""
-    from XraySegSimLib.cli import main
+    from XraySegInferLib.entry import main
 
     from XraySegInferLib import training
     from XraySegInferLib.training import RECIPES
@@ -166,7 +166,7 @@ def test_round_trip_drr_dice_above_floor(trained, tmp_path, one_thread):
 def test_cli_infer_and_evaluate(trained, dataset, tmp_path, one_thread):
     import nrrd
 
-    from XraySegSimLib.cli import main
+    from XraySegInferLib.entry import main
 
     image = sorted((dataset / "imagesTs").glob("*.nrrd"))[0]
     out = tmp_path / "infer"
@@ -267,7 +267,7 @@ def test_nnunet_results_folder_adapter(dataset, tmp_path, one_thread):
 
 @pytest.mark.slow
 def test_cli_train_with_recipe(dataset, tmp_path, one_thread):
-    from XraySegSimLib.cli import main
+    from XraySegInferLib.entry import main
 
     out = tmp_path / "run"
     assert main(["train", str(dataset), "--recipe", "quick", "--steps", "20", "--val-every", "10", "--patch-size", "64",

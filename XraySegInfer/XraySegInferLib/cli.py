@@ -1,7 +1,7 @@
 """``xrayseg train | evaluate | infer``: added to the ``xrayseg`` command by ``add_subcommands(sub)``.
 
-Each subcommand sets ``handler`` (a function of the parsed args returning an exit status); XraySegSimLib's
-``main`` calls it and turns an ``XraySegError`` into a message and exit status 2. Heavy imports (torch, MONAI)
+Each subcommand sets ``handler`` (a function of the parsed args returning an exit status); ``entry.main``
+calls it and turns an ``XraySegError`` into a message and exit status 2. Heavy imports (torch, MONAI)
 happen only inside the handlers, so ``xrayseg render`` stays fast.
 """
 
@@ -185,13 +185,3 @@ def run_infer(args) -> int:
         print(f"{path}: {prediction.label_image.shape[1]}x{prediction.label_image.shape[0]} px at "
               f"{prediction.spacing_mm[0]:.3f} mm ({prediction.spacing_source}); areas mm^2: {areas} -> {out}")
     return 0
-
-
-def main(argv=None) -> int:  # pragma: no cover - convenience for python -m XraySegInferLib.cli
-    from XraySegSimLib.cli import main as xrayseg_main
-
-    return xrayseg_main(argv)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,6 +1,7 @@
-"""``xrayseg``: the command line for headless batch work (same library as the Slicer modules).
+"""The Sim subcommands of ``xrayseg`` (render, demo, fetch-sample, views, export).
 
-Errors in the input end with a one-paragraph message saying what to fix, and exit status 2.
+The command itself is ``XraySegInferLib.entry`` (Infer may import Sim, never the reverse); it turns an
+``XraySegError`` into one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -56,12 +57,17 @@ def _add_geometry_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The Sim subcommands alone (the full ``xrayseg`` parser is XraySegInferLib.entry.build_parser)."""
     parser = argparse.ArgumentParser(
         prog="xrayseg",
         description="XraySeg: simulated radiographs (DRRs) with exactly projected bone labels from CT.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    return parser
 
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Register render, demo, fetch-sample, views and export; each sets ``handler`` (args -> exit status)."""
     render = sub.add_parser(
         "render", help="render one DRR with projected labels",
         description="Render a DRR of a CT and project its label map in the same pass. Writes drr.nrrd "
@@ -85,18 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
                              "or 'none' (default)")
     render.add_argument("--seed", type=int, default=0, help="seed of the physics noise (default 0)")
     _add_geometry_options(render)
+    render.set_defaults(handler=lambda args: _done(run_render(args)))
 
     demo = sub.add_parser("demo", help="fetch the sample chest CT and render a PA chest DRR with all bone labels")
     demo.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default: out/demo)")
     demo.add_argument("--size", type=int, default=512, help="detector pixels (default: 512)")
+    demo.set_defaults(handler=lambda args: _done(run_demo(args)))
 
-    sub.add_parser("fetch-sample", help="download the sample chest CT and labels into the cache; print the paths")
-    sub.add_parser("views", help="list the view presets with their distances and detector sizes")
-    from .export_cli import add_export_parser  # xrayseg export (batch training sets)
-    add_export_parser(sub)
-    from XraySegInferLib.cli import add_subcommands  # xrayseg train | evaluate | infer (segmentation models)
-    add_subcommands(sub)
-    return parser
+    fetch = sub.add_parser("fetch-sample", help="download the sample chest CT and labels into the cache; print the paths")
+    fetch.set_defaults(handler=run_fetch_sample)
+    views_parser = sub.add_parser("views", help="list the view presets with their distances and detector sizes")
+    views_parser.set_defaults(handler=run_views)
+    from .export_cli import add_export_parser, run_export_command  # xrayseg export (batch training sets)
+
+    add_export_parser(sub).set_defaults(handler=run_export_command)
+
+
+def _done(_result: object) -> int:
+    return 0
 
 
 def _names_table(option: str) -> dict[int, str] | None:
@@ -235,34 +247,17 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if getattr(args, "handler", None) is not None:  # subcommands added by XraySegInferLib.cli
-            return args.handler(args)
-        if args.command == "render":
-            run_render(args)
-        elif args.command == "demo":
-            run_demo(args)
-        elif args.command == "export":
-            from .export_cli import run_export_command
+def run_fetch_sample(args: argparse.Namespace) -> int:
+    from .sample_data import fetch_sample_chest_ct
 
-            return run_export_command(args)
-        elif args.command == "fetch-sample":
-            from .sample_data import fetch_sample_chest_ct
-
-            sample = fetch_sample_chest_ct()
-            print(f"ct:     {sample.ct_path}\nlabels: {sample.labels_path}\nnames:  {sample.structures_path}")
-        elif args.command == "views":
-            for preset in views.PRESETS.values():
-                print(f"{preset.name:15s} SDD {preset.source_to_detector_mm:6.0f}  SID "
-                      f"{preset.source_to_isocenter_mm:6.0f}  detector {preset.detector_mm[0]:.0f}x"
-                      f"{preset.detector_mm[1]:.0f} mm  {preset.description}")
-    except XraySegError as error:
-        print(f"xrayseg {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    sample = fetch_sample_chest_ct()
+    print(f"ct:     {sample.ct_path}\nlabels: {sample.labels_path}\nnames:  {sample.structures_path}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run_views(args: argparse.Namespace) -> int:
+    for preset in views.PRESETS.values():
+        print(f"{preset.name:15s} SDD {preset.source_to_detector_mm:6.0f}  SID "
+              f"{preset.source_to_isocenter_mm:6.0f}  detector {preset.detector_mm[0]:.0f}x"
+              f"{preset.detector_mm[1]:.0f} mm  {preset.description}")
+    return 0
