@@ -78,6 +78,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--overlap", type=float, help="sliding-window overlap (default: the card's, 0.25)")
     infer.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     infer.add_argument("--threads", type=int, help="CPU threads")
+    infer.add_argument("--dicom-seg", action="store_true",
+                       help="also write OUT/segmentation.dcm: a DICOM Segmentation object (one segment per class, "
+                            "SNOMED codes) in the radiograph's study, referencing it (DICOM inputs only)")
     infer.set_defaults(handler=run_infer)
 
 
@@ -172,6 +175,12 @@ def run_infer(args) -> int:
         kwargs["flip_tta"] = args.tta
     if args.overlap is not None:
         kwargs["overlap"] = args.overlap
+    if args.dicom_seg:  # refuse before the model loads: every input must be DICOM
+        from .dicom_seg import read_source_dataset, require_highdicom
+
+        require_highdicom()
+        for path in args.radiographs:
+            read_source_dataset(path)
     predictor = load_predictor(args.model, args.device, **kwargs)
     from .reader import read_radiograph
 
@@ -181,6 +190,10 @@ def run_infer(args) -> int:
         prediction = predictor.predict(radiograph, tuple(args.spacing) if args.spacing else None)
         out = args.out if len(args.radiographs) == 1 else args.out / path.name.split(".")[0]
         write_prediction(prediction, out, name)
+        if args.dicom_seg:
+            from .dicom_seg import write_dicom_seg
+
+            write_dicom_seg(prediction, path, out, getattr(predictor, "card", None))
         areas = ", ".join(f"{k} {v:.0f}" for k, v in prediction.areas_mm2.items())
         print(f"{path}: {prediction.label_image.shape[1]}x{prediction.label_image.shape[0]} px at "
               f"{prediction.spacing_mm[0]:.3f} mm ({prediction.spacing_source}); areas mm^2: {areas} -> {out}")
