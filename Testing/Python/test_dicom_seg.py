@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import highdicom
 import numpy as np
 import pytest
 
@@ -20,7 +21,6 @@ BUNDLED = REPO / "Resources" / "Models" / "chest"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 pytestmark = pytest.mark.slow
-highdicom = pytest.importorskip("highdicom")
 
 
 @pytest.fixture(scope="module")
