@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError
+from .ignore import IGNORE_VALUE
 
 BAD_STATUS = {"failed", "error", "skipped", "excluded"}
 
@@ -63,6 +64,12 @@ class SegmentationDataset:
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
 
+    @property
+    def ignore_label(self) -> int | None:
+        """nnU-Net v2's ``"ignore"`` value in dataset.json labels (unknown pixels), or None."""
+        value = (self.dataset_json.get("labels") or {}).get("ignore")
+        return None if value is None else int(value)
+
     def split(self, which: str = "train") -> list[Case]:
         return [c for c in self.cases if c.split == which]
 
@@ -80,14 +87,15 @@ class SegmentationDataset:
         return [c for c in cases if c.ct_id not in held], [c for c in cases if c.ct_id in held]
 
     def load(self, case: Case) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-        """(image float32 (H, W) as stored, masks uint8 (C, H, W), spacing (row_mm, col_mm))."""
+        """(image float32 (H, W) as stored, masks uint8 (C, H, W), spacing (row_mm, col_mm)). Masks are 0/1, and
+        ``IGNORE_VALUE`` (255) in every plane where the pixel is unknown (see ``ignore.split_ignore``)."""
         from .reader import read_radiograph
 
         image = read_radiograph(case.image)
         if case.mask is not None and case.mask.exists():
             masks = read_mask_stack(case.mask, len(self.classes))
         elif case.label is not None and case.label.exists():
-            masks = decode_regions(read_label_image(case.label), self.classes)
+            masks = decode_regions(read_label_image(case.label), self.classes, self.ignore_label)
         else:
             raise DatasetError(f"case {case.case_id}: neither {case.mask} nor {case.label} exists")
         if masks.shape[1:] != image.shape:
@@ -128,7 +136,7 @@ def read_classes(folder: Path, dataset_json: dict) -> list[ClassInfo]:
     labels = dataset_json.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise DatasetError(f"{folder / 'dataset.json'} has no 'labels' mapping")
-    names = [name for name in labels if name != "background"]
+    names = [name for name in labels if name not in ("background", "ignore")]  # "ignore": unknown pixels
     extra = {}
     classes_path = folder / "classes.json"
     if classes_path.is_file():
@@ -275,12 +283,16 @@ def read_mask_stack(path: Path, n_classes: int) -> np.ndarray:
         data = np.moveaxis(data, -1, 0)
     if data.shape[0] != n_classes:
         raise DatasetError(f"{path}: {data.shape[0]} mask layers but dataset.json names {n_classes} classes")
-    return (data > 0).astype(np.uint8)
+    return np.where(data == IGNORE_VALUE, IGNORE_VALUE, data > 0).astype(np.uint8)
 
 
-def decode_regions(label: np.ndarray, classes: list[ClassInfo]) -> np.ndarray:
-    """Overlapping masks (C, H, W) from a region-encoded label image: class c = pixels whose atom is one of its."""
-    return np.stack([np.isin(label, c.atoms) for c in classes]).astype(np.uint8)
+def decode_regions(label: np.ndarray, classes: list[ClassInfo], ignore_label: int | None = None) -> np.ndarray:
+    """Overlapping masks (C, H, W) from a region-encoded label image: class c = pixels whose atom is one of its;
+    pixels at ``ignore_label`` get ``IGNORE_VALUE`` in every plane."""
+    masks = np.stack([np.isin(label, c.atoms) for c in classes]).astype(np.uint8)
+    if ignore_label is not None:
+        masks[:, label == ignore_label] = IGNORE_VALUE
+    return masks
 
 
 def masks_to_label(masks: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .dataset import read_dataset
 from .errors import DatasetError
+from .ignore import split_ignore
 from .metrics import EvaluationReport, evaluate_case
 
 
@@ -43,7 +44,8 @@ def evaluate_dataset(predictor, dataset_dir: str | Path, out_dir: str | Path | N
     for case in tqdm(cases, disable=not progress, desc="evaluate", unit="image"):
         _, reference, spacing = dataset.load(case)
         prediction = predictor.predict(read_radiograph(case.image), spacing)
-        result = evaluate_case(prediction.masks[order], reference > 0, dataset.class_names, spacing, hd95)
+        reference, known = split_ignore(reference)  # unknown pixels (truncation) count for nothing
+        result = evaluate_case(prediction.masks[order] & known, reference, dataset.class_names, spacing, hd95)
         report.add(case.case_id, case.view, result)
     if out_dir is not None:
         report.write(out_dir)

@@ -42,7 +42,7 @@ class NnUNetPredictorAdapter:
 
         self.folder = Path(results_folder)
         dataset_json = json.loads((self.folder / "dataset.json").read_text())
-        self.labels = {k: v for k, v in dataset_json["labels"].items() if k != "background"}
+        self.labels = {k: v for k, v in dataset_json["labels"].items() if k not in ("background", "ignore")}
         self.class_names = list(self.labels)
         self.colors = [(0.9, 0.6, 0.2)] * len(self.class_names)
         if device == "auto":

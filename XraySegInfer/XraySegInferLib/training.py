@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .dataset import Case, SegmentationDataset, masks_to_label, read_dataset
+from .ignore import IGNORE_VALUE, masked_dice_ce, split_ignore
 from .inference import pick_device, sliding_window_logits
 from .networks import DEFAULT_ARCHITECTURE, build_network, size_divisor
 from .package import make_card, save_package
@@ -121,7 +122,8 @@ def validate(network: torch.nn.Module, items: list[_Item], mode: str, patch: tup
             pred = np.stack([label == c for c in range(1, logits.shape[1])])
         else:
             pred = (logits[0] > 0).cpu().numpy()
-        scores.append(per_class_metrics(pred, item.masks > 0, hd95=False)["dice"])
+        reference, known = split_ignore(item.masks)  # unknown pixels (truncation) count for nothing
+        scores.append(per_class_metrics(pred & known, reference, hd95=False)["dice"])
     network.train()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -210,12 +212,19 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
             group["lr"] = lr
         images, masks = _batch(items, config, patch, rng)
         images, masks = images.to(device), masks.to(device)
+        # Unknown pixels ride along as one more mask plane, so the spatial augmentation moves them with the rest.
+        unknown = (masks == IGNORE_VALUE).any(1, keepdim=True).to(masks.dtype)
+        masks = torch.cat([(masks == 1).to(masks.dtype), unknown], 1)
         images, masks = augment_batch(images, masks, aug, generator, pairs)
+        masks, unknown = masks[:, :-1], masks[:, -1:]
         target = masks if config.mode == "multilabel" else _label_target(masks)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = network(images)
-        loss = loss_fn(logits.float(), target)
+        if bool(unknown.any()):
+            loss = masked_dice_ce(logits.float(), target, 1.0 - unknown, config.mode)
+        else:
+            loss = loss_fn(logits.float(), target)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -322,7 +331,7 @@ def _training_summary(dataset: SegmentationDataset, train_cases, val_cases, conf
             "image_size_median": [int(np.median([i.image.shape[0] for i in items])),
                                   int(np.median([i.image.shape[1] for i in items]))],
             "config": {k: v for k, v in asdict(config).items() if k not in ("device", "threads")},
-            "foreground_fraction": [float(np.mean([i.masks[c].mean() for i in items]))
+            "foreground_fraction": [float(np.mean([(i.masks[c] == 1).mean() for i in items]))
                                     for c in range(len(dataset.classes))]}
 
 

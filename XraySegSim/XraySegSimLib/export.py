@@ -74,6 +74,7 @@ from .export_layout import (DatasetLayout, atom_table, atoms_json, case_name, ch
                             sample_masks, write_classes_json, write_image_2d, write_manifest, write_mask_stack,
                             write_png_fast)
 from .io import atomic_path, write_json
+from .truncation import IGNORE_MASK_VALUE, IGNORE_RULE, CutFaces
 
 FORMAT_VERSION = 1
 
@@ -116,6 +117,8 @@ class ExportConfig:
     # Move the detector back along the principal ray when a drawn geometry puts it inside the body (the
     # projector integrates from the source to the detector only: anatomy beyond the plane would be cut off).
     detector_beyond_body: bool = True
+    # Mark pixels whose ray crosses body beyond a cut face of the CT as nnU-Net's "ignore" (see truncation).
+    ignore_truncated: bool = True
 
     def physics_preset(self) -> str | None:
         from . import physics
@@ -309,6 +312,7 @@ class _CtContext:
     mapping: ClassMapping
     ct_grid: Any
     local_to_global: np.ndarray
+    cut_faces: Any = None  # truncation.CutFaces of the CT, or None (no ignore label)
 
 
 def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
@@ -327,14 +331,25 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     projected[ctx.local_to_global] = counts
     spacing = geometry.spacing
     write_image_2d(layout.image(case, split), image.astype(np.float32), spacing)
-    write_mask_stack(layout.masks(case, split), masks, spacing, mapping.names)
+    ignored = ctx.cut_faces.mask(geometry) if ctx.cut_faces is not None else np.zeros(codes.shape, bool)
+    n_ignored = int(ignored.sum())
+    stack = masks
+    if n_ignored:  # unknown pixels: IGNORE_MASK_VALUE in every class plane (masks stays 0/1 for the preview)
+        stack = masks.copy()
+        stack[:, ignored] = IGNORE_MASK_VALUE
+    write_mask_stack(layout.masks(case, split), stack, spacing, mapping.names)
     with atomic_path(layout.codes(case)) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, codes=codes, combos=np.array(json.dumps([list(c) for c in combos])))
+            np.savez(handle, codes=codes, combos=np.array(json.dumps([list(c) for c in combos])),
+                     ignored=np.packbits(ignored))
     if config.previews:
         gray = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
         # Tint: the highest class index of each pixel's combination; outlines show the others.
-        write_png_fast(layout.preview(case), preview_rgb(gray, masks, top, mapping.colors, present, bits))
+        rgb = preview_rgb(gray, masks, top, mapping.colors, present, bits)
+        if n_ignored:  # unknown pixels: magenta hatching
+            rows, cols = np.indices(ignored.shape)
+            rgb[ignored & ((rows + cols) % 8 < 2)] = (255, 0, 255)
+        write_png_fast(layout.preview(case), rgb)
     sidecar = {
         "format_version": FORMAT_VERSION,
         "case": case, "ct_id": case_in.ct_id, "split": split, "view_index": job.view,
@@ -357,6 +372,8 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
         "projected_pixels": projected.tolist(),
         "combinations": [list(c) for c in combos if c],
         "mask_rule": f"path length through the class >= {result.min_mask_thickness_mm:.3g} mm",
+        "ignored_pixels": n_ignored,
+        "ignore_rule": IGNORE_RULE if ctx.cut_faces is not None else None,
         "unknown_label_values_ignored": list(result.unknown_label_values),
         "render_ms": round(job.render_ms, 1),
         "files": {k: str(p.relative_to(layout.root)) for k, p in {
@@ -434,6 +451,7 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
         body_ras = body_points_ras(projector.packed, projector.ct.ijk_to_ras) if config.detector_beyond_body \
             else None
         voxel_axes = projector.ct.ijk_to_ras[:3, :3]
+        cut_faces = CutFaces(projector.packed, projector.ct.ras_to_ijk) if config.ignore_truncated else None
         del loaded.ct.array, loaded  # the projector keeps its packed copy only
         report["notes"] = []
         report["unknown_label_values"] = list(projector.unknown_values)
@@ -442,7 +460,7 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
         return report
     global_index = {name: i for i, name in enumerate(mapping.names)}
     local_to_global = np.array([global_index[c.name] for c in projector.classes.classes], np.int64)
-    ctx = _CtContext(layout, case_in, config, mapping, ct_grid, local_to_global)
+    ctx = _CtContext(layout, case_in, config, mapping, ct_grid, local_to_global, cut_faces)
     # One writer thread finishes each sample (image, masks, codes, preview, files) while the next view renders.
     writer = cf.ThreadPoolExecutor(1, initializer=_set_numba_threads, initargs=(task.threads,))
     pending: list[tuple[cf.Future, int]] = []  # (future, index of its row in outcomes)
@@ -680,6 +698,7 @@ def finalize(layout: DatasetLayout, cases: Sequence[CaseInput], splits: dict[str
     complete: list[tuple[str, str]] = []
     unknown: dict[str, list[int]] = {}
     combos_all: set[tuple[int, ...]] = set()
+    any_ignored = False
     for case in cases:
         for view in range(config.views_per_ct):
             name, split = case_name(case.ct_id, view), splits[case.ct_id]
@@ -687,6 +706,7 @@ def finalize(layout: DatasetLayout, cases: Sequence[CaseInput], splits: dict[str
                 complete.append((name, split))
                 sidecar = load_json(layout.sidecar(name))
                 combos_all.update(tuple(c) for c in sidecar["combinations"])
+                any_ignored = any_ignored or bool(sidecar.get("ignored_pixels"))
                 unknown[name] = sidecar.get("unknown_label_values_ignored") or []
     complete_names = {n for n, _ in complete}
     # Orphans: files of samples whose sidecar was never written (interrupted, failed): nnU-Net must not see them.
@@ -700,16 +720,23 @@ def finalize(layout: DatasetLayout, cases: Sequence[CaseInput], splits: dict[str
     previous = layout.root / "atoms.json"
     new_atoms = atoms_json(table, mapping.names)
     same_table = previous.is_file() and load_json(previous) == _jsonable(new_atoms)
-    dtype = np.uint8 if max(table.values()) < 256 else np.uint16
+    # nnU-Net v2: the ignore label must be the highest label value, one above the last atom.
+    ignore_label = max(table.values()) + 1 if any_ignored else None
+    dtype = np.uint8 if max(table.values()) + 1 < 256 else np.uint16
     for name, split in complete:
         target = layout.label(name, split)
         if same_table and target.is_file():
             continue
         with np.load(layout.codes(name)) as data:
             codes, combos = data["codes"], json.loads(str(data["combos"]))
+            ignored = (np.unpackbits(data["ignored"], count=codes.size).reshape(codes.shape).astype(bool)
+                       if "ignored" in data.files else None)
         lut = np.array([table[tuple(c)] for c in combos], dtype)
         spacing = load_json(layout.sidecar(name))["spacing_mm"]
-        write_image_2d(target, lut[codes], spacing, encoding="gzip")
+        label = lut[codes]
+        if ignore_label is not None and ignored is not None:
+            label[ignored] = ignore_label
+        write_image_2d(target, label, spacing, encoding="gzip")
     write_classes_json(layout.root / "classes.json", mapping.describe(names_table(mapping.default_names)))
     write_json(previous, new_atoms)
     rows = []
@@ -733,7 +760,7 @@ def finalize(layout: DatasetLayout, cases: Sequence[CaseInput], splits: dict[str
     write_manifest(layout.root / "manifest.csv", rows)
     n_train = sum(split == "train" for _, split in complete)
     write_json(layout.root / "dataset.json", dataset_json(
-        config.dataset_name, mapping.names, table, n_train, len(complete) - n_train,
-        {"xrayseg": {"format_version": FORMAT_VERSION, "view": config.view, "size": config.size,
-                     "physics": config.physics, "seed": config.seed,
-                     "test_ct_ids": sorted(i for i, s in splits.items() if s == "test")}}))
+        config.dataset_name, mapping.names, table, n_train, len(complete) - n_train, ignore_label=ignore_label,
+        extra={"xrayseg": {"format_version": FORMAT_VERSION, "view": config.view, "size": config.size,
+                           "physics": config.physics, "seed": config.seed,
+                           "test_ct_ids": sorted(i for i, s in splits.items() if s == "test")}}))

@@ -627,11 +627,14 @@ def atoms_json(table: dict[tuple[int, ...], int], class_names: Sequence[str]) ->
 
 
 def dataset_json(name: str, class_names: Sequence[str], table: dict[tuple[int, ...], int], num_training: int,
-                 num_test: int, extra: dict | None = None) -> dict[str, Any]:
-    """nnU-Net v2 dataset.json for region-based training: each class is the region of the atoms containing it."""
+                 num_test: int, extra: dict | None = None, ignore_label: int | None = None) -> dict[str, Any]:
+    """nnU-Net v2 dataset.json for region-based training: each class is the region of the atoms containing it.
+    ``ignore_label``: the value of unknown pixels (nnU-Net v2 ``"ignore"``: the highest value, an int)."""
     labels: dict[str, Any] = {"background": 0}
     for index, class_name in enumerate(class_names, start=1):
         labels[class_name] = sorted(atom for combo, atom in table.items() if index in combo)
+    if ignore_label is not None:
+        labels["ignore"] = int(ignore_label)
     data = {
         "channel_names": {"0": "radiograph"},
         "labels": labels,

@@ -1,0 +1,187 @@
+"""Truncation: detector pixels whose ray crosses body that the CT does not hold (issue 10, item 4).
+
+A CT ends where the scan ended, not where the patient ends: its axial end faces (and, for a small field of view,
+its side faces) cut through the body. A ray that crosses the body *beyond* such a cut face would have been
+attenuated there in a real radiograph; the DRR, which integrates inside the grid only, knows nothing of it.
+Those pixels say nothing true, neither the image nor the labels, so the exporter marks them "ignore" (nnU-Net
+v2's ignore label) rather than inventing anatomy.
+
+Rule (exact on the voxel grid, no sampling): on each of the six faces of the CT grid, the *cut section* is the
+set of boundary voxels that are body (HU > ``BODY_HU``, or labelled). The body beyond the face is taken to
+continue as that section extruded outward along the face normal, without end (a prism). A pixel is truncated
+when its ray, between the source and the detector pixel, passes through the prism of any face. This contains
+every ray that leaves or enters the CT through a cut face inside the body (the prism starts at the face), and
+also the rays that miss the grid but cross the body's continuation (the neck above a chest CT that stops at the
+clavicles). For a body that really is a prism beyond the cut (a cylinder cut across its axis) the rule is exact;
+the tests check it against the analytic cylinder to a pixel.
+
+Each prism test is a 2D voxel walk (Amanatides & Woo 1987) over the face's section along the ray's projection
+onto the face, restricted to the part of the ray beyond the face plane: one numba pass per view.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+BODY_HU = -500  # voxels above this (or labelled) are body; the same rule as the detector placement
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _walk_hits(section, pb, pc, db, dc, t0, t1):  # pragma: no cover - compiled
+    """True if the 2D segment (pb + t db, pc + t dc), t in [t0, t1], visits a cell of ``section`` [c, b] that is
+    set. Cells span [v, v + 1); the segment is first clipped to the section's extent."""
+    nc, nb = section.shape
+    for axis in range(2):
+        p = pb if axis == 0 else pc
+        d = db if axis == 0 else dc
+        n = nb if axis == 0 else nc
+        if d == 0.0:
+            if p < 0.0 or p >= n:
+                return False
+        else:
+            ta, tb = (0.0 - p) / d, (n - p) / d
+            if ta > tb:
+                ta, tb = tb, ta
+            t0, t1 = max(t0, ta), min(t1, tb)
+    if t0 >= t1:
+        return False
+    tm = t0 if t1 - t0 < 1e-12 else t0 + 1e-9 * (t1 - t0)  # just inside, so the start cell is the right one
+    ib = min(max(int(np.floor(pb + tm * db)), 0), nb - 1)
+    ic = min(max(int(np.floor(pc + tm * dc)), 0), nc - 1)
+    inf = np.inf
+    step_b, next_b, delta_b = 0, inf, inf
+    if db > 0.0:
+        step_b, next_b, delta_b = 1, (ib + 1 - pb) / db, 1.0 / db
+    elif db < 0.0:
+        step_b, next_b, delta_b = -1, (ib - pb) / db, -1.0 / db
+    step_c, next_c, delta_c = 0, inf, inf
+    if dc > 0.0:
+        step_c, next_c, delta_c = 1, (ic + 1 - pc) / dc, 1.0 / dc
+    elif dc < 0.0:
+        step_c, next_c, delta_c = -1, (ic - pc) / dc, -1.0 / dc
+    while True:
+        if section[ic, ib]:
+            return True
+        if next_b <= next_c:
+            if next_b >= t1:
+                return False
+            ib += step_b
+            next_b += delta_b
+            if ib < 0 or ib >= nb:
+                return False
+        else:
+            if next_c >= t1:
+                return False
+            ic += step_c
+            next_c += delta_c
+            if ic < 0 or ic >= nc:
+                return False
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _beyond_interval(s, d, n, high):  # pragma: no cover - compiled
+    """t-interval of [0, 1] where s + t d lies beyond the face (> n when ``high``, < 0 otherwise)."""
+    plane = n if high else 0.0
+    if d == 0.0:
+        beyond = s > plane if high else s < plane
+        return (0.0, 1.0) if beyond else (1.0, 0.0)
+    t = (plane - s) / d
+    if (d > 0.0) == high:  # moving outward through this face: beyond after t
+        return max(t, 0.0), 1.0
+    return 0.0, min(t, 1.0)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+def _truncated_kernel(faces_i, faces_j, faces_k, source, origin, column_step, row_step, shape_kji,
+                      out):  # pragma: no cover - compiled
+    nk, nj, ni = shape_kji[0], shape_kji[1], shape_kji[2]
+    rows, cols = out.shape
+    s = source
+    for r in numba.prange(rows):
+        for c in range(cols):
+            d0 = origin[0] + c * column_step[0] + r * row_step[0] - s[0]
+            d1 = origin[1] + c * column_step[1] + r * row_step[1] - s[1]
+            d2 = origin[2] + c * column_step[2] + r * row_step[2] - s[2]
+            hit = False
+            for side in range(2):
+                high = side == 1
+                # i faces: section [k, j]; j faces: [k, i]; k faces: [j, i]
+                t0, t1 = _beyond_interval(s[0], d0, ni, high)
+                if not hit and t0 < t1 and _walk_hits(faces_i[side], s[1], s[2], d1, d2, t0, t1):
+                    hit = True
+                t0, t1 = _beyond_interval(s[1], d1, nj, high)
+                if not hit and t0 < t1 and _walk_hits(faces_j[side], s[0], s[2], d0, d2, t0, t1):
+                    hit = True
+                t0, t1 = _beyond_interval(s[2], d2, nk, high)
+                if not hit and t0 < t1 and _walk_hits(faces_k[side], s[0], s[1], d0, d1, t0, t1):
+                    hit = True
+            out[r, c] = hit
+
+
+def _is_body(words: np.ndarray, body_hu: int) -> np.ndarray:
+    words = words.astype(np.int64)
+    return ((words & 0xFFFF).astype(np.uint16).view(np.int16) > body_hu) | (words >> 16 != 0)
+
+
+class CutFaces:
+    """The body's cut sections on the six faces of one CT grid; ``mask(geometry)`` gives the truncated pixels.
+
+    Build it once per CT (or per virtual patient) from the projector's packed voxels (low 16 bits HU, high 16
+    bits class) or from an HU array plus optional labels."""
+
+    def __init__(self, hu_or_packed: np.ndarray, ras_to_ijk: np.ndarray, body_hu: int = BODY_HU,
+                 labels: np.ndarray | None = None, packed: bool = True) -> None:
+        """``hu_or_packed``: (k, j, i) packed uint32 words (``packed=True``) or HU values."""
+        a = hu_or_packed
+        self.shape_kji = np.array(a.shape, np.int64)
+        self.ras_to_ijk = np.asarray(ras_to_ijk, np.float64)
+
+        def body(section: np.ndarray, label_section: np.ndarray | None) -> np.ndarray:
+            if packed:
+                return np.ascontiguousarray(_is_body(section, body_hu), np.uint8)
+            mask = section > body_hu
+            if label_section is not None:
+                mask |= label_section != 0
+            return np.ascontiguousarray(mask, np.uint8)
+
+        def lab(index) -> np.ndarray | None:
+            return None if labels is None else labels[index]
+
+        self.faces_i = np.stack([body(a[:, :, 0], lab((slice(None), slice(None), 0))),
+                                 body(a[:, :, -1], lab((slice(None), slice(None), -1)))])
+        self.faces_j = np.stack([body(a[:, 0, :], lab((slice(None), 0, slice(None)))),
+                                 body(a[:, -1, :], lab((slice(None), -1, slice(None))))])
+        self.faces_k = np.stack([body(a[0], lab(0)), body(a[-1], lab(-1))])
+
+    @property
+    def cut_voxels(self) -> dict[str, int]:
+        """Body voxels on each face (0 everywhere: the CT holds the whole body, nothing is truncated)."""
+        names = ("i_low", "i_high", "j_low", "j_high", "k_low", "k_high")
+        counts = [int(f.sum()) for faces in (self.faces_i, self.faces_j, self.faces_k) for f in faces]
+        return dict(zip(names, counts))
+
+    def mask(self, geometry) -> np.ndarray:
+        """(rows, cols) bool: the pixel's ray crosses the body's continuation beyond a cut face."""
+        cols, rows = geometry.size
+        out = np.zeros((rows, cols), np.bool_)
+        if not any(self.cut_voxels.values()):
+            return out
+        linear, shift = self.ras_to_ijk[:3, :3], self.ras_to_ijk[:3, 3] + 0.5  # voxel v spans [v, v + 1)
+        source = linear @ np.asarray(geometry.source, float) + shift
+        origin = linear @ np.asarray(geometry.origin, float) + shift
+        column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0])
+        row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1])
+        _truncated_kernel(self.faces_i, self.faces_j, self.faces_k, source, origin, column_step, row_step,
+                          self.shape_kji, out)
+        return out
+
+
+def truncated_mask(projector, geometry, body_hu: int = BODY_HU) -> np.ndarray:
+    """Truncated pixels of ``geometry`` for a ``DrrProjector``'s CT (see the module docstring)."""
+    return CutFaces(projector.packed, projector.ct.ras_to_ijk, body_hu).mask(geometry)
+
+
+IGNORE_MASK_VALUE = 255  # value of unknown pixels in every class plane of masksTr/masksTs (classes are 0/1)
+IGNORE_RULE = ("pixels whose ray crosses the body's continuation beyond a cut face of the CT (boundary voxels "
+               f"with HU > {BODY_HU} or labelled, extruded outward): labelsTr 'ignore', masks {IGNORE_MASK_VALUE}")
