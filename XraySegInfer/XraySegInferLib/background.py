@@ -1,0 +1,348 @@
+"""Long work in a background *process*: progress, cancel, and crashes that cannot take the caller down.
+
+Qt-free and MRML-free: a Slicer widget drives a :class:`BackgroundProcess` from a QTimer (``poll()`` never
+blocks), a script calls ``wait()``. The child runs any argv, typically ``xrayseg`` (:func:`xrayseg_argv`:
+``[python, "-m", "XraySegInferLib.entry", ...]``), so an export, a segmentation or a training run that crashes,
+runs out of GPU memory or is killed by the system's out-of-memory killer ends in one clear message instead of
+aborting Slicer.
+
+* **Own process group.** The child starts a new session (POSIX) or process group (Windows); ``cancel()`` stops
+  the whole group, pool workers included (SIGKILL at once for a staged run, whose output is discarded anyway;
+  SIGTERM, then SIGKILL after ``kill_grace_s``, for a run in place).
+* **Staged output.** With ``output_dir`` given, the argv's ``{out}`` placeholder is replaced by a fresh hidden
+  folder beside it (``.NAME.partial-XXXX``); only a run that exits with status 0 has it renamed to
+  ``output_dir`` (one atomic rename, so ``output_dir`` is either absent or complete). A cancelled, failed or
+  killed run has it removed: no half-written file remains. ``staging=False`` runs in ``output_dir`` itself
+  (for ``--resume``, whose own writes are atomic) and removes nothing.
+* **Progress** is read from the child's own tqdm bars on stderr (``desc:  40%|####  | 4/10 [...]``), so no
+  extra option is needed; runs without a bar report ``fraction=None`` (busy).
+* **Failures** become one line: the exit status or the signal (SIGKILL: "killed, e.g. by the system when
+  memory ran out"), plus the child's last stderr line (``xrayseg``'s own one-line error, or the exception of a
+  traceback such as ``torch.OutOfMemoryError: CUDA out of memory``).
+
+::
+
+    run = BackgroundProcess(xrayseg_argv("export", "--ct", ct, "--out", "{out}"), output_dir="dataset").start()
+    while run.poll().state is RunState.RUNNING:      # a QTimer slot in Slicer
+        ...                                          # run.poll().progress.fraction, .label
+    status = run.wait()                              # or run.cancel()
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+OUT_PLACEHOLDER = "{out}"
+# One tqdm bar update: "desc:  40%|####      | 4/10 [00:01<00:02,  3.2it/s]" (the description is optional).
+TQDM_BAR = re.compile(r"(?:(?P<label>[^\r\n|]*?):\s*)?(?P<percent>\d{1,3})%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\b")
+OUT_OF_MEMORY = re.compile(r"out of memory|OutOfMemoryError|MemoryError|std::bad_alloc", re.IGNORECASE)
+
+
+class RunState(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The child's latest progress: ``fraction`` in [0, 1] (None: no bar yet, busy), ``done``/``total`` items."""
+
+    fraction: float | None = None
+    done: int | None = None
+    total: int | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What ``poll()``/``wait()``/``cancel()`` report. ``message`` is one line for the user."""
+
+    state: RunState
+    progress: Progress
+    message: str
+    returncode: int | None = None
+    output_dir: Path | None = None  # the finished output (SUCCEEDED), else None
+    stderr_tail: tuple[str, ...] = field(default_factory=tuple)
+
+
+def parse_progress(text: str) -> Progress | None:
+    """The last tqdm bar update in ``text``, or None when it holds none."""
+    matches = list(TQDM_BAR.finditer(text))
+    if not matches:
+        return None
+    last = matches[-1]
+    done, total = int(last.group("n")), int(last.group("total"))
+    fraction = min(1.0, done / total) if total > 0 else int(last.group("percent")) / 100.0
+    return Progress(fraction, done, total, (last.group("label") or "").strip())
+
+
+def describe_failure(returncode: int, last_line: str, name: str = "the run", out_of_memory: bool = False,
+                     where: str = "") -> str:
+    """One line for a child that ended with ``returncode`` != 0 (negative: killed by that signal, POSIX);
+    ``where`` is how far it got (e.g. "export 12/200")."""
+    if returncode < 0 or returncode == 128 + 9:  # 137: SIGKILL as a shell reports it
+        number = -returncode if returncode < 0 else 9
+        try:
+            signame = signal.Signals(number).name
+        except ValueError:
+            signame = f"signal {number}"
+        if number == 9:
+            text = f"{name} was killed ({signame}), e.g. by the system when memory ran out"
+        else:
+            text = f"{name} was stopped by {signame}"
+    elif out_of_memory:
+        text = f"{name} ran out of memory (exit status {returncode}); try a smaller size or batch, or the CPU"
+    else:
+        text = f"{name} failed (exit status {returncode})"
+    if where:
+        text = f"{text}, at {where}"
+    return f"{text}: {last_line}" if last_line else text
+
+
+def package_roots() -> list[Path]:
+    """Folders that hold the XraySegSimLib and XraySegInferLib packages (for the child's PYTHONPATH)."""
+    import importlib.util
+
+    roots = [Path(__file__).resolve().parents[1]]
+    sim = importlib.util.find_spec("XraySegSimLib")  # located, not imported (that would load numba)
+    if sim is not None and sim.origin:
+        roots.append(Path(sim.origin).resolve().parents[1])
+    return list(dict.fromkeys(roots))
+
+
+def xrayseg_argv(*arguments: str | os.PathLike, python: str | None = None) -> list[str]:
+    """``[python, "-m", "XraySegInferLib.entry", *arguments]``: the ``xrayseg`` command in a child process
+    (``python`` defaults to this interpreter)."""
+    return [python or sys.executable, "-m", "XraySegInferLib.entry", *(os.fspath(a) for a in arguments)]
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with unbuffered Python output and our packages on PYTHONPATH."""
+    env = dict(os.environ)
+    paths = [str(p) for p in package_roots()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class _StreamReader(threading.Thread):
+    """Reads one pipe to its end: complete lines into ``lines`` (a bounded tail), tqdm bars into ``progress``."""
+
+    def __init__(self, stream: IO[bytes], tail_lines: int) -> None:
+        super().__init__(daemon=True, name="xrayseg-background-reader")
+        self.stream, self.lock = stream, threading.Lock()
+        self.lines: deque[str] = deque(maxlen=tail_lines)
+        self.progress: Progress | None = None
+
+    def run(self) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        read = getattr(self.stream, "read1", self.stream.read)
+        while True:
+            chunk = read(65536)
+            if not chunk:
+                break
+            pending += decoder.decode(chunk)
+            *complete, pending = re.split(r"[\r\n]", pending)
+            progress = parse_progress("\n".join(complete + [pending]))  # a bar ends with the next "\r"
+            with self.lock:
+                if progress is not None:
+                    self.progress = progress
+                self.lines.extend(p for p in complete if p.strip() and not TQDM_BAR.search(p))
+        pending += decoder.decode(b"", final=True)
+        with self.lock:
+            if pending.strip() and not TQDM_BAR.search(pending):
+                self.lines.append(pending)
+        self.stream.close()
+
+    def snapshot(self) -> tuple[Progress | None, tuple[str, ...]]:
+        with self.lock:
+            return self.progress, tuple(self.lines)
+
+
+class BackgroundProcess:
+    """One child process run in the background (see the module docstring)."""
+
+    def __init__(self, argv: Sequence[str | os.PathLike], output_dir: str | os.PathLike | None = None, *,
+                 staging: bool = True, name: str | None = None, env: Mapping[str, str] | None = None,
+                 cwd: str | os.PathLike | None = None, kill_grace_s: float = 3.0, tail_lines: int = 200) -> None:
+        self.argv = [os.fspath(a) for a in argv]
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.staging = staging and self.output_dir is not None
+        is_xrayseg = self.argv[1:3] == ["-m", "XraySegInferLib.entry"] and len(self.argv) > 3
+        self.name = name or (f"xrayseg {self.argv[3]}" if is_xrayseg else Path(self.argv[0]).name)
+        self.env = child_environment(env)
+        self.cwd = cwd
+        self.kill_grace_s = kill_grace_s
+        self.tail_lines = tail_lines
+        self.staging_dir: Path | None = None
+        self._process: subprocess.Popen | None = None
+        self._readers: list[_StreamReader] = []
+        self._cancel_requested = False
+        self._final: RunStatus | None = None
+        self._lock = threading.Lock()
+
+    # ---- life cycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> "BackgroundProcess":
+        """Start the child (once). Raises ``FileExistsError`` when a staged ``output_dir`` already exists."""
+        if self._process is not None:
+            raise RuntimeError("this background process was already started")
+        argv = list(self.argv)
+        if self.output_dir is not None:
+            target = self.output_dir
+            if self.staging:
+                if target.exists():
+                    raise FileExistsError(f"{target} already exists; choose a new output folder or remove it")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.staging_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+                target = self.staging_dir
+            argv = [a.replace(OUT_PLACEHOLDER, str(target)) for a in argv]
+        kwargs: dict = {}
+        if os.name == "posix":
+            kwargs["start_new_session"] = True  # its own session and process group: cancel() stops them all
+        else:  # pragma: no cover - Windows
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        try:
+            self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, **kwargs)
+        except OSError:
+            self._remove_staging()
+            raise
+        self._readers = [_StreamReader(self._process.stdout, self.tail_lines),
+                         _StreamReader(self._process.stderr, self.tail_lines)]
+        for reader in self._readers:
+            reader.start()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def poll(self) -> RunStatus:
+        """The current status, without blocking. Finishes the run (rename or clean-up) once the child ended."""
+        with self._lock:
+            if self._final is not None:
+                return self._final
+            if self._process is None:
+                return RunStatus(RunState.PENDING, Progress(), "not started")
+            returncode = self._process.poll()
+            if returncode is None:
+                progress, _ = self._readers[1].snapshot()
+                progress = progress or self._readers[0].snapshot()[0] or Progress()
+                return RunStatus(RunState.RUNNING, progress, progress.label or f"{self.name} running")
+            return self._finish(returncode)
+
+    def wait(self, timeout: float | None = None, poll_s: float = 0.05) -> RunStatus:
+        """Block until the run has finished (``TimeoutError`` after ``timeout`` seconds) and return its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.poll()
+            if status.state.finished or status.state is RunState.PENDING:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} still running after {timeout:.0f} s")
+            time.sleep(poll_s)
+
+    def cancel(self) -> RunStatus:
+        """Stop the child's whole process group and return the final status (CANCELLED, unless the run had
+        already finished). A staged run is killed at once (SIGKILL) and its staged output removed; a run in
+        place gets SIGTERM first and ``kill_grace_s`` seconds to stop by itself."""
+        with self._lock:
+            if self._final is not None or self._process is None:
+                return self._final or RunStatus(RunState.CANCELLED, Progress(), "cancelled before it started")
+            self._cancel_requested = True
+            if not self.staging:  # its output stays: give it the chance to stop cleanly first
+                self._signal_group(signal.SIGTERM if os.name == "posix" else None)
+                try:
+                    self._process.wait(self.kill_grace_s)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._signal_group(signal.SIGKILL if os.name == "posix" else None, kill=True)
+            returncode = self._process.wait()
+            return self._finish(returncode)
+
+    def __enter__(self) -> "BackgroundProcess":
+        return self if self._process is not None else self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self._final is None and self._process is not None:
+            self.cancel()
+
+    # ---- internals ----------------------------------------------------------------------------------------
+
+    def _signal_group(self, sig: signal.Signals | None, kill: bool = False) -> None:
+        assert self._process is not None
+        if os.name == "posix":
+            try:
+                os.killpg(self._process.pid, sig)  # the child leads its group (start_new_session)
+            except (ProcessLookupError, PermissionError):
+                pass  # the whole group is gone already
+        elif kill:  # pragma: no cover - Windows
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self._process.pid)], capture_output=True)
+        else:  # pragma: no cover - Windows
+            self._process.send_signal(signal.CTRL_BREAK_EVENT)
+
+    def _finish(self, returncode: int) -> RunStatus:
+        if os.name == "posix":  # workers of the group may outlive their leader: none may go on writing
+            self._signal_group(signal.SIGKILL)
+        for reader in self._readers:
+            reader.join(timeout=5.0)
+        progress, _ = self._readers[1].snapshot()
+        progress = progress or self._readers[0].snapshot()[0] or Progress()
+        stderr = self._readers[1].snapshot()[1]
+        last_line = (stderr or self._readers[0].snapshot()[1] or ("",))[-1].strip()
+        output = None
+        if self._cancel_requested:
+            self._remove_staging()
+            state, message = RunState.CANCELLED, f"{self.name} cancelled; no output was kept"
+        elif returncode == 0:
+            state, message, output = RunState.SUCCEEDED, f"{self.name} finished", self.output_dir
+            if self.staging_dir is not None:
+                try:
+                    os.rename(self.staging_dir, self.output_dir)
+                    self.staging_dir = None
+                except OSError as error:
+                    self._remove_staging()
+                    state, output = RunState.FAILED, None
+                    message = f"{self.name} finished but its output could not be moved to {self.output_dir}: {error}"
+        else:
+            self._remove_staging()
+            state = RunState.FAILED
+            where = f"{progress.label or 'item'} {progress.done}/{progress.total}" if progress.total else ""
+            message = describe_failure(returncode, last_line, self.name,
+                                       any(OUT_OF_MEMORY.search(line) for line in stderr[-20:]), where)
+        self._final = RunStatus(state, progress, message, returncode, output, stderr)
+        return self._final
+
+    def _remove_staging(self) -> None:
+        if self.staging_dir is None:
+            return
+        for _ in range(5):  # a dying worker may still close a file for a moment
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+            if not self.staging_dir.exists():
+                break
+            time.sleep(0.1)
+        self.staging_dir = None
