@@ -1,0 +1,170 @@
+"""3D CT segmentation (the femur paper's path): metrics against hand-computed values, the compact V-Net, the
+proximal-femur crop rule, and a tiny training run whose loss falls and whose checkpoint resumes bit-identically."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from XraySegInferLib.volume_metrics import hd95_mm, score_case, summarise, volume_r2
+
+
+def test_scores_match_hand_computed_values():
+    ref = np.zeros((4, 5, 6), bool)
+    ref[1:3, 1:4, 1:5] = True  # 2*3*4 = 24 voxels
+    pred = np.zeros_like(ref)
+    pred[1:3, 1:4, 2:6] = True  # 24 voxels, shifted one voxel along i: overlap 2*3*3 = 18
+    scores = score_case(pred, ref, (1.0, 2.0, 0.5))
+    tp, fp, fn = 18, 6, 6
+    tn = ref.size - tp - fp - fn
+    assert scores.dice == pytest.approx(2 * tp / (2 * tp + fp + fn))  # 0.75
+    assert scores.sensitivity == pytest.approx(tp / (tp + fn))
+    assert scores.specificity == pytest.approx(tn / (tn + fp))
+    assert scores.volume_ref_ml == pytest.approx(24 * 1.0 * 2.0 * 0.5 / 1000)
+
+
+def test_hd95_of_a_shifted_block_is_the_shift_in_mm():
+    ref = np.zeros((20, 20, 20), bool)
+    ref[5:15, 5:15, 5:15] = True
+    pred = np.roll(ref, 2, axis=2)  # 2 voxels along i, 0.8 mm voxels there
+    spacing = (1.0, 1.0, 0.8)
+    assert hd95_mm(pred, ref, spacing) == pytest.approx(1.6)
+    assert hd95_mm(ref, ref, spacing) == 0.0
+    assert math.isinf(hd95_mm(np.zeros_like(ref), ref, spacing))
+
+
+def test_volume_r2_is_that_of_the_identity_line():
+    reference = [100.0, 120.0, 140.0]
+    assert volume_r2(reference, reference) == 1.0
+    # Residuals 5, -5, 5 against a total sum of squares of 800: R^2 = 1 - 75/800.
+    assert volume_r2([105.0, 115.0, 145.0], reference) == pytest.approx(1 - 75 / 800)
+    assert math.isnan(volume_r2([1.0], [1.0]))
+    summary = summarise({"a": score_case(np.ones((2, 2, 2), bool), np.ones((2, 2, 2), bool), (1, 1, 1))})
+    assert summary["dice"] == 1.0 and math.isnan(summary["volume_r2"])
+
+
+def test_compact_vnet_is_monai_vnet_at_full_width():
+    """At 16 channels and 4 stages the compact builder reproduces MONAI's VNet parameter count exactly."""
+    from monai.networks.nets import VNet
+    import torch
+
+    from XraySegInferLib.ct_networks import build_ct_network
+
+    full = sum(p.numel() for p in VNet(spatial_dims=3, in_channels=1, out_channels=2).parameters())
+    ours = build_ct_network({"name": "vnet-compact", "base_channels": 16, "depth": 4}, 2)
+    assert sum(p.numel() for p in ours.parameters()) == full
+    small = build_ct_network({"name": "vnet-compact", "base_channels": 4, "depth": 2}, 2)
+    assert small(torch.zeros(1, 1, 8, 12, 16)).shape == (1, 2, 8, 12, 16)
+
+
+def _sphere_dataset(root, n_train: int = 1):
+    """A 3D dataset of spheres of 'bone' (1000 HU) in 'soft tissue' (40 HU), 2 mm voxels."""
+    from conftest import write_image
+
+    folder = root / "Dataset901_Sphere"
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (folder / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    grid = np.indices((24, 24, 24)).transpose(1, 2, 3, 0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for index in range(n_train + 1):
+        centre = rng.uniform(9, 15, 3)
+        inside = np.linalg.norm(grid - centre, axis=-1) < rng.uniform(5, 7)
+        ct = np.where(inside, 1000, 40).astype(np.int16) + rng.normal(0, 20, inside.shape).astype(np.int16)
+        split = "Tr" if index < n_train else "Ts"
+        write_image(ct, affine, folder / f"images{split}" / f"case{index}_0000.nii.gz")
+        write_image(inside.astype(np.uint8), affine, folder / f"labels{split}" / f"case{index}.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"},
+                                                     "labels": {"background": 0, "sphere": 1},
+                                                     "numTraining": n_train, "file_ending": ".nii.gz"}))
+    return folder
+
+
+def _tiny_config(steps: int):
+    from XraySegInferLib.ct_training import CtTrainConfig
+
+    return CtTrainConfig(steps=steps, batch_size=2, patch_size=(16, 16, 16), spacing_mm=(2.0, 2.0, 2.0),
+                         learning_rate=3e-2, foreground_fraction=1.0, checkpoint_every=10,
+                         architecture={"name": "vnet-compact", "base_channels": 4, "depth": 2, "dropout": 0.0},
+                         device="cpu")
+
+
+@pytest.mark.slow
+def test_tiny_training_loss_falls_and_resume_is_bit_identical(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from XraySegInferLib.ct_package import load_ct_package
+    from XraySegInferLib.ct_segment import evaluate_ct_dataset
+    from XraySegInferLib.ct_training import CHECKPOINT, train_ct
+
+    torch.set_num_threads(1)
+    dataset = _sphere_dataset(tmp_path)
+    train_ct(dataset, tmp_path / "straight", _tiny_config(40))
+    history = json.loads((tmp_path / "straight" / f"{CHECKPOINT}.json").read_text())["history"]
+    first, last = np.mean([h["dice_loss"] for h in history[:5]]), np.mean([h["dice_loss"] for h in history[-5:]])
+    assert last < 0.5 * first, (first, last)  # measured: 0.72 -> 0.08
+
+    # Stop at step 20 (a checkpoint), resume to 40: every weight equals the uninterrupted run's.
+    train_ct(dataset, tmp_path / "resumed", _tiny_config(20))
+    train_ct(dataset, tmp_path / "resumed", _tiny_config(40), resume=True)
+    straight = load_file(str(tmp_path / "straight" / f"{CHECKPOINT}.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / f"{CHECKPOINT}.safetensors"))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+    model = load_ct_package(tmp_path / "straight" / "model")
+    scores = evaluate_ct_dataset(dataset, model, "test")
+    assert scores["summary"]["dice"] > 0.8, scores
+
+
+def test_package_refuses_an_edited_card(tmp_path):
+    from XraySegInferLib.ct_networks import build_ct_network
+    from XraySegInferLib.ct_package import load_ct_package, save_ct_package
+    from XraySegInferLib.errors import ModelPackageError
+
+    architecture = {"name": "vnet-compact", "base_channels": 4, "depth": 2}
+    folder = save_ct_package(tmp_path / "model", build_ct_network(architecture, 2),
+                             {"name": "t", "structure": "sphere", "architecture": architecture,
+                              "spacing_mm": [2, 2, 2], "patch_size": [16, 16, 16]})
+    assert load_ct_package(folder).card["structure"] == "sphere"
+    card = json.loads((folder / "model.json").read_text())
+    card["spacing_mm"] = [1, 1, 1]
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ModelPackageError, match="edited"):
+        load_ct_package(folder)
+
+
+def test_femur_crop_rule_and_mirrored_hold_out(tmp_path):
+    """A synthetic 'femur' column: the crop spans 10 mm above its top to 110 mm below, and the test side is
+    the other femur mirrored left-right."""
+    import SimpleITK as sitk
+    from conftest import write_image
+
+    from XraySegInferLib.femur_data import write_femur_dataset
+
+    labels = np.zeros((100, 40, 80), np.uint8)  # [k, j, i], 2 mm voxels: 200 mm tall
+    labels[10:90, 15:25, 10:20] = 75  # femur_left: top at k = 89
+    labels[20:80, 15:25, 60:70] = 76  # femur_right: top at k = 79
+    ct = np.where(labels > 0, 700, 0).astype(np.int16)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    write_image(ct, affine, tmp_path / "ct.nii.gz")
+    write_image(labels, affine, tmp_path / "labels.nii.gz")
+    root = write_femur_dataset(tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz",
+                               {75: "femur_left", 76: "femur_right"}, tmp_path / "out", train_side="left")
+    crops = json.loads((root / "crops.json").read_text())["crops"]
+    left = crops["body0_left"]
+    assert left["first_index_ijk"][2] == 89 - 55 and left["size_ijk"][2] == 55 + 5 + 1  # 110 mm below, 10 above
+    assert left["reaches_mm_below_head"] == 110.0
+    train_label = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "labelsTr" / "body0_left.nii.gz")))
+    assert train_label.sum() == 10 * 10 * 56  # the femur voxels inside the slab
+    test_image = sitk.ReadImage(str(root / "labelsTs" / "body0_right_mirrored.nii.gz"))
+    test_label = sitk.GetArrayFromImage(test_image)
+    right = crops["body0_right_mirrored"]
+    original = labels[right["first_index_ijk"][2]:, :, :][:right["size_ijk"][2],
+                      right["first_index_ijk"][1]:right["first_index_ijk"][1] + right["size_ijk"][1],
+                      right["first_index_ijk"][0]:right["first_index_ijk"][0] + right["size_ijk"][0]] == 76
+    assert np.array_equal(test_label.astype(bool), original[:, :, ::-1])

@@ -1,0 +1,139 @@
+"""``xrayseg femur-data | ct-train | ct-segment | ct-evaluate``: 3D CT bone segmentation (the femur paper's V-Net).
+
+Heavy imports (torch, MONAI, SimpleITK) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser(
+        "femur-data", help="proximal-femur crops of a labelled CT as a 3D nnU-Net v2 dataset (held out by side)",
+        description="Crop both proximal femurs of a CT with femur_left/femur_right labels (femoral head top + 10 mm "
+                    "down to 110 mm below it, 20 mm margin). The training side goes to imagesTr; the other side, "
+                    "mirrored left-right, to imagesTs.")
+    data.add_argument("--ct", type=Path, required=True, help="CT in HU (NIfTI, NRRD, MHA)")
+    data.add_argument("--labels", type=Path, required=True, help="label map on the CT grid")
+    data.add_argument("--names", type=Path, required=True, help="CSV value,name (needs femur_left, femur_right)")
+    data.add_argument("--train-side", choices=("left", "right"), default="left")
+    data.add_argument("--dataset-id", type=int, default=701)
+    data.add_argument("--case-prefix", default="body0", help="case name prefix (default body0)")
+    data.add_argument("--out", type=Path, required=True)
+    data.set_defaults(handler=run_femur_data)
+
+    train = sub.add_parser(
+        "ct-train", help="train a 3D V-Net (Dice + lambda*L2) on a 3D nnU-Net v2 dataset; writes OUT/model",
+        description="Patch training of MONAI V-Net blocks on imagesTr/labelsTr (label 1 = the structure).")
+    train.add_argument("dataset", type=Path)
+    train.add_argument("--out", type=Path, required=True)
+    train.add_argument("--steps", type=int, default=600)
+    train.add_argument("--batch-size", type=int, default=2)
+    train.add_argument("--patch-size", type=int, nargs=3, default=(64, 64, 64), metavar=("K", "J", "I"))
+    train.add_argument("--spacing", type=float, nargs=3, default=(1.5, 1.5, 1.5), metavar=("X", "Y", "Z"),
+                       help="working voxel size, mm (default 1.5 isotropic)")
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--l2", type=float, default=1e-4, help="lambda of the L2 weight penalty (default 1e-4)")
+    train.add_argument("--full-vnet", action="store_true", help="MONAI's full-size VNet (45.6 M parameters)")
+    train.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    train.add_argument("--threads", type=int)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--name", default="Proximal femur (3D V-Net)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.*")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(handler=run_ct_train)
+
+    segment = sub.add_parser("ct-segment", help="segment a CT with a 3D model; writes OUT/labels.nii.gz")
+    segment.add_argument("ct", type=Path)
+    segment.add_argument("--model", type=Path, required=True, help="3D model package folder")
+    segment.add_argument("--out", type=Path, required=True)
+    segment.add_argument("--device", default="auto")
+    segment.add_argument("--threads", type=int)
+    segment.set_defaults(handler=run_ct_segment)
+
+    evaluate = sub.add_parser("ct-evaluate", help="Dice, sensitivity, specificity, HD95, volume R^2 of a 3D model")
+    evaluate.add_argument("dataset", type=Path)
+    evaluate.add_argument("--model", type=Path, required=True)
+    evaluate.add_argument("--split", choices=("test", "train"), default="test")
+    evaluate.add_argument("--out", type=Path, help="write metrics.json here")
+    evaluate.add_argument("--update-card", action="store_true", help="store the summary in the model card")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--threads", type=int)
+    evaluate.set_defaults(handler=run_ct_evaluate)
+
+
+def _threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _load(args):
+    from .ct_package import load_ct_package
+    from .ct_training import _device
+
+    if not args.model.exists():
+        from .errors import InputError
+
+        raise InputError(f"--model {args.model} does not exist; give a 3D model package folder")
+    return load_ct_package(args.model, str(_device(args.device)))
+
+
+def run_femur_data(args) -> int:
+    from .femur_data import read_names_csv, write_femur_dataset
+
+    root = write_femur_dataset(args.ct, args.labels, read_names_csv(args.names), args.out, args.train_side,
+                               args.dataset_id, case_prefix=args.case_prefix)
+    print(f"wrote {root} (train side {args.train_side}; the other side mirrored in imagesTs)")
+    return 0
+
+
+def run_ct_train(args) -> int:
+    from .ct_networks import DEFAULT_ARCHITECTURE
+    from .ct_training import CtTrainConfig, train_ct
+
+    _threads(args)
+    config = CtTrainConfig(steps=args.steps, batch_size=args.batch_size, patch_size=tuple(args.patch_size),
+                           spacing_mm=tuple(args.spacing), learning_rate=args.lr, l2_weight=args.l2,
+                           architecture={"name": "vnet"} if args.full_vnet else dict(DEFAULT_ARCHITECTURE),
+                           seed=args.seed, device=args.device, name=args.name)
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        if not args.quiet and (step % 10 == 0 or step == steps):
+            print(f"step {step}/{steps} loss {loss:.4f}", file=sys.stderr, flush=True)
+
+    package = train_ct(args.dataset, args.out, config, resume=args.resume, progress=progress)
+    print(f"model -> {package}")
+    return 0
+
+
+def run_ct_segment(args) -> int:
+    from .ct_segment import segment_ct
+
+    _threads(args)
+    summary = segment_ct(args.ct, _load(args), args.out)
+    print(f"{args.ct}: {summary['structure']} {summary['volume_ml']:.1f} ml -> {args.out}")
+    return 0
+
+
+def run_ct_evaluate(args) -> int:
+    from .ct_package import update_card
+    from .ct_segment import evaluate_ct_dataset
+
+    _threads(args)
+    result = evaluate_ct_dataset(args.dataset, _load(args), args.split)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        from XraySegSimLib.io import write_json
+
+        write_json(args.out / "metrics.json", result)
+    if args.update_card:
+        card = json.loads((args.model / "model.json").read_text())
+        metrics = dict(card.get("metrics", {}), **{f"{args.split}_{args.dataset.name}": result})
+        update_card(args.model, metrics=metrics)
+    return 0

@@ -1,0 +1,122 @@
+"""3D CT model packages (``model.safetensors`` + ``model.json`` card) and whole-volume sliding-window prediction.
+
+The card names the architecture, the structure, the voxel spacing the network works at, the patch size, and the
+SHA-256 of the weights *and of the card's own content* (without that field), so neither an edited card nor swapped
+weights load silently. Weights are safetensors (no pickle); float16 on disk, float32 in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelPackageError
+
+CT_CARD_FORMAT = "xrayseg-ct-model/1"
+CARD_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _card_digest(card: dict[str, Any]) -> str:
+    content = {k: v for k, v in card.items() if k != "card_sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def save_ct_package(folder: str | Path, network, card: dict[str, Any]) -> Path:
+    """Write the weights (float16) then the card with both digests; returns the folder."""
+    from safetensors.torch import save_file
+    from XraySegSimLib.io import atomic_path, write_json
+
+    from .package import sha256_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in network.state_dict().items()}
+    weights = folder / WEIGHTS_FILE
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": CT_CARD_FORMAT})
+    card = dict(card, format=CT_CARD_FORMAT)
+    card["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(weights), "bytes": weights.stat().st_size,
+                       "parameters": int(sum(v.numel() for v in state.values()))}
+    card["card_sha256"] = _card_digest(card)
+    write_json(folder / CARD_FILE, card)
+    return folder
+
+
+@dataclass
+class CtModel:
+    """A loaded 3D model: the network in eval mode and its card."""
+
+    network: Any
+    card: dict[str, Any]
+    device: Any
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.card["spacing_mm"])
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.card["patch_size"])
+
+    def probability(self, volume: np.ndarray, overlap: float = 0.5) -> np.ndarray:
+        """Foreground probability of a normalised volume ``[k, j, i]`` at the card's spacing (sliding window)."""
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(volume, np.float32))[None, None].to(self.device)
+            logits = sliding_window_inference(x, self.patch_size, 2, self.network, overlap=overlap,
+                                              mode="gaussian", padding_mode="replicate")
+            return torch.softmax(logits, 1)[0, 1].float().cpu().numpy()
+
+
+def load_ct_package(path: str | Path, device: str = "cpu") -> CtModel:
+    """Load and check a 3D model package; ``ModelPackageError`` says what is wrong."""
+    import torch
+    from safetensors.torch import load_file
+
+    from .ct_networks import build_ct_network
+    from .package import sha256_file
+
+    folder = Path(path)
+    card_path = folder / CARD_FILE if folder.is_dir() else folder
+    folder = card_path.parent
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelPackageError(f"{card_path} is not a readable model card ({error})") from None
+    if card.get("format") != CT_CARD_FORMAT:
+        raise ModelPackageError(f"{card_path} is not a 3D CT model card (format {card.get('format')!r}); 2D "
+                                "radiograph models are used by 'xrayseg infer'")
+    if card.get("card_sha256") != _card_digest(card):
+        raise ModelPackageError(f"{card_path} was edited after the model was saved (its checksum does not match); "
+                                "restore the original card")
+    weights = folder / card["weights"]["file"]
+    if not weights.exists() or sha256_file(weights) != card["weights"]["sha256"]:
+        raise ModelPackageError(f"{weights} is missing or is not the file the card describes (SHA-256 mismatch)")
+    network = build_ct_network(card["architecture"], 2)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        raise ModelPackageError(f"{weights} does not fit the card's architecture: {str(error)[:200]}") from None
+    torch_device = torch.device(device)
+    return CtModel(network.to(torch_device).eval(), card, torch_device)
+
+
+def update_card(folder: str | Path, **fields: Any) -> dict[str, Any]:
+    """Store ``fields`` (e.g. metrics=...) in a package's card and re-sign it; the weights are checked first."""
+    from XraySegSimLib.io import write_json
+
+    model = load_ct_package(folder)
+    card = dict(model.card, **fields)
+    card["card_sha256"] = _card_digest(card)
+    write_json(Path(folder) / CARD_FILE, card)
+    return card
