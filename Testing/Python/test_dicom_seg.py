@@ -169,3 +169,49 @@ def test_codes_default_to_tissue_bone_and_a_foreign_grid_is_refused(chest_cr, pr
         list(highdicom.color.CIELabColor.from_rgb(0, 255, 0).value)]
     with pytest.raises(InputError, match="same file"):
         build_dicom_seg(masks[:, :-1], ["a", "b"], [(1, 0, 0), (0, 1, 0)], source)
+
+
+def test_save_dicom_seg_for_a_slicer_volume_node_loaded_from_the_cr(chest_cr, predicted, tmp_path):
+    """What the Infer module's "Save DICOM SEG" does: the node read from RG1 with Slicer's own volume storage
+    (which keeps the file's pixel grid), segmented by the module's adapter, written against its source file;
+    then the same through a DICOM database lookup, and a refusal for a node with no DICOM behind it."""
+    pytest.importorskip("slicer")
+    import pydicom
+
+    from slicer_headless import HeadlessSlicer
+    from XraySegInferLib.dicom_seg import dicom_source_file, write_dicom_seg_for_node
+    from XraySegInferLib.errors import InputError
+    from XraySegInferLib.mrml_adapter import segment_radiograph
+
+    predictor, _ = predicted
+    source = pydicom.dcmread(str(chest_cr), stop_before_pixels=True)
+    app = HeadlessSlicer()
+    try:
+        scene = app.scene
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "RG1")
+        storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        storage.SetFileName(str(chest_cr))
+        storage.SetSingleFile(True)
+        assert storage.ReadData(node) == 1
+        node.SetAndObserveStorageNodeID(storage.GetID())
+        result = segment_radiograph(scene, node, predictor)
+        path = write_dicom_seg_for_node(result.prediction, node, tmp_path / "node", predictor.card)
+        seg = highdicom.seg.segread(path)
+        assert seg.get_source_image_uids()[0][2] == source.SOPInstanceUID
+        decoded = seg.get_pixels_by_source_instance([source.SOPInstanceUID])[0]
+        assert np.array_equal(np.moveaxis(decoded, -1, 0).astype(bool), result.prediction.masks)
+
+        class Database:  # the one call of ctkDICOMDatabase that dicom_source_file makes
+            def fileForInstance(self, uid: str) -> str:
+                return str(chest_cr) if uid == source.SOPInstanceUID else ""
+
+        from_dicom = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "from DICOM module")
+        from_dicom.SetAttribute("DICOM.instanceUIDs", source.SOPInstanceUID)
+        assert dicom_source_file(from_dicom, Database()) == chest_cr
+        assert dicom_source_file(from_dicom, None) is None
+        plain = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "plain")
+        with pytest.raises(InputError, match="'plain' was not loaded from a DICOM file"):
+            write_dicom_seg_for_node(result.prediction, plain, tmp_path / "plain", predictor.card)
+        assert not (tmp_path / "plain").exists()
+    finally:
+        app.close()

@@ -171,11 +171,34 @@ def write_dicom_seg(prediction: Any, source_path: str | Path, out_path: str | Pa
     return out
 
 
-def dicom_source_file(volume_node: Any, dicom_database: Any) -> Path | None:
-    """The DICOM file a Slicer volume node was loaded from (its ``DICOM.instanceUIDs`` attribute looked up in
-    ``dicom_database``, e.g. ``slicer.dicomDatabase``), or None when the node did not come from DICOM."""
+def dicom_source_file(volume_node: Any, dicom_database: Any = None) -> Path | None:
+    """The DICOM file a Slicer volume node was loaded from, or None: its first ``DICOM.instanceUIDs`` entry
+    looked up in ``dicom_database`` (``slicer.dicomDatabase``, loaded through the DICOM module), else its
+    storage node's file when that is DICOM (loaded with "Add data"). Slicer keeps such a node on the file's
+    own pixel grid (no flips), so a prediction on the node fits the file."""
     uids = (volume_node.GetAttribute("DICOM.instanceUIDs") or "").split()
-    if not uids or dicom_database is None:
-        return None
-    path = dicom_database.fileForInstance(uids[0])
-    return Path(path) if path else None
+    if uids and dicom_database is not None:
+        path = dicom_database.fileForInstance(uids[0])
+        if path and Path(path).is_file():
+            return Path(path)
+    storage = volume_node.GetStorageNode()
+    filename = storage.GetFileName() if storage is not None else None
+    if filename and Path(filename).is_file():
+        try:
+            read_source_dataset(filename)
+        except InputError:
+            return None
+        return Path(filename)
+    return None
+
+
+def write_dicom_seg_for_node(prediction: Any, volume_node: Any, out_path: str | Path, card: dict | None = None,
+                             dicom_database: Any = None) -> Path:
+    """The Infer module's "Save DICOM SEG": :func:`write_dicom_seg` for a prediction on ``volume_node``, whose
+    source file :func:`dicom_source_file` finds; :class:`InputError` when the node did not come from DICOM."""
+    source = dicom_source_file(volume_node, dicom_database)
+    if source is None:
+        raise InputError(f"'{volume_node.GetName()}' was not loaded from a DICOM file, and a DICOM SEG must refer "
+                         "to one; load the radiograph through the DICOM module or from its .dcm file, then "
+                         "segment it again")
+    return write_dicom_seg(prediction, source, out_path, card)
