@@ -1,0 +1,64 @@
+"""The lumbar paper's comparison: semantic instances by connected components and level order, recognition with
+the stated matching rule, Dice per level and the four scores, on hand-made masks whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from XraySegInferLib.lumbar_study import (markdown_table, multilabel_instances, score_case, semantic_instances,
+                                          summarise)
+
+
+def _spine(gap_rows: int = 2) -> dict[str, np.ndarray]:
+    """Five 'vertebrae' (10x20 px blocks) stacked top to bottom, ``gap_rows`` apart."""
+    reference = {}
+    for n, level in enumerate(("L1", "L2", "L3", "L4", "L5")):
+        mask = np.zeros((80, 40), bool)
+        top = 5 + n * (10 + gap_rows)
+        mask[top:top + 10, 10:30] = True
+        reference[level] = mask
+    return reference
+
+
+def test_semantic_levels_follow_the_order_of_components():
+    reference = _spine()
+    union = np.any(list(reference.values()), axis=0)
+    instances = semantic_instances(union, "L1")
+    assert list(instances) == ["L1", "L2", "L3", "L4", "L5"]
+    assert all(np.array_equal(instances[lv], reference[lv]) for lv in reference)
+    result = score_case(instances, reference)
+    assert result["recognised"] == ["L1", "L2", "L3", "L4", "L5"]
+    assert result["dice"]["L3"] == 1.0
+
+
+def test_merged_vertebrae_cost_the_semantic_model_but_not_the_instance_model():
+    reference = _spine()
+    union = np.any(list(reference.values()), axis=0)
+    union[15:17, 10:30] = True  # L1 and L2 touch: one blob
+    semantic = score_case(semantic_instances(union, "L1"), reference)
+    # The blob (L1 + gap + L2: 200 + 40 + 200 px) is called L1: IoU 200/440 < 0.5; L3..L5 are called L2..L4 and
+    # no instance is left for L5: nothing is recognised.
+    assert semantic["recognised"] == []
+    assert semantic["dice"]["L1"] == pytest.approx(2 * 200 / (200 + 440))
+    assert semantic["dice"]["L5"] == 0.0
+    instance_masks = np.stack([reference[lv] for lv in ("L1", "L2", "L3", "L4", "L5")])
+    instance_masks[0, 15:17, 10:30] = True  # the same touching pixels, but in L1's own class
+    instance = score_case(multilabel_instances(instance_masks, ["vertebrae_L1", "vertebrae_L2", "vertebrae_L3",
+                                                                "vertebrae_L4", "vertebrae_L5"]), reference)
+    assert instance["recognised"] == ["L1", "L2", "L3", "L4", "L5"]
+    assert instance["dice"]["L1"] == pytest.approx(2 * 200 / (200 + 240))
+    summary = summarise([semantic])
+    assert summary["recognition_rate"] == 0.0 and summary["vertebrae"] == 5
+    both = {"semantic": summary, "instance": summarise([instance])}
+    assert both["instance"]["recognition_rate"] == 1.0
+    assert both["instance"]["scores_levels"]["mean_iou"] > both["semantic"]["scores_levels"]["mean_iou"]
+    assert "| instance | " in markdown_table(both)
+
+
+def test_the_iou_threshold_is_half():
+    reference = _spine()
+    shifted = {lv: np.roll(m, 4, axis=0) for lv, m in reference.items()}  # IoU = 6*20 / (14*20) = 0.43
+    assert score_case(shifted, reference)["recognised"] == []
+    shifted = {lv: np.roll(m, 3, axis=0) for lv, m in reference.items()}  # IoU = 7/13 = 0.54
+    assert len(score_case(shifted, reference)["recognised"]) == 5
