@@ -75,6 +75,7 @@ from .export_layout import (DatasetLayout, atom_table, atoms_json, case_name, ch
                             write_png_fast)
 from .io import atomic_path, write_json
 from .truncation import IGNORE_MASK_VALUE, IGNORE_RULE, CutFaces
+from .virtual_patient import VirtualPatientRanges, patient_of_view, setup_patient
 
 FORMAT_VERSION = 1
 
@@ -119,6 +120,10 @@ class ExportConfig:
     detector_beyond_body: bool = True
     # Mark pixels whose ray crosses body beyond a cut face of the CT as nnU-Net's "ignore" (see truncation).
     ignore_truncated: bool = True
+    # Virtual patients (see virtual_patient): 0 = the CT as it is; N > 0 = every sample is one of N random bodies
+    # made from the CT (sample v is patient v % N), with these ranges (VirtualPatientRanges fields).
+    virtual_patients: int = 0
+    virtual_patient_ranges: dict = field(default_factory=lambda: VirtualPatientRanges().to_dict())
 
     def physics_preset(self) -> str | None:
         from . import physics
@@ -300,6 +305,7 @@ class _SampleJob:
     params: Any
     rng: np.random.Generator  # after the geometry and physics draws: the noise comes next
     render_ms: float
+    patient: dict | None = None  # the virtual patient's values, None for the CT as it is
 
 
 @dataclass
@@ -373,6 +379,7 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
         "combinations": [list(c) for c in combos if c],
         "mask_rule": f"path length through the class >= {result.min_mask_thickness_mm:.3g} mm",
         "ignored_pixels": n_ignored,
+        "virtual_patient": job.patient,
         "ignore_rule": IGNORE_RULE if ctx.cut_faces is not None else None,
         "unknown_label_values_ignored": list(result.unknown_label_values),
         "render_ms": round(job.render_ms, 1),
@@ -472,8 +479,25 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
             outcomes[row] = dict(outcomes[row], status="failed", message=str(error))
 
     try:
-        for view in task.views:
+        base_projector, current_patient = projector, None
+        n_patients = config.virtual_patients
+        # Views grouped by virtual patient, so each one is built once per task.
+        for view in sorted(task.views, key=lambda v: (patient_of_view(v, n_patients), v) if n_patients else v):
             case = case_name(case_in.ct_id, view)
+            if n_patients and not layout.cancel_flag.exists() and (
+                    current_patient is None or current_patient.values["index"] != patient_of_view(view, n_patients)):
+                projector = current_patient = None  # free the previous body before building the next
+                try:
+                    current_patient = setup_patient(
+                        base_projector, VirtualPatientRanges.from_dict(config.virtual_patient_ranges), config.seed,
+                        case_in.ct_id, patient_of_view(view, n_patients), config.isocenter == "labels",
+                        config.detector_beyond_body, config.ignore_truncated, task.threads)
+                except (XraySegError, ValueError, MemoryError) as error:
+                    outcomes.append(SampleOutcome(case, case_in.ct_id, task.split, view, "failed", str(error)).row())
+                    continue
+                projector, base_iso = current_patient.projector, current_patient.isocenter
+                body_ras, voxel_axes = current_patient.body_ras, current_patient.voxel_axes
+                ctx = dataclasses.replace(ctx, cut_faces=current_patient.cut_faces)
             if layout.cancel_flag.exists():
                 outcomes.append(SampleOutcome(case, case_in.ct_id, task.split, view, "cancelled").row())
                 continue
@@ -492,7 +516,8 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
             # Bounded overlap: at most one sample waits to be finished while the next one renders.
             while len(pending) >= 2:
                 settle(*pending.pop(0))
-            job = _SampleJob(case, task.split, view, result, geometry, values, physics_name, params, rng, render_ms)
+            job = _SampleJob(case, task.split, view, result, geometry, values, physics_name, params, rng, render_ms,
+                             current_patient.values if current_patient is not None else None)
             del result
             outcomes.append(SampleOutcome(case, case_in.ct_id, task.split, view, "ok").row())
             pending.append((writer.submit(_finish_sample, ctx, job), len(outcomes) - 1))
@@ -596,6 +621,9 @@ def run_export(
     mapping = mapping or load_mapping("bones")
     if config.view not in views.PRESETS:
         raise InputError(f"unknown view '{config.view}'; choose one of: {', '.join(views.PRESET_NAMES)}")
+    if config.virtual_patients < 0:
+        raise InputError(f"--virtual-patients {config.virtual_patients}: give 0 (off) or a positive count")
+    VirtualPatientRanges.from_dict(config.virtual_patient_ranges)  # validates
     if config.views_per_ct < 1 or config.size < 8:
         raise InputError("views_per_ct must be >= 1 and size >= 8 pixels")
     config.physics_preset()  # validates

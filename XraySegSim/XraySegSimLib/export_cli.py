@@ -41,6 +41,21 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-randomize", action="store_true", help="nominal geometry for every sample (no draws)")
     p.add_argument("--range", action="append", default=[], metavar="NAME=LOW,HIGH",
                    help="override a randomisation range, e.g. lao_deg=-20,20 (names: see README-export.md)")
+    vp = p.add_argument_group("virtual patients (random bodies made from each CT; README-export.md)")
+    vp.add_argument("--virtual-patients", type=int, default=0, metavar="N",
+                    help="N random bodies per CT (sample v is body v %% N); 0 = the CT as it is (default)")
+    vp.add_argument("--deform-mm", type=float, default=8.0,
+                    help="smooth deformation: std of the B-spline control displacements, mm (default 8)")
+    vp.add_argument("--deform-spacing-mm", type=float, default=80.0,
+                    help="B-spline control-point spacing, mm (default 80)")
+    vp.add_argument("--scale-range", default="0.9,1.1", metavar="LOW,HIGH",
+                    help="body scale along R, A, S, each drawn in this range (default 0.9,1.1)")
+    vp.add_argument("--soft-tissue-range", default="0.85,1.15", metavar="LOW,HIGH",
+                    help="soft-tissue density (thickness in projection) factor (default 0.85,1.15)")
+    vp.add_argument("--bone-density-range", default="0.85,1.15", metavar="LOW,HIGH",
+                    help="bone density factor above 200 HU (default 0.85,1.15)")
+    p.add_argument("--keep-truncated", action="store_true",
+                   help="do not mark pixels whose ray crosses body beyond a cut face of the CT as 'ignore'")
     p.add_argument("--isocenter", choices=("labels", "center"), default="labels",
                    help="aim at the centroid of the projected labels (default) or the CT centre")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same dataset")
@@ -53,6 +68,14 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted export in the same --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _low_high(text: str, option: str) -> list[float]:
+    try:
+        low, high = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise InputError(f"{option} expects LOW,HIGH (two numbers), got '{text}'") from None
+    return [low, high]
 
 
 def run_export_command(args: argparse.Namespace) -> int:
@@ -85,7 +108,12 @@ def run_export_command(args: argparse.Namespace) -> int:
         randomize_physics=not args.fixed_physics, ranges=ranges, randomize_geometry=not args.no_randomize,
         seed=args.seed, test_fraction=args.test_fraction,
         test_ids=tuple(s.strip() for s in args.test_ids.split(",") if s.strip()) if args.test_ids else None,
-        isocenter=args.isocenter, previews=not args.no_previews)
+        isocenter=args.isocenter, previews=not args.no_previews, ignore_truncated=not args.keep_truncated,
+        virtual_patients=args.virtual_patients, virtual_patient_ranges={
+            "deform_mm": args.deform_mm, "deform_spacing_mm": args.deform_spacing_mm,
+            "scale": _low_high(args.scale_range, "--scale-range"),
+            "soft_tissue": _low_high(args.soft_tissue_range, "--soft-tissue-range"),
+            "bone_density": _low_high(args.bone_density_range, "--bone-density-range")})
     bar = None
     progress = None
     if not args.quiet:
