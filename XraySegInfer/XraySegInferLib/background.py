@@ -131,10 +131,21 @@ def package_roots() -> list[Path]:
     return list(dict.fromkeys(roots))
 
 
+def default_python() -> str:
+    """The interpreter for child processes: inside the Slicer application its ``PythonSlicer`` (as Slicer's
+    own pip installs use), elsewhere this interpreter."""
+    slicer = sys.modules.get("slicer")
+    if slicer is not None and getattr(slicer, "app", None) is not None:
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+    return sys.executable
+
+
 def xrayseg_argv(*arguments: str | os.PathLike, python: str | None = None) -> list[str]:
     """``[python, "-m", "XraySegInferLib.entry", *arguments]``: the ``xrayseg`` command in a child process
-    (``python`` defaults to this interpreter)."""
-    return [python or sys.executable, "-m", "XraySegInferLib.entry", *(os.fspath(a) for a in arguments)]
+    (``python`` defaults to :func:`default_python`)."""
+    return [python or default_python(), "-m", "XraySegInferLib.entry", *(os.fspath(a) for a in arguments)]
 
 
 def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
