@@ -215,3 +215,29 @@ def test_save_dicom_seg_for_a_slicer_volume_node_loaded_from_the_cr(chest_cr, pr
         assert not (tmp_path / "plain").exists()
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("modality", ["MR", "DX"])
+def test_sources_with_a_patient_position(modality, tmp_path):
+    """pydicom's MR_small.dcm keeps its geometry in the SEG (plane positions); the same header as a DX that states
+    a position but no SliceThickness is referred to pixel for pixel (a geometry highdicom cannot write)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from XraySegInferLib.dicom_seg import build_dicom_seg
+
+    source = pydicom.dcmread(get_testdata_file("MR_small.dcm"), stop_before_pixels=True)
+    if modality == "DX":
+        source.Modality, source.SOPClassUID = "DX", "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation
+        del source.SliceThickness
+    masks = np.zeros((2, source.Rows, source.Columns), bool)
+    masks[0, 10:30, 10:40] = masks[1, 20:50, 5:25] = True  # overlapping
+    path = tmp_path / "seg.dcm"
+    build_dicom_seg(masks, ["a", "b"], [(1, 0, 0), (0, 1, 0)], source).save_as(path)
+    seg = highdicom.seg.segread(path)
+    decoded = seg.get_pixels_by_source_instance([source.SOPInstanceUID])[0]
+    assert np.array_equal(np.moveaxis(decoded, -1, 0).astype(bool), masks)
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    plane_positions = "PlanePositionSequence" in seg.PerFrameFunctionalGroupsSequence[0]
+    assert plane_positions == (modality == "MR")
+    assert "ImagePositionPatient" in source  # the caller's header is left as it was

@@ -11,6 +11,8 @@ A projection radiograph has no patient coordinate system (no Frame of Reference,
 the SEG is tied to it pixel for pixel (Spatial Locations Preserved: YES) and carries no Pixel Measures: the
 standard requires Slice Thickness with them only where a Frame of Reference exists, but readers (highdicom's
 among them) insist on it, and a CR's Pixel Spacing is often absent or zero. The spacing stays the source's.
+A projection image (CR, DX, ...) that does state a patient position but no Slice Thickness is treated the same
+way; an image with a full patient geometry (e.g. a CT or MR slice) keeps its frame of reference.
 
 ::
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; pydicom/highdicom are impor
 SEG_FILE = "segmentation.dcm"
 DEFAULT_CATEGORY = {"CodeValue": "85756007", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Tissue"}
 DEFAULT_TYPE = {"CodeValue": "272673000", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Bone"}
+# Projection X-ray modalities, whose SEG refers to the image pixel for pixel even when it states a position.
+PROJECTION_MODALITIES = {"CR", "DX", "DR", "RG", "MG", "IO", "PX", "XA", "RF"}
 NON_DICOM_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nrrd", ".nhdr", ".nii", ".gz", ".mha",
                       ".mhd"}
 
@@ -130,8 +134,19 @@ def build_dicom_seg(masks: np.ndarray, class_names: Sequence[str], colors: Seque
     if masks.shape[1:] != (rows, cols):
         raise InputError(f"DICOM SEG: the masks are {masks.shape[2]}x{masks.shape[1]} pixels but the source image "
                          f"is {cols}x{rows}; segment the same file the SEG refers to")
-    header = copy.copy(source)  # shallow: only top-level attributes are dropped below
-    if highdicom.spatial.get_image_coordinate_system(header) is None:
+    header = copy.deepcopy(source)  # attributes are dropped below; the caller's dataset stays as it was
+    if "PixelData" in header:  # highdicom needs the header only
+        del header.PixelData
+    spatial = highdicom.spatial.get_image_coordinate_system(header) is not None
+    if spatial and "SliceThickness" not in header:
+        if str(header.get("Modality", "")) not in PROJECTION_MODALITIES:
+            raise InputError(f"DICOM SEG: the source {header.get('Modality', '?')} image has a patient position but "
+                             "no SliceThickness, which a SEG in its frame of reference needs; fix the source header")
+        spatial = False  # a projection image placed in space: refer to it pixel for pixel instead
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient"):
+            if keyword in header:
+                delattr(header, keyword)
+    if not spatial:
         for keyword in ("PixelSpacing", "SliceThickness"):  # see the module docstring
             if keyword in header:
                 delattr(header, keyword)
