@@ -15,8 +15,8 @@ from slicer.util import VTKObservationMixin
 import qt
 
 # = XraySegSimLib.views.PRESET_NAMES (a test checks it), repeated so importing this module stays light.
-VIEW_PRESETS = ("chest-pa", "chest-lateral", "chest-ap", "wrist-pa", "wrist-lateral", "lumbar-ap",
-                "lumbar-lateral", "pelvis-ap", "carm-ap")
+VIEW_PRESETS = ("chest-pa", "chest-lateral", "chest-ap", "wrist-pa", "wrist-lateral", "wrist-oblique-pronated",
+                "wrist-oblique-supinated", "lumbar-ap", "lumbar-lateral", "pelvis-ap", "carm-ap")
 # = XraySegSimLib.mrml_adapter.ISOCENTER_MODES (a test checks it).
 ISOCENTER_MODES = ("CT centre", "Markup point", "Segment centre")
 # = tuple(XraySegSimLib.physics.PRESETS) (a test checks it); "auto" picks the view's own physics preset.

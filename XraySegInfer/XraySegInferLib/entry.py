@@ -17,6 +17,7 @@ from typing import Sequence
 # Modules whose ``add_subcommands(sub)`` make up ``xrayseg``, in the order of ``xrayseg --help``.
 SUBCOMMAND_MODULES = (
     "XraySegSimLib.cli",  # render, demo, fetch-sample, views, export
+    "XraySegSimLib.phantom_cli",  # phantom wrist
     "XraySegInferLib.cli",  # train, evaluate, infer
 )
 

@@ -75,7 +75,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                     "labels.seg.nrrd (overlapping masks), labels.png, overlay.png and drr.json (geometry, P).",
     )
     render.add_argument("--ct", type=Path, required=True, help="CT volume in HU: NIfTI, NRRD, MHA or DICOM folder")
-    render.add_argument("--labels", type=Path, help="label map on the CT grid (optional: DRR only without it)")
+    render.add_argument("--labels", type=Path, help="label map on the CT grid, or bone meshes (a folder of "
+                                                    ".stl/.obj/.ply/.vtk/.vtp in RAS mm named by file, or a CSV "
+                                                    "file,name[,value]); optional: DRR only without it")
     render.add_argument("--names", default="totalsegmentator",
                         help="label value names: 'totalsegmentator' (v1 table, default), 'none' (label_<value>), "
                              "or a CSV with columns value,name")
@@ -167,9 +169,18 @@ def geometry_from_args(args: argparse.Namespace, isocenter: np.ndarray) -> XrayG
 
 def run_render(args: argparse.Namespace) -> dict[str, Path]:
     ct = read_volume(args.ct, "CT")
-    labels = read_volume(args.labels, "label map") if args.labels else None
-    names = _names_table(args.names) if labels is not None else None
-    classes = _classes(args.classes, args.names, names) if labels is not None else None
+    from .mesh_labels import is_mesh_labels_source, load_mesh_labels
+
+    if args.labels and is_mesh_labels_source(args.labels):  # bone meshes: voxelised onto the CT grid
+        meshes = load_mesh_labels(args.labels, ct)
+        for note in meshes.notes:
+            print(f"note: {note}", file=sys.stderr)
+        labels, names = meshes.labels, meshes.names
+        classes = _classes("all" if args.classes == "bones" else args.classes, "meshes", names)
+    else:
+        labels = read_volume(args.labels, "label map") if args.labels else None
+        names = _names_table(args.names) if labels is not None else None
+        classes = _classes(args.classes, args.names, names) if labels is not None else None
     physics_preset = _physics_preset(args.physics, args.view)
     materials = MaterialModel() if physics_preset else None
     projector = DrrProjector(ct, labels, classes, args.mu_water, args.threads, names, materials)
@@ -209,6 +220,9 @@ def _physics_preset(option: str, view: str) -> str | None:
     from . import physics
 
     if option == "auto":
+        from .export import PHYSICS_FOR_VIEW
+
+        view = view if view in physics.PRESETS else PHYSICS_FOR_VIEW.get(view, view)
         return view if view in physics.PRESETS else None
     if option not in physics.PRESETS:
         raise InputError(f"--physics: unknown preset '{option}'; use one of {', '.join(sorted(physics.PRESETS))}, "

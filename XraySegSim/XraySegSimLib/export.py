@@ -93,7 +93,8 @@ DEFAULT_RANGES: dict[str, tuple[float, float]] = {
 }
 # Views whose physics preset has another name (physics.PRESETS has no entry of their own).
 PHYSICS_FOR_VIEW = {"chest-lateral": "chest-pa", "chest-ap": "chest-pa", "lumbar-ap": "pelvis-ap",
-                    "carm-ap": "pelvis-ap"}
+                    "carm-ap": "pelvis-ap", "wrist-oblique-pronated": "wrist-pa",
+                    "wrist-oblique-supinated": "wrist-pa"}
 
 
 @dataclass

@@ -22,13 +22,16 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
                        description=EXPORT_DESCRIPTION)
     src = p.add_argument_group("inputs (one of --ct, --folder, --pairs)")
     src.add_argument("--ct", type=Path, help="one CT: NIfTI, NRRD, MHA or DICOM folder")
-    src.add_argument("--labels", type=Path, help="its labels: label map, .seg.nrrd or segmentations/ folder")
+    src.add_argument("--labels", type=Path, help="its labels: label map, .seg.nrrd, segmentations/ folder, or "
+                                                 "bone meshes (a folder of .stl/.obj/.ply/.vtk/.vtp in RAS mm, "
+                                                 "named by file, or a CSV file,name[,value])")
     src.add_argument("--folder", type=Path, help="a folder of CTs: <case>/ct.nii.gz + labels, or <case>_ct.*")
     src.add_argument("--pairs", type=Path, help="a CSV with columns ct,labels[,id,names,split]")
     p.add_argument("--names", default="totalsegmentator",
                    help="default label names table: 'totalsegmentator' (v1) or a CSV value,name")
     p.add_argument("--classes", "--mapping", dest="classes", default="bones",
-                   help="class mapping: 'bones' (default), a group spec inline or in a text file, or a JSON file")
+                   help="class mapping: 'bones' (default), 'all' (every name of --names), a group spec inline or "
+                        "in a text file, or a JSON file")
     p.add_argument("--out", type=Path, required=True, help="output folder; the dataset goes in Dataset<ID>_<Name>/")
     p.add_argument("--dataset-id", type=int, default=501, help="nnU-Net dataset id, 3 digits (default 501)")
     p.add_argument("--dataset-name", default="XraySeg", help="nnU-Net dataset name (default XraySeg)")

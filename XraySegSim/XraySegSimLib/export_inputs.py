@@ -254,6 +254,10 @@ def load_mapping(option: str | Path | None, default_names: str | None = None) ->
     if option is None or str(option) == "bones":
         mapping = bone_mapping()
         return ClassMapping(mapping.names, mapping.members, mapping.colors, default_names, "bones")
+    if str(option) == "all":  # every name of the default names table is its own class, in value order
+        table = names_table(default_names)
+        mapping = _from_groups({name: [name] for _, name in sorted(table.items())})
+        return ClassMapping(mapping.names, mapping.members, mapping.colors, default_names, "all")
     text = str(option)
     path = Path(text)
     if path.suffix.lower() == ".json":
@@ -362,6 +366,11 @@ def load_case(case: CaseInput, mapping: ClassMapping) -> LoadedCase:
         if seg.overlap_voxels:
             notes.append(f"{seg.overlap_voxels} voxels belong to several segments; the later segment was used")
         return LoadedCase(ct, embedded, seg.names, notes)
+    from .mesh_labels import is_mesh_labels_source, load_mesh_labels
+
+    if is_mesh_labels_source(labels_path):  # a folder of meshes or a mesh mapping file: voxelised on the CT grid
+        meshes = load_mesh_labels(labels_path, ct)
+        return LoadedCase(ct, meshes.labels, meshes.names, notes + meshes.notes)
     if labels_path.is_dir() and not any(labels_path.glob("*.dcm")) and labels_path.name != "ct":
         labels, table = _read_totalsegmentator_folder(labels_path, ct)
         return LoadedCase(ct, labels, table, notes)

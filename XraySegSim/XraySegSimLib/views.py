@@ -54,6 +54,15 @@ PRESETS: dict[str, ViewPreset] = {
                    RIGHT, SUPERIOR, 1000.0, 970.0, (240.0, 240.0)),
         ViewPreset("wrist-lateral", "Wrist lateral, 100 cm, fingers up on screen", RIGHT, ANTERIOR,
                    SUPERIOR, 1000.0, 965.0, (240.0, 240.0)),
+        # The two 45-degree obliques of a right wrist: wrist-pa turned about the forearm axis (S) by +45 and +135
+        # degrees (the C-arm's LAO), i.e. the beam enters dorso-radially (PA oblique of the semi-pronated hand)
+        # or palmo-radially (AP oblique of the semi-supinated hand, which frees the pisiform).
+        ViewPreset("wrist-oblique-pronated", "Wrist PA oblique, hand semi-pronated 45 deg, 100 cm",
+                   (POSTERIOR + RIGHT) / np.sqrt(2), (RIGHT + ANTERIOR) / np.sqrt(2), SUPERIOR,
+                   1000.0, 970.0, (240.0, 240.0)),
+        ViewPreset("wrist-oblique-supinated", "Wrist AP oblique, hand semi-supinated 45 deg, 100 cm",
+                   (ANTERIOR + RIGHT) / np.sqrt(2), (ANTERIOR + LEFT) / np.sqrt(2), SUPERIOR,
+                   1000.0, 970.0, (240.0, 240.0)),
         ViewPreset("lumbar-ap", "Lumbar spine AP, supine, 100 cm with Bucky", ANTERIOR, LEFT, INFERIOR,
                    1000.0, 850.0, (350.0, 430.0)),
         ViewPreset("lumbar-lateral", "Lumbar spine left lateral, 100 cm; anterior on screen left", RIGHT,

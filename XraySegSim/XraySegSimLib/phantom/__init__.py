@@ -1,0 +1,1 @@
+"""Labelled virtual phantoms built from openly licensed meshes (``xrayseg phantom``)."""
