@@ -241,3 +241,21 @@ def test_sources_with_a_patient_position(modality, tmp_path):
     plane_positions = "PlanePositionSequence" in seg.PerFrameFunctionalGroupsSequence[0]
     assert plane_positions == (modality == "MR")
     assert "ImagePositionPatient" in source  # the caller's header is left as it was
+
+
+def test_the_seg_passes_dicom3tools_iod_validation(chest_cr, predicted, tmp_path):
+    """dciodvfy (David Clunie's dicom3tools, Debian package ``dicom3tools``, installed by ``make setup``) checks
+    the SEG against the Segmentation IOD: no errors. Its warnings about the source's own values are ignored."""
+    import shutil
+    import subprocess
+
+    from XraySegInferLib.dicom_seg import write_dicom_seg
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
+    predictor, prediction = predicted
+    path = write_dicom_seg(prediction, chest_cr, tmp_path, card=predictor.card)
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    report = (done.stdout + done.stderr).splitlines()
+    assert "Segmentation" in report  # the IOD it recognised
+    assert [line for line in report if line.startswith("Error")] == []

@@ -162,6 +162,8 @@ def build_dicom_seg(masks: np.ndarray, class_names: Sequence[str], colors: Seque
         device_serial_number="0", content_label="BONES",
         content_description=f"Bone segmentation by {model}"[:64],
         series_description=(series_description or f"XraySeg {model}")[:64])
+    if not spatial:  # General Image module, Type 2C without a plane orientation: the source's own (may be empty)
+        seg.PatientOrientation = source.get("PatientOrientation", "")
     return seg
 
 
