@@ -164,6 +164,8 @@ def build_dicom_seg(masks: np.ndarray, class_names: Sequence[str], colors: Seque
         series_description=(series_description or f"XraySeg {model}")[:64])
     if not spatial:  # General Image module, Type 2C without a plane orientation: the source's own (may be empty)
         seg.PatientOrientation = source.get("PatientOrientation", "")
+    if "ContentCreatorName" not in seg:  # Type 2 in the Content Identification Macro: present, empty (software)
+        seg.ContentCreatorName = ""
     return seg
 
 
