@@ -133,6 +133,7 @@ def test_a_crash_reports_the_last_stderr_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_out_of_memory_and_cli_errors_are_one_line(tmp_path):
     script = "import numpy\nnumpy.ones(1 << 62, dtype=numpy.uint8)\n"  # 4 EiB: refused at once
     status = BackgroundProcess([sys.executable, "-c", script], name="training").start().wait(timeout=60)
