@@ -10,6 +10,7 @@ Slicer/ExtensionsIndex checks each changed ``<Name>.json`` (``scripts/check_desc
   least one EXTENSION_SCREENSHOTURLS, all http(s) image URLs (the index downloads them; we check that each
   points into this repository at ``scm_revision`` and that the file there is a PNG/JPEG/GIF);
 * a license file sits at the repository root;
+* (ours, not the index's) EXTENSION_HOMEPAGE is the repository that ``scm_url`` clones;
 * every ``build_dependencies`` name is an entry of the index (and the same set as EXTENSION_DEPENDS);
 * the file is formatted as the index's prettier hook leaves it (2-space JSON, arrays one item per line, a final
   newline, no tabs or trailing blanks).
@@ -92,6 +93,9 @@ def entry_problems(entry: dict, name: str, cmake_text: str) -> list[str]:
     repository = Path(urlsplit(scm_url).path.rstrip("/").split("/")[-1]).stem
     if "slicer" not in repository.lower():
         problems.append(f"repository name {repository!r} does not contain 'Slicer'")
+    homepage = cmake.get("EXTENSION_HOMEPAGE", "").rstrip("/")
+    if homepage.removesuffix(".git") != scm_url.rstrip("/").removesuffix(".git"):  # our own consistency rule
+        problems.append(f"EXTENSION_HOMEPAGE {homepage!r} is not the repository of scm_url {scm_url!r}")
     if cmake.get("PROJECT") != name:
         problems.append(f"CMake project {cmake.get('PROJECT')!r} is not the entry name {name!r}")
     revision = entry.get("scm_revision", "main")
@@ -146,6 +150,7 @@ def test_entry_is_formatted_as_the_index_lint_leaves_it():
     (lambda e: e.update(category="Bones"), "category 'Bones' is not one the index accepts"),
     (lambda e: e.update(scm_url="ftp://example.org/SlicerXraySeg"), "is not git:// or https://"),
     (lambda e: e.update(scm_url="https://github.com/xrayseg/XraySeg.git"), "does not contain 'Slicer'"),
+    (lambda e: e.update(scm_url="https://github.com/someone/SlicerXraySeg.git"), "is not the repository of"),
     (lambda e: e.update(build_dependencies=["PyTorch", "NoSuchExtension"]), "not in the index"),
     (lambda e: e.update(scm_revision="release"), "is not a file of this repository at 'release'"),
     (lambda e: e.update({"$schema": "https://example.org/other-schema.json#"}), "names no schema"),
