@@ -2,7 +2,7 @@
 chest AP, SDD 1020 mm, SID 850 mm, 460.8 mm detector), and the README figure.
 
     .venv/bin/python bench/bench_physics.py [--size 512] [--repeats 9] [--threads 2] [--output bench-results/drr.json]
-    .venv/bin/python bench/bench_physics.py --figure   # also writes Resources/Screenshots/physics.png
+    .venv/bin/python bench/bench_physics.py --figure   # also writes Testing/Artifacts/physics.png
 
 Timed in one process, repeats interleaved (k-th repeat of every variant back to back) so machine noise hits all
 alike; medians reported. Variants: DRR with the 49 bone labels (no materials), the same with the material line
@@ -32,7 +32,7 @@ from drr_setup import REPO_ROOT, make_geometry, sample_ct  # noqa: E402
 
 ENGINE = "xrayseg-physics"
 TARGET_OVERHEAD = 0.25  # physics chain / DRR with labels: at most
-FIGURE = REPO_ROOT / "Resources" / "Screenshots" / "physics.png"
+FIGURE = REPO_ROOT / "Testing" / "Artifacts" / "physics.png"  # the README's copy: make screenshots
 FIGURE_MAX_BYTES = 150_000
 
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default="bench-results/drr.json")
-    parser.add_argument("--figure", action="store_true", help="also write Resources/Screenshots/physics.png")
+    parser.add_argument("--figure", action="store_true", help="also write Testing/Artifacts/physics.png")
     parser.add_argument("--no-write", action="store_true", help="print only, leave the JSON alone")
     args = parser.parse_args(argv)
     load_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()

@@ -10,7 +10,7 @@ import torch
 
 from XraySegInferLib.errors import ModelPackageError
 from XraySegInferLib.networks import build_network
-from XraySegInferLib.package import load_package, make_card, save_package, snomed_for
+from XraySegInferLib.package import load_package, make_card, save_package, snomed_for, update_card
 
 ARCH = {"name": "UNet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 0, "norm": "instance"}
 CLASSES = [{"name": "rib_left", "color": (1, 0, 0)}, {"name": "clavicle_right", "color": (0, 1, 0)}]
@@ -63,7 +63,7 @@ def test_corrupt_weights_are_refused(tmp_path):
     weights.write_bytes(b"garbage")
     card = json.loads((folder / "model.json").read_text())
     card["weights"]["sha256"] = __import__("hashlib").sha256(b"garbage").hexdigest()
-    (folder / "model.json").write_text(json.dumps(card))
+    update_card(folder, card)  # a deliberate edit, sealed in the manifest
     with pytest.raises(ModelPackageError, match="not a readable safetensors file"):
         load_package(folder)
 
@@ -73,11 +73,11 @@ def test_class_count_mismatch_is_refused(tmp_path):
     card = json.loads((folder / "model.json").read_text())
     card["classes"].append({"index": 3, "name": "sternum", "color": [0, 0, 1]})
     card["out_channels"] = 3
-    (folder / "model.json").write_text(json.dumps(card))
+    update_card(folder, card)  # a deliberate edit, sealed in the manifest
     with pytest.raises(ModelPackageError, match="weights have 2 output channels but the card lists 3 classes"):
         load_package(folder)
     card["out_channels"] = 7
-    (folder / "model.json").write_text(json.dumps(card))
+    update_card(folder, card)  # a deliberate edit, sealed in the manifest
     with pytest.raises(ModelPackageError, match="needs 3 outputs, but the card says out_channels = 7"):
         load_package(folder)
 
@@ -86,11 +86,11 @@ def test_architecture_mismatch_is_refused(tmp_path):
     folder, _ = make_package(tmp_path / "pkg")
     card = json.loads((folder / "model.json").read_text())
     card["architecture"]["channels"] = [4, 8, 32]
-    (folder / "model.json").write_text(json.dumps(card))
+    update_card(folder, card)  # a deliberate edit, sealed in the manifest
     with pytest.raises(ModelPackageError, match="has shape .* in the weights but"):
         load_package(folder)
     card["architecture"]["name"] = "ResNet"
-    (folder / "model.json").write_text(json.dumps(card))
+    update_card(folder, card)  # a deliberate edit, sealed in the manifest
     with pytest.raises(ModelPackageError, match="unknown network 'ResNet'"):
         load_package(folder)
 
@@ -147,7 +147,7 @@ def test_flip_tta_is_left_right_equivariant_and_only_where_allowed(tmp_path):
         refused = Predictor.from_package(folder, "cpu", flip_tta=True)
     assert not refused.flip_tta
     card["inference"]["flip_tta"] = True
-    (folder / "model.json").write_text(json.dumps(card))
+    update_card(folder, card)  # a deliberate edit, sealed in the manifest
     predictor = Predictor.from_package(folder, "cpu")
     assert predictor.flip_tta and predictor.swap == [(0, 1)]
     p = predictor.predict_normalized(image, (1.0, 1.0))

@@ -113,11 +113,13 @@ def test_loss_goes_down_and_checkpoint_reloads_identically(dataset, tmp_path, on
     assert losses[-1] < 0.9 * losses[0] and losses == sorted(losses, reverse=True), losses
     from XraySegInferLib.networks import build_network
 
-    state = torch.load(out / "checkpoint_last.pt", weights_only=False)
-    assert state["step"] == 60
+    from XraySegInferLib.checkpoints import load_checkpoint
+
+    state = load_checkpoint(out / "checkpoint_last.safetensors")  # safetensors + JSON state: nothing unpickled
+    assert state["step"] == 60 and [h["step"] for h in state["history"]] == [20, 40, 60]
     a, b = build_network(ARCH, 3, "multilabel"), build_network(ARCH, 3, "multilabel")
     a.load_state_dict(state["model"])
-    b.load_state_dict(torch.load(out / "checkpoint_last.pt", weights_only=False)["model"])
+    b.load_state_dict(load_checkpoint(out / "checkpoint_last.safetensors")["model"])
     x = torch.rand(2, 1, 64, 64)
     a.eval(), b.eval()
     with torch.no_grad():
@@ -275,6 +277,6 @@ def test_cli_train_with_recipe(dataset, tmp_path, one_thread):
     card = json.loads((out / "model" / "model.json").read_text())
     assert card["training"]["steps"] == 20 and card["architecture"]["channels"] == [8, 16, 32, 64]
     assert set(card["training"]["views"]) == {"chest-pa"}  # counted per view preset, not per view index
-    assert (out / "checkpoint_last.pt").is_file() and (out / "history.json").is_file()
+    assert (out / "checkpoint_last.safetensors").is_file() and (out / "history.json").is_file()
     assert main(["train", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert main(["train", str(dataset), "--recipe", "nope", "--out", str(out)]) == 2

@@ -13,6 +13,11 @@ import sys
 from pathlib import Path
 
 REPO_MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+TRUST_PICKLE_HELP = ("load nnU-Net checkpoints even when torch's safe loader (weights_only=True) refuses them; "
+                     "unpickling runs code from the file: only for models you trust")
+# Everything ``infer`` writes into a result folder (one holding anything else is not replaced).
+INFER_FILES = frozenset({"labels.nrrd", "labels.seg.nrrd", "overlay.png", "labels.png", "segmentation.json",
+                         "segmentation.dcm"})
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +46,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=int, help="CPU threads")
     train.add_argument("--name", help="model name in the card")
     train.add_argument("--seed", type=int)
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.pt")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.safetensors")
+    train.add_argument("--trust-pickle", action="store_true",
+                       help="on --resume, also unpickle a legacy checkpoint_last.pt that torch's safe loader refuses "
+                            "(this runs code from the file: only for files you made)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=run_train)
 
@@ -58,6 +66,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--update-card", action="store_true", help="store the summary in the model card's metrics")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--threads", type=int)
+    evaluate.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     evaluate.set_defaults(handler=run_evaluate)
 
     infer = sub.add_parser(
@@ -81,7 +90,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--dicom-seg", action="store_true",
                        help="also write OUT/segmentation.dcm: a DICOM Segmentation object (one segment per class, "
                             "SNOMED codes) in the radiograph's study, referencing it (DICOM inputs only)")
+    infer.add_argument("--trust-pickle", action="store_true", help=TRUST_PICKLE_HELP)
     infer.set_defaults(handler=run_infer)
+
+    seal = sub.add_parser(
+        "seal-model", help="accept a deliberately edited model card: rewrite the package's manifest.json",
+        description="A model package's manifest.json holds the SHA-256 of its card and weights; a package whose "
+                    "card was changed afterwards is refused. After editing the card on purpose (and checking that "
+                    "its classes, spacing and normalisation still fit the weights), seal it again.")
+    seal.add_argument("package", type=Path, help="model package folder")
+    seal.set_defaults(handler=run_seal_model)
 
 
 def _threads(args) -> None:
@@ -120,12 +138,13 @@ def run_train(args) -> int:
         config = TrainConfig.from_dict(data)
     except (TypeError, ValueError) as error:
         raise InputError(f"training options: {error}") from error
-    result = train(args.dataset, args.out, config, resume=args.resume, progress=not args.quiet)
+    result = train(args.dataset, args.out, config, resume=args.resume, progress=not args.quiet,
+                   trust_pickle=args.trust_pickle)
     print(f"model package: {result.package}")
     return 0
 
 
-def load_predictor(model: Path | None, device: str = "auto", **kwargs):
+def load_predictor(model: Path | None, device: str = "auto", trust_pickle: bool = False, **kwargs):
     from .errors import ModelPackageError
     from .nnunet import NnUNetPredictorAdapter, is_nnunet_results_folder
 
@@ -137,7 +156,7 @@ def load_predictor(model: Path | None, device: str = "auto", **kwargs):
                                     "'xrayseg train DATASET --out DIR' and pass --model DIR/model")
         model = bundled[0]
     if is_nnunet_results_folder(model):
-        return NnUNetPredictorAdapter(model, device=device)
+        return NnUNetPredictorAdapter(model, device=device, trust_pickle=trust_pickle)
     from .inference import Predictor
 
     return Predictor.from_package(model, device, **kwargs)
@@ -147,26 +166,25 @@ def run_evaluate(args) -> int:
     from .evaluate import evaluate_dataset
 
     _threads(args)
-    predictor = load_predictor(args.model, args.device)
+    predictor = load_predictor(args.model, args.device, args.trust_pickle)
     report = evaluate_dataset(predictor, args.dataset, args.out, args.split, hd95=not args.no_hd95, progress=True)
     summary = report.summary()
     print(report.markdown())
     if args.update_card and hasattr(predictor, "model"):
-        from XraySegSimLib.io import write_json
-
-        from .package import CARD_FILE
+        from .package import update_card
 
         card = dict(predictor.model.card)
         card.setdefault("metrics", {})[args.split] = {
             "dataset": str(args.dataset), **summary,
             "per_class": {r["class"]: {"dice": r["dice"], "iou": r["iou"], "hd95_mm_median": r["hd95_mm_median"]}
                           for r in report.per_class()}}
-        write_json(predictor.model.folder / CARD_FILE, card)
+        update_card(predictor.model.folder, card)  # the card and its manifest together
     print(f"wrote {args.out}/metrics.csv, cases.csv, metrics.md")
     return 0
 
 
 def run_infer(args) -> int:
+    from .errors import InputError
     from .inference import write_prediction
 
     _threads(args)
@@ -181,20 +199,65 @@ def run_infer(args) -> int:
         require_highdicom()
         for path in args.radiographs:
             read_source_dataset(path)
-    predictor = load_predictor(args.model, args.device, **kwargs)
+    from XraySegSimLib.errors import XraySegError
+    from XraySegSimLib.io import check_output_folder, replace_folder
+
+    single = len(args.radiographs) == 1
+    outs = [args.out] if single else [args.out / name for name in unique_output_names(args.radiographs)]
+    if single:
+        check_output_folder(args.out, INFER_FILES, "segmentation")  # before the model loads
+    elif args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file; give a folder (it is created if needed)")
+    if args.spacing is not None and not all(v > 0 for v in args.spacing):
+        raise InputError(f"--spacing must be positive, got {args.spacing}")
+    predictor = load_predictor(args.model, args.device, args.trust_pickle, **kwargs)
     from .reader import read_radiograph
 
     name = getattr(getattr(predictor, "model", None), "card", {}).get("name", str(args.model))
-    for path in args.radiographs:
-        radiograph = read_radiograph(path, args.photometric)
-        prediction = predictor.predict(radiograph, tuple(args.spacing) if args.spacing else None)
-        out = args.out if len(args.radiographs) == 1 else args.out / path.name.split(".")[0]
-        write_prediction(prediction, out, name)
-        if args.dicom_seg:
-            from .dicom_seg import write_dicom_seg
+    failed = 0
+    for path, out in zip(args.radiographs, outs):
+        try:
+            radiograph = read_radiograph(path, args.photometric)
+            prediction = predictor.predict(radiograph, tuple(args.spacing) if args.spacing else None)
+            # A fresh folder swapped in when complete: no mixture with an earlier result.
+            with replace_folder(out, INFER_FILES, "segmentation") as staging:
+                write_prediction(prediction, staging, name)
+                if args.dicom_seg:
+                    from .dicom_seg import write_dicom_seg
 
-            write_dicom_seg(prediction, path, out, getattr(predictor, "card", None))
+                    write_dicom_seg(prediction, path, staging, getattr(predictor, "card", None))
+        except XraySegError as error:
+            if single:
+                raise
+            failed += 1  # reported; the rest of the batch goes on
+            print(f"xrayseg infer: error: {error}", file=sys.stderr)
+            continue
         areas = ", ".join(f"{k} {v:.0f}" for k, v in prediction.areas_mm2.items())
         print(f"{path}: {prediction.label_image.shape[1]}x{prediction.label_image.shape[0]} px at "
               f"{prediction.spacing_mm[0]:.3f} mm ({prediction.spacing_source}); areas mm^2: {areas} -> {out}")
+    if failed:
+        print(f"xrayseg infer: error: {failed} of {len(outs)} radiographs failed (see above); the others are in "
+              f"{args.out}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def unique_output_names(paths: list[Path]) -> list[str]:
+    """One folder name per input: its base name; inputs sharing one get their parent folder's name in front,
+    then a number (never two inputs in one folder)."""
+    stems = [p.name.split(".")[0] or "radiograph" for p in paths]
+    names = [s if stems.count(s) == 1 else f"{p.parent.name or 'input'}_{s}" for p, s in zip(paths, stems)]
+    taken: dict[str, int] = {}
+    unique = []
+    for name in names:
+        taken[name] = taken.get(name, 0) + 1
+        unique.append(name if taken[name] == 1 and names.count(name) == 1 else f"{name}_{taken[name]}")
+    return unique
+
+
+def run_seal_model(args) -> int:
+    from .package import seal_package
+
+    manifest = seal_package(args.package)
+    print(f"sealed {args.package}: {manifest} now records the current card and weights")
     return 0

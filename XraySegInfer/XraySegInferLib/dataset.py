@@ -97,7 +97,10 @@ class SegmentationDataset:
         elif case.label is not None and case.label.exists():
             masks = decode_regions(read_label_image(case.label), self.classes, self.ignore_label)
         else:
-            raise DatasetError(f"case {case.case_id}: neither {case.mask} nor {case.label} exists")
+            given = [str(p) for p in (case.mask, case.label) if p is not None]
+            raise DatasetError(f"case {case.case_id} has no masks or label image"
+                               + (f" ({' nor '.join(given)} exists)" if given else "")
+                               + "; export the dataset again, or remove the case's image")
         if masks.shape[1:] != image.shape:
             raise DatasetError(f"case {case.case_id}: masks {masks.shape[1:]} and image {image.shape} differ in size")
         return image.pixels, masks, image.spacing_mm or (1.0, 1.0)

@@ -16,14 +16,30 @@ import torch
 
 from .networks import probabilities, size_divisor
 from .package import LoadedModel, load_package
-from .reader import Radiograph, SpacingWarning, read_radiograph
+from .reader import Radiograph, SpacingWarning, check_radiograph_pixels, read_radiograph
 from .transforms import left_right_pairs, resample, resampled_size
 
 
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU. An explicit CUDA device that this torch build or machine lacks
+    falls back to the CPU with a warning (as the README promises); an unknown name is an ``InputError``."""
+    from .errors import InputError
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (chosen.index is not None and chosen.index >= count):
+            warnings.warn(f"device {device!r} is not available here (this torch build or machine has "
+                          f"{count} CUDA device(s)); running on the CPU", stacklevel=2)
+            return torch.device("cpu")
+    elif chosen.type not in ("cpu", "mps"):
+        raise InputError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return chosen
 
 
 def sliding_window_logits(network: torch.nn.Module, image: torch.Tensor, patch_size: tuple[int, int],
@@ -153,6 +169,7 @@ class Predictor:
 
     def predict(self, radiograph: Radiograph, spacing_mm: tuple[float, float] | None = None) -> Prediction:
         started = time.perf_counter()
+        check_radiograph_pixels(radiograph.pixels, str(radiograph.path or "the radiograph"))
         spacing, source = self.resolve_spacing(radiograph, spacing_mm)
         norm = self.card.get("normalization", {})
         normalized = radiograph.normalized(tuple(norm.get("window_percentiles", (0.5, 99.5))),

@@ -1,11 +1,14 @@
-"""Model packages: a folder with ``model.safetensors`` (the weights) and ``model.json`` (the model card).
+"""Model packages: a folder with ``model.safetensors`` (the weights), ``model.json`` (the model card) and
+``manifest.json`` (the SHA-256 and size of both, written last).
 
 The card holds everything needed to run the model and to judge it: the architecture and its parameters, the
 label mode, the classes (names, colours, SNOMED CT codes where known), the input pixel spacing, the shared
 normalisation's parameters, the training data summary, the metrics, a version, and the SHA-256 of the
-weights file. :func:`load_package` checks the hash, that the network can be built from the card, and that the
+weights file. :func:`load_package` checks the manifest (so an edited card, e.g. permuted class names or another
+pixel spacing, is refused as surely as edited weights), that the network can be built from the card, and that the
 weights fit it (class count vs network output, layer shapes); every failure is a :class:`ModelPackageError`
-that says what is wrong.
+that says what is wrong. A deliberate edit of the card is sealed again with :func:`seal_package`
+(``xrayseg seal-model DIR``); :func:`update_card` writes a card and its manifest together.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ CARD_FORMAT = "xrayseg-model"
 CARD_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "xrayseg-model-manifest"
 
 SCT = "SCT"
 LEFT = {"CodeValue": "7771000", "CodingSchemeDesignator": SCT, "CodeMeaning": "Left"}
@@ -125,7 +130,70 @@ def save_package(folder: str | Path, network: torch.nn.Module, card: dict) -> Pa
     card["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(weights), "bytes": weights.stat().st_size,
                        "parameters": int(sum(v.numel() for v in state.values()))}
     write_json(folder / CARD_FILE, card)
+    write_manifest(folder)
     return folder
+
+
+def write_manifest(folder: str | Path) -> Path:
+    """``manifest.json``: SHA-256 and size of the card and of the weights file it names (written last)."""
+    from XraySegSimLib.io import write_json
+
+    folder = Path(folder)
+    card = json.loads((folder / CARD_FILE).read_text())
+    files = {}
+    for name in (CARD_FILE, (card.get("weights") or {}).get("file", WEIGHTS_FILE)):
+        files[name] = {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+    write_json(folder / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "format_version": 1, "files": files})
+    return folder / MANIFEST_FILE
+
+
+def update_card(folder: str | Path, card: dict) -> None:
+    """Replace a package's card (e.g. new metrics) and seal it in the manifest."""
+    from XraySegSimLib.io import write_json
+
+    write_json(Path(folder) / CARD_FILE, card)
+    write_manifest(folder)
+
+
+def seal_package(folder: str | Path) -> Path:
+    """Accept the package's current card and weights (after a deliberate edit): check that the card is a card
+    and its weights hash holds, then rewrite ``manifest.json``."""
+    card, folder = read_card(folder)
+    weights = folder / card["weights"].get("file", WEIGHTS_FILE)
+    if not weights.is_file():
+        raise ModelPackageError(f"{folder}: the weights file {weights.name} is missing")
+    if card["weights"].get("sha256") != sha256_file(weights):
+        raise ModelPackageError(f"{weights}: its SHA-256 does not match the card's; a seal covers the card only, "
+                                "the weights must be the ones the card names")
+    return write_manifest(folder)
+
+
+def verify_manifest(folder: Path, card: dict) -> None:
+    """Refuse a package whose card or weights differ from what its ``manifest.json`` recorded."""
+    manifest_path = folder / MANIFEST_FILE
+    fix = f"restore the package, or if you changed it on purpose run 'xrayseg seal-model {folder}'"
+    if not manifest_path.is_file():
+        raise ModelPackageError(f"{folder}: no {MANIFEST_FILE}, so the model card cannot be checked (its classes, "
+                                f"spacing and normalisation must fit the weights); {fix}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        assert manifest.get("format") == MANIFEST_FORMAT and isinstance(files, dict)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise ModelPackageError(f"{manifest_path} is not a readable model manifest; {fix}") from None
+    weights_name = (card.get("weights") or {}).get("file", WEIGHTS_FILE)
+    for name in (CARD_FILE, weights_name):
+        if name not in files:
+            raise ModelPackageError(f"{manifest_path} does not cover {name}; {fix}")
+        path = folder / name
+        actual = sha256_file(path)
+        expected = str(files[name].get("sha256"))
+        if actual != expected:
+            what = ("the model card was edited after the package was made: class names, pixel spacing or "
+                    "normalisation may no longer fit the weights" if name == CARD_FILE else
+                    "the weights are corrupt or belong to another package")
+            raise ModelPackageError(f"{path}: SHA-256 {actual[:12]}... does not match the manifest's "
+                                    f"{expected[:12]}...; {what}. {fix[0].upper() + fix[1:]}")
 
 
 @dataclass
@@ -183,6 +251,7 @@ def load_package(path: str | Path, device: str | torch.device = "cpu", verify: b
     if not weights.is_file():
         raise ModelPackageError(f"{folder}: the weights file {weights.name} is missing")
     if verify:
+        verify_manifest(folder, card)
         expected = card["weights"].get("sha256")
         actual = sha256_file(weights)
         if not expected:

@@ -24,6 +24,9 @@ import numpy as np
 from .errors import RadiographReadError
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
+# Smallest side a radiograph may have: below it there is no anatomy to segment (a network trained on 256+ px
+# tiles returns noise), so such an image is refused rather than "segmented".
+MIN_SIDE_PIXELS = 16  # (pydicom's own CR test file is 16x16)
 PILLOW_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 ITK_SUFFIXES = {".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd"}
 
@@ -98,9 +101,24 @@ def read_radiograph(path: str | Path, photometric: str | None = None) -> Radiogr
         if photometric not in ("MONOCHROME1", "MONOCHROME2"):
             raise RadiographReadError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
         image.photometric = photometric
-    if min(image.shape) < 8:
-        raise RadiographReadError(f"{path}: image of {image.shape[1]}x{image.shape[0]} pixels is too small")
+    check_radiograph_pixels(image.pixels, str(path))
     return image
+
+
+def check_radiograph_pixels(pixels: np.ndarray, where: str) -> None:
+    """Refuse what cannot be a radiograph: fewer than ``MIN_SIDE_PIXELS`` along a side, non-finite pixels, or a
+    constant image (nothing to segment; the normalisation would divide by zero)."""
+    rows, cols = pixels.shape[:2]
+    if min(rows, cols) < MIN_SIDE_PIXELS:
+        raise RadiographReadError(f"{where}: an image of {cols}x{rows} pixels is too small to be a radiograph (at "
+                                  f"least {MIN_SIDE_PIXELS} pixels a side); give the full-resolution image")
+    finite = np.isfinite(pixels)
+    if not finite.all():
+        raise RadiographReadError(f"{where}: {int((~finite).sum())} pixels are NaN or infinite; give an image with "
+                                  "finite pixel values")
+    low, high = float(pixels.min()), float(pixels.max())
+    if high - low <= 1e-6 * max(1.0, abs(high)):
+        raise RadiographReadError(f"{where}: a constant image (every pixel {low:g}); there is nothing to segment")
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -136,13 +154,20 @@ def read_dicom(path: str | Path) -> Radiograph:
     from pydicom.errors import InvalidDicomError
 
     path = Path(path)
+    not_dicom = (f"{path}: not a DICOM file (no 'DICM' marker and no DICOM elements); give a DICOM radiograph, "
+                 "or a PNG/JPEG/TIFF/NRRD with its own suffix")
     try:
         ds = pydicom.dcmread(str(path))
     except InvalidDicomError:
         try:
             ds = pydicom.dcmread(str(path), force=True)
-        except Exception as error:  # noqa: BLE001 - any parser failure means: not readable DICOM
-            raise RadiographReadError(f"{path}: not a readable DICOM file ({error})") from error
+            # A forced read of a text file "succeeds" with junk: it must hold at least one real DICOM element.
+            if not any(tag in ds for tag in ("SOPClassUID", "Modality", "PixelData", "Rows", "StudyInstanceUID")):
+                raise RadiographReadError(not_dicom)
+        except RadiographReadError:
+            raise
+        except Exception:  # noqa: BLE001 - any parser failure means: not readable DICOM
+            raise RadiographReadError(not_dicom) from None
     except Exception as error:  # noqa: BLE001
         raise RadiographReadError(f"{path}: not a readable DICOM file ({error})") from error
     modality = ds.get("Modality", "?")

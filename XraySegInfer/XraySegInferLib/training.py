@@ -5,8 +5,9 @@
 * Images are normalised with THE shared normalisation (as at inference) and resampled to one pixel spacing
   (default: the median of the training images).
 * Loss: multilabel -> Dice + BCE (``DiceCELoss(sigmoid=True)``); multiclass -> Dice + CE (softmax).
-* Checkpoints every ``val_every`` steps: ``checkpoint_last.pt`` (model, optimiser, AMP scaler, step, random
-  states, history) and ``checkpoint_best.pt``; ``resume=True`` continues from ``checkpoint_last.pt``.
+* Checkpoints every ``val_every`` steps: ``checkpoint_last.safetensors`` (model, optimiser, AMP scaler, step,
+  random states, history; see ``checkpoints``: nothing is unpickled) and ``checkpoint_best.safetensors``;
+  ``resume=True`` continues from the last one, after checking that it fits this run's architecture.
 * CUDA with AMP (fp16 autocast + GradScaler) when available, else CPU. tqdm shows loss and validation Dice.
 """
 
@@ -22,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoints import checkpoint_path, find_checkpoint, save_checkpoint
 from .dataset import Case, SegmentationDataset, masks_to_label, read_dataset
 from .ignore import IGNORE_VALUE, masked_dice_ce, split_ignore
+from .errors import InputError
 from .inference import pick_device, sliding_window_logits
 from .networks import DEFAULT_ARCHITECTURE, build_network, size_divisor
 from .package import make_card, save_package
@@ -149,14 +152,32 @@ def _flip_allowed(cases: list[Case], config: AugmentConfig) -> bool:
     return config.flip_horizontal > 0 and not any(v in c.view.lower() for c in cases for v in LATERAL_VIEWS)
 
 
+def _check_resumable(saved: dict, config: TrainConfig) -> None:
+    """Refuse a checkpoint made with another network (architecture or label mode) before any work."""
+    before = saved.get("config") or {}
+    for key in ("architecture", "mode"):
+        if key in before and json.loads(json.dumps(before[key])) != json.loads(json.dumps(getattr(config, key))):
+            raise InputError(
+                f"cannot resume from {saved['path']}: it was trained with {key} {before[key]} but this run asks "
+                f"for {getattr(config, key)}; use the same recipe/options, or another --out to start afresh")
+
+
 def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | None = None, resume: bool = False,
-          progress: bool = True, log=print) -> TrainResult:
-    """Train on ``dataset_dir`` and write ``<out_dir>/model`` (the package), checkpoints and history.json."""
+          progress: bool = True, log=print, trust_pickle: bool = False) -> TrainResult:
+    """Train on ``dataset_dir`` and write ``<out_dir>/model`` (the package), checkpoints and history.json.
+
+    ``trust_pickle``: on resume, also unpickle a legacy ``checkpoint_last.pt`` that ``weights_only=True``
+    refuses (runs code from the file: only for files you made)."""
     from tqdm.auto import tqdm
 
     config = config or TrainConfig()
     started = time.perf_counter()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file; give a folder")
+    saved = find_checkpoint(out, "last", trust_pickle) if resume else None  # checked before any work
+    if saved is not None:
+        _check_resumable(saved, config)
     out.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(int(config.threads))
@@ -191,16 +212,19 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
     pairs = left_right_pairs(dataset.class_names)
     history: list[dict] = []
     step, best = 0, -1.0
-    last_path, best_path = out / "checkpoint_last.pt", out / "checkpoint_best.pt"
-    if resume and last_path.is_file():
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        network.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        step, best, history = state["step"], state["best_dice"], state["history"]
-        rng.bit_generator.state = state["numpy_rng"]
-        generator.set_state(state["torch_rng"])
-        log(f"resumed from {last_path} at step {step}")
+    last_path, best_path = checkpoint_path(out, "last"), checkpoint_path(out, "best")
+    if saved is not None:
+        try:
+            network.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as error:
+            raise InputError(f"cannot resume from {saved['path']}: it does not fit this run's network "
+                             f"({str(error).splitlines()[0][:200]}); use the same options, or another --out") from None
+        scaler.load_state_dict(saved.get("scaler") or {})
+        step, best, history = int(saved["step"]), float(saved["best_dice"]), list(saved["history"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        generator.set_state(saved["torch_rng"])
+        log(f"resumed from {saved['path']} at step {step}")
     network.train()
     bar = tqdm(total=config.steps, initial=step, disable=not progress, desc="train", unit="step",
                dynamic_ncols=True)
@@ -240,14 +264,16 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", val_dice=f"{val_dice:.3f}")
             if not math.isnan(val_dice) and val_dice > best:
                 best = val_dice
-                torch.save({"model": network.state_dict(), "step": step, "val_dice": val_dice}, best_path)
-            torch.save({"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(), "step": step, "best_dice": best, "history": history,
-                        "numpy_rng": rng.bit_generator.state, "torch_rng": generator.get_state(),
-                        "config": asdict(config)}, last_path)
+                save_checkpoint(best_path, network.state_dict(), {"step": step, "val_dice": val_dice,
+                                                                  "config": asdict(config)})
+            save_checkpoint(last_path, network.state_dict(),
+                            {"scaler": scaler.state_dict(), "step": step, "best_dice": best, "history": history,
+                             "numpy_rng": rng.bit_generator.state, "config": asdict(config)},
+                            optimizer.state_dict(), generator.get_state())
     bar.close()
-    if best_path.is_file():
-        network.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
+    best_saved = find_checkpoint(out, "best", trust_pickle)
+    if best_saved is not None:
+        network.load_state_dict(best_saved["model"])
     best_entry = max((h for h in history if not math.isnan(h["val_dice"])), key=lambda h: h["val_dice"],
                      default=history[-1] if history else {})
     (out / "history.json").write_text(json.dumps(history, indent=1))

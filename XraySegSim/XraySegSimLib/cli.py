@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from . import views
-from .errors import InputError, XraySegError
+from .errors import GeometryError, InputError, XraySegError
 from .geometry import XrayGeometry
 from .labels import LabelClasses, parse_group_spec, read_names_table
 from .materials import MaterialModel
@@ -147,18 +147,64 @@ def _isocenter(option: str, ct: Volume, projector: DrrProjector) -> np.ndarray:
     return point
 
 
+MIN_DETECTOR_PIXELS = 8
+
+
+def check_geometry_options(args: argparse.Namespace) -> None:
+    """Refuse impossible numbers before any file is read (one line each, with the fix)."""
+    def positive(name: str, values) -> None:
+        if values is not None and not all(np.isfinite(v) and v > 0 for v in np.atleast_1d(values)):
+            raise InputError(f"{name} must be positive, got {values}")
+
+    if args.size < MIN_DETECTOR_PIXELS:
+        raise InputError(f"--size must be at least {MIN_DETECTOR_PIXELS} pixels, got {args.size}")
+    positive("--sdd", args.sdd)
+    positive("--sid", args.sid)
+    positive("--detector-mm", args.detector_mm)
+    positive("--pixel-spacing", args.pixel_spacing)
+    if args.detector_pixels is not None and min(args.detector_pixels) < 1:
+        raise InputError(f"--detector-pixels must be at least 1 1, got {args.detector_pixels}")
+    sdd = args.sdd or (views.PRESETS[args.view].source_to_detector_mm if args.view in views.PRESETS else None)
+    if args.sid is not None and sdd is not None and args.sid >= sdd:
+        raise InputError(f"--sid {args.sid:g} mm must be smaller than the source-to-detector distance {sdd:g} mm "
+                         "(the isocentre lies between source and detector)")
+
+
+def _geometry_file(path: Path) -> XrayGeometry:
+    if not path.is_file():
+        raise InputError(f"geometry JSON not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return XrayGeometry.from_dict(data.get("geometry", data))
+    except GeometryError as error:
+        raise InputError(f"--geometry {path}: {error}") from None
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
+        raise InputError(f"--geometry {path} is not a geometry JSON ({type(error).__name__}: {error}); give a "
+                         "drr.json or its 'geometry' object") from None
+
+
+def _projection_matrix(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"projection matrix file not found: {path}")
+    try:
+        matrix = np.loadtxt(path, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"--projection-matrix {path}: not a text file of numbers ({error})") from None
+    if matrix.size != 12 or not np.all(np.isfinite(matrix)):
+        raise InputError(f"--projection-matrix {path}: expected 3 rows of 4 finite numbers, got "
+                         f"{matrix.size} values")
+    return matrix.reshape(3, 4)
+
+
 def geometry_from_args(args: argparse.Namespace, isocenter: np.ndarray) -> XrayGeometry:
     if args.geometry:
-        if not args.geometry.exists():
-            raise InputError(f"geometry JSON not found: {args.geometry}")
-        data = json.loads(args.geometry.read_text())
-        return XrayGeometry.from_dict(data.get("geometry", data))
+        return _geometry_file(args.geometry)
     if args.projection_matrix:
-        if not args.projection_matrix.exists():
-            raise InputError(f"projection matrix file not found: {args.projection_matrix}")
         if not args.pixel_spacing:
             raise InputError("--projection-matrix needs --pixel-spacing COLUMN_MM ROW_MM (P does not contain it)")
-        matrix = np.loadtxt(args.projection_matrix).reshape(3, 4)
+        matrix = _projection_matrix(args.projection_matrix)
         pixels = tuple(args.detector_pixels) if args.detector_pixels else (args.size, args.size)
         return XrayGeometry.from_projection_matrix(matrix, pixels, tuple(args.pixel_spacing), in_front=isocenter)
     return views.from_preset(
@@ -167,7 +213,39 @@ def geometry_from_args(args: argparse.Namespace, isocenter: np.ndarray) -> XrayG
     )
 
 
+def check_geometry_sees_volume(geometry: XrayGeometry, ct: Volume) -> None:
+    """Refuse a set-up in which no ray crosses the CT (it would render an all-zero image): the CT wholly behind
+    the source, wholly beyond the detector, or projecting outside the detector."""
+    corners = ct.corners_ras()
+    n = geometry.principal_direction
+    depth = (corners - geometry.source) @ n
+    sdd = geometry.source_to_detector_distance
+    if depth.max() <= 0:
+        raise GeometryError("the CT lies behind the source (the detector is on the other side of the source); "
+                            "put the CT between the source and the detector")
+    if depth.min() >= sdd:
+        raise GeometryError("the CT lies beyond the detector; put the detector behind the CT, seen from the source")
+    if depth.min() <= 0:
+        return  # the source is at or inside the CT's box: the projector's own check decides
+    pixels = geometry.project(corners)
+    cols, rows = geometry.size
+    if (pixels[:, 0].max() < -0.5 or pixels[:, 0].min() > cols - 0.5 or pixels[:, 1].max() < -0.5
+            or pixels[:, 1].min() > rows - 0.5):
+        raise GeometryError("the CT projects outside the detector (no ray crosses it); aim the view at the CT "
+                            "(--isocenter) or enlarge the detector")
+
+
+# Everything ``render`` may write into its --out (a folder holding anything else is not replaced).
+RENDER_FILES = frozenset({"drr.nrrd", "drr.png", "drr.json", "labels.nrrd", "labels.seg.nrrd", "labels.png",
+                          "overlay.png", "thickness.nrrd", "radiograph.nrrd", "radiograph.png",
+                          "radiograph_overlay.png"})
+
+
 def run_render(args: argparse.Namespace) -> dict[str, Path]:
+    from .io import check_output_folder, replace_folder
+
+    check_geometry_options(args)
+    check_output_folder(args.out, RENDER_FILES, "render")  # before the (long) work
     ct = read_volume(args.ct, "CT")
     from .mesh_labels import is_mesh_labels_source, load_mesh_labels
 
@@ -190,6 +268,7 @@ def run_render(args: argparse.Namespace) -> dict[str, Path]:
             "empty, or use other label values: try --classes all or --names none"
         )
     geometry = geometry_from_args(args, _isocenter(args.isocenter, ct, projector))
+    check_geometry_sees_volume(geometry, ct)
     started = time.perf_counter()
     result = projector.render(geometry)
     elapsed_ms = (time.perf_counter() - started) * 1000
@@ -203,9 +282,12 @@ def run_render(args: argparse.Namespace) -> dict[str, Path]:
         simulated = physics.simulate_radiograph(result, physics_preset, rng=args.seed)
         sidecar["physics"] = {"preset": physics_preset, "seed": args.seed,
                               "params": dataclasses.asdict(simulated.params)}
-    paths = write_render_outputs(result, args.out, sidecar, args.save_thickness)
-    if physics_preset:
-        paths.update(_write_radiograph(simulated.image, result, args.out))
+    # A fresh folder swapped in at the end: no mixture with an earlier render, no stale label files.
+    with replace_folder(args.out, RENDER_FILES, "render") as staging:
+        paths = write_render_outputs(result, staging, sidecar, args.save_thickness)
+        if physics_preset:
+            paths.update(_write_radiograph(simulated.image, result, staging))
+    paths = {kind: Path(args.out) / path.name for kind, path in paths.items()}
     if result.unknown_label_values:
         print(f"note: label values {result.unknown_label_values} are not in the names table; ignored",
               file=sys.stderr)

@@ -590,7 +590,11 @@ def _executor(workers: int, scheduler, threads: int | None):
     else:
         import multiprocessing
 
-        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        from .process_guard import worker_initializer
+
+        # Workers die with this process (kill -9 included) and leave Ctrl-C to it.
+        pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=worker_initializer, initargs=(os.getpid(),))
     return pool.submit, (lambda: pool.shutdown(wait=True, cancel_futures=True)), "local"
 
 
@@ -630,10 +634,14 @@ def run_export(
     config.physics_preset()  # validates
     if not cases:
         raise InputError("no CTs to export")
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise InputError(f"--out {config.out} is a file; give a folder (it is created if needed)")
     layout = DatasetLayout.create(config.out, config.dataset_id, config.dataset_name)
+    from .export_resume import check_same_inputs, input_fingerprints
+
     content = {"format_version": FORMAT_VERSION, "config": config.content_dict(),
                "classes": list(mapping.names), "mapping": _jsonable(mapping.spec),
-               "cases": [c.to_dict() for c in cases]}
+               "cases": [c.to_dict() for c in cases], "inputs": input_fingerprints(cases)}
     if layout.config.is_file():
         previous = load_json(layout.config)
         if not resume:
@@ -643,6 +651,7 @@ def run_export(
         if changed:
             raise InputError(f"cannot resume {layout.root}: its {' and '.join(changed)} differ from this run's; "
                              "use the same options (seed, views, size, classes...) or another --out")
+        check_same_inputs(layout.root, previous, content["inputs"])  # by path and SHA-256, before any change
     splits = assign_splits(cases, config)
     if resume:
         _remove_partials(layout.root)

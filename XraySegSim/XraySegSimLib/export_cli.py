@@ -73,6 +73,18 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Impossible option values, refused before any CT is read."""
+    if args.views_per_ct < 1:
+        raise InputError(f"--views-per-ct must be at least 1, got {args.views_per_ct}")
+    if args.size < 8:
+        raise InputError(f"--size must be at least 8 pixels, got {args.size}")
+    if args.workers < 1 or (args.threads is not None and args.threads < 1):
+        raise InputError("--workers and --threads must be at least 1")
+    if not 0 <= args.test_fraction < 1:
+        raise InputError(f"--test-fraction must be in [0, 1), got {args.test_fraction}")
+
+
 def _low_high(text: str, option: str) -> list[float]:
     try:
         low, high = (float(v) for v in str(text).split(","))
@@ -88,6 +100,7 @@ def run_export_command(args: argparse.Namespace) -> int:
     given = [x for x in (args.ct, args.folder, args.pairs) if x is not None]
     if len(given) != 1:
         raise InputError("give exactly one input: --ct CT [--labels L], --folder DIR, or --pairs CSV")
+    _check_numbers(args)
     if args.ct is not None:
         cases = single_case(args.ct, args.labels)
     elif args.folder is not None:
@@ -128,12 +141,26 @@ def run_export_command(args: argparse.Namespace) -> int:
             bar.n = done
             bar.refresh()
 
+    from .process_guard import StopOnSignals
+
+    # First Ctrl-C / SIGTERM: finish the samples in flight, finalise what is complete; a second: stop at once.
+    stop = StopOnSignals("\nxrayseg export: {signal}: stopping after the samples in progress (again to stop at once)",
+                         "xrayseg export: stopped at once; the dataset is not finalised but resumable: rerun the "
+                         "same command with --resume")
     try:
-        report = run_export(cases, config, mapping, workers=args.workers, threads=args.threads,
-                            scheduler=args.scheduler, resume=args.resume, progress=progress)
+        with stop:
+            report = run_export(cases, config, mapping, workers=args.workers, threads=args.threads,
+                                scheduler=args.scheduler, resume=args.resume, progress=progress,
+                                cancel=lambda: stop.requested)
     finally:
         if bar is not None:
             bar.close()
+    if stop.requested:
+        total = len(cases) * config.views_per_ct
+        print(f"xrayseg export: interrupted by {stop.signal_name}: {report.n_ok} of {total} samples complete; the "
+              f"dataset {report.root} is finalised with them and resumable: rerun the same command with --resume "
+              "to finish", file=sys.stderr)
+        return stop.exit_status
     failed = [s for s in report.samples if s.status == "failed"]
     print(f"exported {report.n_ok} of {len(cases) * config.views_per_ct} samples from {len(cases)} CTs in "
           f"{report.elapsed_s:.1f} s -> {report.root}")

@@ -27,7 +27,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -249,6 +249,22 @@ def bone_mapping() -> ClassMapping:
     return _from_groups({n: [n] for n in bones}, spec="bones")
 
 
+def duplicate_class_message(name: str, where: str) -> str:
+    return (f"the class '{name}' is defined twice (at {where}); a later definition would silently replace the "
+            "first: give each class one group listing all its labels (name = a, b, c)")
+
+
+def _no_duplicate_keys(path: Path):
+    def hook(pairs: list[tuple[str, Any]]) -> dict:
+        keys = [k for k, _ in pairs]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise InputError(duplicate_class_message(key, str(path)))
+        return dict(pairs)
+
+    return hook
+
+
 def load_mapping(option: str | Path | None, default_names: str | None = None) -> ClassMapping:
     """A :class:`ClassMapping` from 'bones' (default), a group spec (inline or file), or a JSON file."""
     if option is None or str(option) == "bones":
@@ -264,7 +280,7 @@ def load_mapping(option: str | Path | None, default_names: str | None = None) ->
         if not path.is_file():
             raise InputError(f"class mapping file not found: {path}")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(), object_pairs_hook=_no_duplicate_keys(path))
         except json.JSONDecodeError as error:
             raise InputError(f"class mapping {path}: not valid JSON ({error})") from None
         names_option = default_names
@@ -281,6 +297,8 @@ def load_mapping(option: str | Path | None, default_names: str | None = None) ->
             for item in classes:
                 if not isinstance(item, dict) or "name" not in item:
                     raise InputError(f"class mapping {path}: each class needs a 'name' and 'labels'")
+                if item["name"] in groups:
+                    raise InputError(duplicate_class_message(item["name"], str(path)))
                 groups[item["name"]] = list(item.get("labels", [item["name"]]))
                 if "color" in item:
                     colors[item["name"]] = item["color"]
@@ -299,6 +317,8 @@ def load_mapping(option: str | Path | None, default_names: str | None = None) ->
         if not line:
             continue
         name, members = (line.split("=", 1) + [line])[:2] if "=" in line else (line, line)
+        if name.strip() in raw:
+            raise InputError(duplicate_class_message(name.strip(), line))
         raw[name.strip()] = [m.strip() for m in members.split(",") if m.strip()]
         if not name.strip() or not raw[name.strip()]:
             raise InputError(f"class group '{line}' names no labels")

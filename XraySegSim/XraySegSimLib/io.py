@@ -1,21 +1,25 @@
 """Writing DRRs and projected labels so that Slicer and the standard tools read them in the right place.
 
 Every file is written atomically: to a temporary name in the same folder, then renamed, so an interrupted
-run never leaves a half-written file. NRRD files carry the detector placement (LPS, as Slicer writes), so a
+run never leaves a half-written file; a run's whole output folder is staged and swapped in
+(:func:`replace_folder`), so a failed run leaves the previous result untouched and no stale files. NRRD files carry the detector placement (LPS, as Slicer writes), so a
 DRR loaded in Slicer lies exactly on the detector plane in 3D.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import numpy as np
 
+from .errors import InputError
 from .geometry import XrayGeometry
 from .labels import LabelClasses
 
@@ -38,6 +42,60 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+
+
+def check_output_folder(target: str | Path, known_files: Collection[str], kind: str) -> Path:
+    """Refuse an ``--out`` that cannot hold a fresh ``kind`` (a file, or a folder with files that are not an
+    earlier ``kind``'s: they would be lost when it is replaced). Returns the target as a Path."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"--out {target} is a file; give a folder (it is created if needed)")
+    if target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in known_files)
+        if foreign:
+            raise InputError(f"--out {target} holds files that are not an earlier {kind}'s (e.g. {foreign[0]}); "
+                             "give an empty or new folder: a new result replaces the whole folder")
+    return target
+
+
+def _os_error_reason(error: OSError) -> str:
+    reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EROFS: "the file system is read-only"}
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    return reasons.get(error.errno, error.strerror or str(error)) + where
+
+
+@contextlib.contextmanager
+def replace_folder(target: str | Path, known_files: Collection[str], kind: str) -> Iterator[Path]:
+    """Yield a fresh temporary folder next to ``target``; when the block succeeds it takes ``target``'s place
+    (an earlier result there is removed only then). On any failure the temporary folder is removed and
+    ``target`` is as it was: never a mixture of old and new files. ``known_files``: the names a ``kind`` writes
+    (see :func:`check_output_folder`). An OSError (disk full, read-only...) becomes one-line InputError."""
+    target = check_output_folder(target, known_files, kind)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".new", dir=target.parent))
+    except OSError as error:
+        raise InputError(f"cannot create the {kind} folder {target}: {_os_error_reason(error)}; choose a writable "
+                         "--out") from None
+    try:
+        yield staging
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / "previous")
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except OSError as error:
+        raise InputError(f"{kind} not written: {_os_error_reason(error)}; {target} is unchanged") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -73,6 +73,9 @@ def parse_group_spec(text: str, known_names: Sequence[str]) -> dict[str, list[st
         expanded = [n for member in members.split(",") if member.strip() for n in expand_names(member, known_names)]
         if not name or not expanded:
             raise InputError(f"class group '{line}' names no labels")
+        if name in groups:  # a second definition would silently drop the first
+            raise InputError(f"the class '{name}' is defined twice (at '{line}'); give each class one group listing "
+                             "all its labels (name = a, b, c)")
         groups[name] = expanded
     return groups
 

@@ -36,6 +36,7 @@ from .materials import MAX_MATERIALS, SOFT_BONE_KNEE_HU, MaterialModel
 from .volume import Volume
 
 MU_WATER_60KEV_PER_MM = 0.0206
+MAX_LABEL_VALUE = 65535  # largest label value accepted (uint16 label maps)
 # Below this HU a voxel is pure soft tissue in every MaterialModel (checked when the table is built).
 SOFT_ONLY_BELOW_HU = int(SOFT_BONE_KNEE_HU) + 1
 
@@ -264,6 +265,9 @@ class DrrProjector:
         values = np.unique(array)
         if values.min() < 0:
             raise InputError("the label map holds negative values; label values must be 0 (background) or >= 1")
+        if values.max() > MAX_LABEL_VALUE:  # the value -> class table would take GBs (2^31 - 1: 4.8 GB)
+            raise InputError(f"the label map holds the value {int(values.max())}, beyond {MAX_LABEL_VALUE}; a label "
+                             "map holds small integers (0 = background): is it a CT or an intensity image?")
         present = [int(v) for v in values if v != 0]
         requested = LabelClasses.from_values(present) if classes is None else classes
         self.classes = requested.restricted_to(present) if present else LabelClasses(())

@@ -8,6 +8,7 @@ convert with ``diag(-1, -1, 1)``, so any orientation, oblique included, ends up 
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,20 +110,36 @@ def _read_nifti(path: Path, label: str) -> Volume:
     if len(image.shape) != 3:
         raise InputError(f"{label}: expected a 3D scalar volume, got a NIfTI image of shape {image.shape}")
     slope, intercept = image.dataobj.slope, image.dataobj.inter
-    array = np.asarray(image.dataobj.get_unscaled())
+    try:
+        array = np.asarray(image.dataobj.get_unscaled())
+    except (OSError, EOFError, ValueError, zlib.error) as err:  # truncated or corrupt voxel data
+        raise InputError(f"{label}: the voxel data of {path} cannot be read ({err}); the file is truncated or "
+                         "corrupt: copy or export it again") from None
     if (slope, intercept) != (1.0, 0.0):
         array = array.astype(np.float32) * np.float32(slope) + np.float32(intercept)
     return Volume(np.ascontiguousarray(array.T), image.affine, label)  # [i, j, k] -> [k, j, i]
 
 
+def check_finite(volume: Volume) -> Volume:
+    """Refuse NaN or infinite voxels (a CT full of NaN would otherwise render as water)."""
+    # The sum is non-finite exactly when a voxel is (float64: no overflow from HU); no voxel-sized temporary.
+    if np.issubdtype(volume.array.dtype, np.floating) and not np.isfinite(np.sum(volume.array, dtype=np.float64)):
+        bad = int(volume.array.size - np.count_nonzero(np.isfinite(volume.array)))
+        if bad:
+            raise InputError(f"{volume.name or 'volume'}: {bad} of {volume.array.size} voxels are NaN or infinite; "
+                             "replace them (e.g. with -1000 HU, air) before rendering")
+    return volume
+
+
 def read_volume(path: str | Path, name: str | None = None) -> Volume:
-    """Read a 3D image file (NIfTI, NRRD, MHA...) or a DICOM series folder into a RAS-placed Volume."""
+    """Read a 3D image file (NIfTI, NRRD, MHA...) or a DICOM series folder into a RAS-placed Volume; refuses
+    unreadable (e.g. truncated) files and NaN or infinite voxels with one line (:class:`InputError`)."""
     path = Path(path)
     label = name or path.name
     if not path.exists():
         raise InputError(f"{label}: file not found: {path}")
     if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
-        return _read_nifti(path, label)
+        return check_finite(_read_nifti(path, label))
     import SimpleITK as sitk
 
     try:
@@ -146,4 +163,4 @@ def read_volume(path: str | Path, name: str | None = None) -> Volume:
             f"{label}: expected a 3D scalar volume, got {image.GetDimension()}D with "
             f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel"
         )
-    return Volume(sitk.GetArrayFromImage(image), _ijk_to_ras_from_sitk(image), label)
+    return check_finite(Volume(sitk.GetArrayFromImage(image), _ijk_to_ras_from_sitk(image), label))

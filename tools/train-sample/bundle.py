@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "XraySegSim"), str(ROOT / "XraySegInfer")]
 
-from XraySegInferLib.package import CARD_FILE, WEIGHTS_FILE, load_package, sha256_file  # noqa: E402
+from XraySegInferLib.package import CARD_FILE, WEIGHTS_FILE, load_package, sha256_file, write_manifest  # noqa: E402
 from XraySegSimLib.io import atomic_path, write_json  # noqa: E402
 
 HELD_OUT_NOTE = (
@@ -164,6 +164,7 @@ def main(argv=None) -> int:
     write_json(args.out / CARD_FILE, card)
     with atomic_path(args.out / "README.md") as tmp:
         Path(tmp).write_text(readme(card))
+    write_manifest(args.out)  # SHA-256 over the amended card and the weights
     load_package(args.out)
     test = card["metrics"]["held_out_views"]
     size = sum(p.stat().st_size for p in args.out.iterdir() if p.is_file())
