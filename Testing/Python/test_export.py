@@ -95,11 +95,13 @@ def check_nnunet_schema(data: dict, n_classes: int) -> None:
     for key in ("channel_names", "labels", "numTraining", "file_ending"):
         assert key in data
     assert data["labels"]["background"] == 0
-    regions = [v for k, v in data["labels"].items() if k != "background"]
+    regions = [v for k, v in data["labels"].items() if k not in ("background", "ignore")]
     assert len(regions) == n_classes and all(isinstance(r, list) and r for r in regions)
     assert len(data["regions_class_order"]) == len(regions)
     values = sorted({0} | {int(v) for r in regions for v in r})
     assert values == list(range(len(values)))
+    if "ignore" in data["labels"]:  # truncated pixels (the spine runs through the CT's end faces): the highest value
+        assert data["labels"]["ignore"] == len(values)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -325,8 +327,10 @@ def test_export_two_cts_is_a_valid_nnunet_dataset(inputs, tmp_path):
         assert masks.shape == (3,) + pixels.shape and masks.dtype == np.uint8
         atom_image = sitk.GetArrayFromImage(label)
         for c in range(3):  # the atoms decode to exactly the mask stack
-            assert np.array_equal(np.isin(atom_image, [a for a, cl in atoms.items() if c + 1 in cl]), masks[c] > 0)
-        overlap_seen |= bool((masks.sum(0) > 1).any())
+            assert np.array_equal(np.isin(atom_image, [a for a, cl in atoms.items() if c + 1 in cl]), masks[c] == 1)
+        ignored = masks[0] == 255  # truncated pixels: 255 in every plane, the ignore label in labelsTr
+        assert (masks[:, ignored] == 255).all() and (atom_image[ignored] == data["labels"].get("ignore", -1)).all()
+        overlap_seen |= bool(((masks == 1).sum(0) > 1).any())
         P = np.array(sidecar["geometry"]["P"] if "P" in sidecar["geometry"] else sidecar["geometry"]["projection_matrix"])
         assert P.shape == (3, 4)
         assert sidecar["physics"]["preset"] == "chest-pa" and "kvp" in json.dumps(sidecar["physics"])

@@ -76,6 +76,8 @@ from .export_layout import (DatasetLayout, atom_table, atoms_json, case_name, ch
 from .io import atomic_path, write_json
 from .truncation import IGNORE_MASK_VALUE, IGNORE_RULE, CutFaces
 from .virtual_patient import VirtualPatientRanges, patient_of_view, setup_patient
+from .domain_randomisation import add_devices, apply as apply_domain, check_level, clear_collimated_labels
+from .domain_randomisation import domain_rng, draw_plan
 
 FORMAT_VERSION = 1
 
@@ -125,6 +127,8 @@ class ExportConfig:
     # made from the CT (sample v is patient v % N), with these ranges (VirtualPatientRanges fields).
     virtual_patients: int = 0
     virtual_patient_ranges: dict = field(default_factory=lambda: VirtualPatientRanges().to_dict())
+    # Image-domain randomisation (see domain_randomisation): "none", "light" or "strong".
+    domain_randomisation: str = "none"
 
     def physics_preset(self) -> str | None:
         from . import physics
@@ -329,7 +333,12 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     are serial and release the GIL too."""
     layout, config, mapping, case_in = ctx.layout, ctx.config, ctx.mapping, ctx.case_in
     result, geometry, case, split, params = job.result, job.geometry, job.case, job.split, job.params
-    image = _image(result, params, job.rng)
+    # Domain randomisation: its own generator, so switching it on changes no other draw.
+    plan = draw_plan(config.domain_randomisation, domain_rng(config.seed, case_in.ct_id, job.view),
+                     result.line_integral.shape)
+    add_devices(result, plan)  # metal before the physics
+    image = apply_domain(_image(result, params, job.rng), plan)
+    collimated = clear_collimated_labels(result, plan)  # nothing is seen behind the collimator
     masks, codes, combos, top, counts, bits = sample_masks(result.thickness_mm, result.min_mask_thickness_mm,
                                                            ctx.local_to_global, len(mapping))
     present_local = np.flatnonzero(counts)
@@ -381,6 +390,8 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
         "mask_rule": f"path length through the class >= {result.min_mask_thickness_mm:.3g} mm",
         "ignored_pixels": n_ignored,
         "virtual_patient": job.patient,
+        "domain_randomisation": plan,
+        "collimated_pixels": collimated,
         "ignore_rule": IGNORE_RULE if ctx.cut_faces is not None else None,
         "unknown_label_values_ignored": list(result.unknown_label_values),
         "render_ms": round(job.render_ms, 1),
@@ -629,6 +640,7 @@ def run_export(
     if config.virtual_patients < 0:
         raise InputError(f"--virtual-patients {config.virtual_patients}: give 0 (off) or a positive count")
     VirtualPatientRanges.from_dict(config.virtual_patient_ranges)  # validates
+    check_level(config.domain_randomisation)
     if config.views_per_ct < 1 or config.size < 8:
         raise InputError("views_per_ct must be >= 1 and size >= 8 pixels")
     config.physics_preset()  # validates

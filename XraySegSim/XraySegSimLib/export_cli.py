@@ -57,6 +57,10 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
                     help="soft-tissue density (thickness in projection) factor (default 0.85,1.15)")
     vp.add_argument("--bone-density-range", default="0.85,1.15", metavar="LOW,HIGH",
                     help="bone density factor above 200 HU (default 0.85,1.15)")
+    p.add_argument("--domain-randomisation", "--domain-randomization", default="none",
+                   choices=("none", "light", "strong"),
+                   help="image-domain randomisation: vendor processing, collimation, text, devices, noise, blur, "
+                        "dropout, inversion (default none; README-export.md)")
     p.add_argument("--keep-truncated", action="store_true",
                    help="do not mark pixels whose ray crosses body beyond a cut face of the CT as 'ignore'")
     p.add_argument("--isocenter", choices=("labels", "center"), default="labels",
@@ -125,6 +129,7 @@ def run_export_command(args: argparse.Namespace) -> int:
         seed=args.seed, test_fraction=args.test_fraction,
         test_ids=tuple(s.strip() for s in args.test_ids.split(",") if s.strip()) if args.test_ids else None,
         isocenter=args.isocenter, previews=not args.no_previews, ignore_truncated=not args.keep_truncated,
+        domain_randomisation=args.domain_randomisation,
         virtual_patients=args.virtual_patients, virtual_patient_ranges={
             "deform_mm": args.deform_mm, "deform_spacing_mm": args.deform_spacing_mm,
             "scale": _low_high(args.scale_range, "--scale-range"),
