@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = (
     "XraySegSimLib.cli",  # render, demo, fetch-sample, views, export
     "XraySegSimLib.phantom_cli",  # phantom wrist
     "XraySegInferLib.cli",  # train, evaluate, infer
+    "XraySegInferLib.transfer_cli",  # plausibility, lobo (transfer to other bodies and real images)
 )
 
 
