@@ -41,10 +41,11 @@ def phantom(tmp_path_factory):
             write_image(labels, volume.ijk_to_ras, folder / "labels.nrrd"))
 
 
-def export_argv(phantom, views: int = 400) -> list[str]:
+def export_argv(phantom, views: int = 400, quiet: bool = False) -> list[str]:
     ct, labels = phantom
     return xrayseg_argv("export", "--ct", ct, "--labels", labels, "--views-per-ct", str(views), "--size", "48",
-                        "--physics", "none", "--no-previews", "--threads", "1", "--out", "{out}")
+                        "--physics", "none", "--no-previews", "--threads", "1", "--out", "{out}",
+                        *(["--quiet"] if quiet else []))
 
 
 def wait_for(run: BackgroundProcess, condition, timeout_s: float = 120.0):
@@ -149,3 +150,59 @@ def test_out_of_memory_and_cli_errors_are_one_line(tmp_path):
     assert status.message == f"xrayseg render failed (exit status 2): xrayseg render: error: CT: file not found: " \
                              f"{missing}"
     assert list(tmp_path.iterdir()) == []
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that still run (zombies excluded: an orphan's exit may wait for a reaper)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+        if int(group) == pgid and state not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
+
+
+def start_and_abandon(argv: list[str], output_dir: Path) -> int:
+    """A parent (standing in for a Slicer that crashes) starts ``argv`` in the background, waits until it has
+    written a file, then exits at once without cancelling. Returns the child's pid."""
+    import subprocess
+
+    script = (
+        "import os, sys, time\n"
+        "from XraySegInferLib.background import BackgroundProcess\n"
+        f"run = BackgroundProcess({argv!r}, {str(output_dir)!r}).start()\n"
+        "while not any(p.is_file() for p in run.staging_dir.rglob('*')):\n"
+        "    time.sleep(0.05)\n"
+        "print(run.pid, flush=True)\n"
+        "os._exit(0)\n")
+    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert parent.returncode == 0, parent.stderr
+    return int(parent.stdout.split()[-1])
+
+
+@posix_only
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_the_child_dies_when_its_parent_dies_without_cancelling(phantom, tmp_path):
+    """Through ``XraySegInferLib.child`` (what xrayseg_argv runs) no process of the export's group is left a few
+    seconds after its parent vanished; plain ``XraySegInferLib.entry`` (the control) goes on. Both exports are
+    quiet: a child that writes to its closed pipes dies of that anyway, one that does not (training on a GPU,
+    a quiet export) needs the watchdog."""
+    argv = export_argv(phantom, quiet=True)
+    assert argv[1:3] == ["-m", "XraySegInferLib.child"]
+    control = start_and_abandon([argv[0], "-m", "XraySegInferLib.entry", *argv[3:]], tmp_path / "control")
+    try:
+        time.sleep(2.0)
+        assert live_group_members(control) != []  # nothing stops a plain child
+    finally:
+        os.killpg(control, signal.SIGKILL)
+    child = start_and_abandon(argv, tmp_path / "dataset")
+    deadline = time.monotonic() + 20
+    while live_group_members(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert live_group_members(child) == []
+    staged = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".dataset."))
+    assert len(staged) == 1 and staged[0].startswith(".dataset.partial-")  # left behind, hidden, never renamed

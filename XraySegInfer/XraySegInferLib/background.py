@@ -2,10 +2,13 @@
 
 Qt-free and MRML-free: a Slicer widget drives a :class:`BackgroundProcess` from a QTimer (``poll()`` never
 blocks), a script calls ``wait()``. The child runs any argv, typically ``xrayseg`` (:func:`xrayseg_argv`:
-``[python, "-m", "XraySegInferLib.entry", ...]``), so an export, a segmentation or a training run that crashes,
+``[python, "-m", "XraySegInferLib.child", ...]``), so an export, a segmentation or a training run that crashes,
 runs out of GPU memory or is killed by the system's out-of-memory killer ends in one clear message instead of
 aborting Slicer.
 
+* **Dies with its parent.** :func:`xrayseg_argv` runs ``python -m XraySegInferLib.child``, which watches the
+  pid that started it (``XRAYSEG_PARENT_PID``) and kills its own group once that process is gone, so a
+  crashed or closed Slicer leaves no export computing on (its staged folder then stays behind, hidden).
 * **Own process group.** The child starts a new session (POSIX) or process group (Windows); ``cancel()`` stops
   the whole group, pool workers included (SIGKILL at once for a staged run, whose output is discarded anyway;
   SIGTERM, then SIGKILL after ``kill_grace_s``, for a run in place).
@@ -143,9 +146,9 @@ def default_python() -> str:
 
 
 def xrayseg_argv(*arguments: str | os.PathLike, python: str | None = None) -> list[str]:
-    """``[python, "-m", "XraySegInferLib.entry", *arguments]``: the ``xrayseg`` command in a child process
-    (``python`` defaults to :func:`default_python`)."""
-    return [python or default_python(), "-m", "XraySegInferLib.entry", *(os.fspath(a) for a in arguments)]
+    """``[python, "-m", "XraySegInferLib.child", *arguments]``: the ``xrayseg`` command in a child process that
+    dies with the process that started it (``XraySegInferLib.child``; ``python``: :func:`default_python`)."""
+    return [python or default_python(), "-m", "XraySegInferLib.child", *(os.fspath(a) for a in arguments)]
 
 
 def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -156,6 +159,14 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def _describe_argv(argv: Sequence[str]) -> str:
+    """"xrayseg SUBCOMMAND" for our own commands, else the program's name (for messages)."""
+    if argv[1:2] == ["-m"] and argv[2:3] in (["XraySegInferLib.entry"], ["XraySegInferLib.child"]):
+        subcommand = next((a for a in argv[3:] if not a.startswith("-")), "")
+        return f"xrayseg {subcommand}".strip()
+    return Path(argv[0]).name if argv else "the run"
 
 
 class _StreamReader(threading.Thread):
@@ -177,6 +188,7 @@ class _StreamReader(threading.Thread):
                 break
             pending += decoder.decode(chunk)
             *complete, pending = re.split(r"[\r\n]", pending)
+            pending = pending[-65536:]  # a child that never ends its line must not fill our memory
             progress = parse_progress("\n".join(complete + [pending]))  # a bar ends with the next "\r"
             with self.lock:
                 if progress is not None:
@@ -202,8 +214,7 @@ class BackgroundProcess:
         self.argv = [os.fspath(a) for a in argv]
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.staging = staging and self.output_dir is not None
-        is_xrayseg = self.argv[1:3] == ["-m", "XraySegInferLib.entry"] and len(self.argv) > 3
-        self.name = name or (f"xrayseg {self.argv[3]}" if is_xrayseg else Path(self.argv[0]).name)
+        self.name = name or _describe_argv(self.argv)
         self.env = child_environment(env)
         self.cwd = cwd
         self.kill_grace_s = kill_grace_s
@@ -236,9 +247,10 @@ class BackgroundProcess:
             kwargs["start_new_session"] = True  # its own session and process group: cancel() stops them all
         else:  # pragma: no cover - Windows
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        env = {**self.env, "XRAYSEG_PARENT_PID": str(os.getpid())}  # XraySegInferLib.child dies with us
         try:
             self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, **kwargs)
+                                             stderr=subprocess.PIPE, env=env, cwd=self.cwd, **kwargs)
         except OSError:
             self._remove_staging()
             raise
