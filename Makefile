@@ -11,7 +11,7 @@ APT_BENCH := plastimatch
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: setup demo test test-fast bench bench-quick train-sample screenshots clean
+.PHONY: setup demo test test-fast bench bench-quick train-sample train-wrist screenshots clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,29 @@ train-sample: setup
 	$(VENV)/bin/xrayseg evaluate $(SAMPLE)/heldout/Dataset602_ChestSampleHeldout --model $(SAMPLE)/run/model \
 		--split train --update-card --threads 2 --out $(SAMPLE)/eval
 	$(PY) tools/train-sample/bundle.py --run $(SAMPLE) --out Resources/Models/chest
+
+# The bundled wrist model (issue 13): 24 virtual wrists (xrayseg phantom wrist, seeds 0-23) and 6 unseen ones
+# (seeds 1000-1005); 10 views of each training wrist at any rotation about the forearm (lao -60..150 deg around
+# wrist-pa covers PA, both obliques and the lateral), the carpals kept in the field of view (isocentre 15-35 mm
+# distal of the labels' centroid, 0.6-0.7 mm pixels); one test export per view preset; training with
+# tools/train-wrist/config.json; Dice per bone and per view into the card; Resources/Models/wrist/.
+WRIST := out/train-wrist
+WRIST_EXPORT := --names $(abspath $(WRIST))/phantoms/train/wrist_0000/names.csv --classes tools/train-wrist/classes.json \
+	--physics wrist-pa --range pixel_scale=0.6,0.7 --range shift_s_mm=-35,-15 --size 256 --threads 2 --quiet
+WRIST_VIEWS := wrist-pa wrist-oblique-pronated wrist-lateral wrist-oblique-supinated
+
+train-wrist: setup
+	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/phantoms --train 0-23 --test 1000-1005
+	rm -rf $(WRIST)/train $(WRIST)/test $(WRIST)/run $(WRIST)/eval
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
+		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 611 \
+		--dataset-name WristPhantoms --out $(WRIST)/train
+	for view in $(WRIST_VIEWS); do $(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/test $(WRIST_EXPORT) \
+		--view $$view --views-per-ct 6 --seed 1 --test-fraction 0 --dataset-id 612 --dataset-name WristTest \
+		--out $(WRIST)/test/$$view || exit 1; done
+	$(VENV)/bin/xrayseg train $(WRIST)/train/Dataset611_WristPhantoms --config tools/train-wrist/config.json \
+		--threads 2 --out $(WRIST)/run
+	$(PY) tools/train-wrist/bundle.py --run $(WRIST) --out Resources/Models/wrist
 
 # The README pictures (Resources/Screenshots/). Tests and benchmarks write theirs to Testing/Artifacts/ only, so
 # `make test` and `make bench` never change tracked files; this target makes them and copies them into place.

@@ -150,3 +150,30 @@ def test_render_and_export_accept_a_mesh_folder_as_labels(tmp_path):
     assert [c["name"] for c in json.loads((root / "classes.json").read_text())["classes"]] == ["scaphoid", "lunate"]
     masks, _ = nrrd.read(str(next((root / "masksTr").glob("*.nrrd"))), index_order="C")
     assert masks.shape == (2, 32, 32) and np.all((masks > 0).reshape(2, -1).sum(1) > 20)  # both bones seen
+
+
+def test_model_nodes_and_closed_surface_segments_with_parent_transforms():
+    """Real slicer-core scene: a model under a translation and a segment from a closed surface."""
+    import slicer
+    import vtk
+
+    from XraySegSimLib.mesh_labels_mrml import labels_from_nodes
+
+    scene = slicer.vtkMRMLScene()
+    ct = grid_volume(np.zeros((60, 60, 60), np.int16), 1.0)
+    model = scene.AddNewNodeByClass("vtkMRMLModelNode", "hamate")
+    model.SetAndObservePolyData(_sphere(8.0, (0.0, 0.0, 0.0), 120))
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    matrix = vtk.vtkMatrix4x4()
+    matrix.SetElement(0, 3, 12.0)  # 12 mm towards R
+    shift.SetMatrixTransformToParent(matrix)
+    model.SetAndObserveTransformNodeID(shift.GetID())
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.GetSegmentation().SetSourceRepresentationName("Closed surface")
+    segmentation.AddSegmentFromClosedSurfaceRepresentation(_sphere(6.0, (-12.0, 0.0, 0.0), 120), "pisiform")
+    result = labels_from_nodes(scene, [model.GetID(), segmentation.GetID()], ct)
+    assert result.names == {1: "hamate", 2: "pisiform"}
+    for value, radius, centre in ((1, 8.0, 12.0), (2, 6.0, -12.0)):
+        mask = result.labels.array == value
+        assert abs(mask.sum() / (4 / 3 * math.pi * radius ** 3) - 1) < 0.02
+        assert abs(ct.centroid_ras(mask)[0] - centre) < 0.05

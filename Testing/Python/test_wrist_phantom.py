@@ -117,3 +117,15 @@ def test_export_takes_the_phantom_directly(phantom_dir, tmp_path):
     assert classes[:10] == PAPER_BONES and len(classes) == 29
     sidecar = json.loads(next((root / "sidecars").glob("*.json")).read_text())
     assert sidecar["physics"]["preset"] == "wrist-pa"
+
+
+@pytest.mark.slow
+def test_sample_phantom_is_built_once_then_reused(tmp_path):
+    from XraySegSimLib.phantom.sample import SAMPLE_SEED, fetch_wrist_phantom
+
+    paths = fetch_wrist_phantom(tmp_path)
+    import json
+
+    assert json.loads(paths["json"].read_text())["params"]["seed"] == SAMPLE_SEED
+    stamp = paths["ct"].stat().st_mtime_ns
+    assert fetch_wrist_phantom(tmp_path) == paths and paths["ct"].stat().st_mtime_ns == stamp
