@@ -248,6 +248,7 @@ class XraySegInferLogic(ScriptedLoadableModuleLogic):
         logic.segment(volumeNode, modelId, "CPU", progress=lambda f, msg: print(f, msg), cancel=lambda: False)
         logic.importModel("/path/model.zip")                    # or a package folder, or an nnU-Net results folder
         logic.runBatch("/in", "/out", resume=True)              # .seg.nrrd per image + summary.csv
+        logic.saveDicomSeg(result, volumeNode, "/out/seg.dcm")  # DICOM SEG of a DICOM radiograph's result
     """
 
     def __init__(self, scene=None, cacheDir=None, interactive: bool = False) -> None:
@@ -333,6 +334,17 @@ class XraySegInferLogic(ScriptedLoadableModuleLogic):
         from XraySegInferLib.runner import run_batch
         predictor, note, entry = self.predictor(modelId, device)
         return run_batch(predictor, inputFolder, outputFolder, resume=resume, progress=progress, cancel=cancel)
+
+    def saveDicomSeg(self, result, volumeNode, outputPath):
+        """Write ``result`` (from :meth:`segment` on ``volumeNode``) as a DICOM Segmentation object in the
+        radiograph's study, referencing its DICOM file (``XraySegInferLib.dicom_seg``); returns the path. The
+        SNOMED codes come from the card of the model in memory (the last one used). Raises ``InputError`` when
+        ``volumeNode`` was not loaded from DICOM, ``XraySegError`` when highdicom is not installed."""
+        from XraySegInferLib.dicom_seg import write_dicom_seg_for_node
+        predictors = list(self._predictors.values())
+        card = getattr(predictors[0], "card", None) if predictors else None
+        return write_dicom_seg_for_node(result.prediction, volumeNode, outputPath, card,
+                                        getattr(slicer, "dicomDatabase", None))
 
     def loadBatchSummary(self, report):
         from XraySegInferLib.mrml_adapter import table_from_csv
