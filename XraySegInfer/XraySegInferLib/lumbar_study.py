@@ -160,3 +160,53 @@ def markdown_table(summary: dict[str, Any]) -> str:
                  *(f"{s['dice'].get(lv, math.nan):.3f}" for lv in LEVELS if lv in summary["instance"]["dice"])]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def semantic_dataset(source: str | Path, out_dir: str | Path, name: str = "vertebra") -> Path:
+    """A copy of a per-level dataset with one class, ``name`` = the union of its classes: the same images
+    (hard links), masks and labels merged, unknown pixels kept unknown, the same manifest and sidecars. Both model
+    families then train on exactly the same images."""
+    import json
+    import os
+    import shutil
+
+    import nrrd
+
+    from .dataset import SPLIT_FOLDERS, find_dataset_folder, read_dataset
+    from .ignore import IGNORE_VALUE
+
+    src = find_dataset_folder(source)
+    dataset = read_dataset(src)
+    dst = Path(out_dir) / f"{src.name}_{name}"
+    if dst.exists():
+        shutil.rmtree(dst)
+    for images, labels, masks in SPLIT_FOLDERS.values():
+        for sub in (images, labels, masks):
+            (dst / sub).mkdir(parents=True, exist_ok=True)
+    for extra in ("sidecars", "manifest.csv", "export.json"):
+        if (src / extra).is_dir():
+            shutil.copytree(src / extra, dst / extra)
+        elif (src / extra).is_file():
+            shutil.copy2(src / extra, dst / extra)
+    ending = dataset.dataset_json.get("file_ending", ".nrrd")
+    for case in dataset.cases:
+        images, labels, masks = SPLIT_FOLDERS[case.split]
+        os.link(case.image, dst / images / case.image.name)
+        _, stack, _ = dataset.load(case)
+        unknown = (stack == IGNORE_VALUE).any(axis=0)
+        union = ((stack == 1).any(axis=0) & ~unknown).astype(np.uint8)
+        _, header = nrrd.read(str(case.image), index_order="C")
+        plane = {k: v for k, v in header.items() if k in ("space dimension", "space directions", "space origin")}
+        plane.update(encoding="gzip", kinds=["domain", "domain"])
+        nrrd.write(str(dst / masks / f"{case.case_id}{ending}"), np.where(unknown, IGNORE_VALUE, union).astype(np.uint8),
+                   plane, index_order="C")
+        nrrd.write(str(dst / labels / f"{case.case_id}{ending}"), np.where(unknown, 2, union).astype(np.uint8),
+                   plane, index_order="C")
+    meta = {k: v for k, v in dataset.dataset_json.items() if k not in ("labels", "regions_class_order")}
+    meta["labels"] = {"background": 0, name: 1, "ignore": 2}
+    meta["name"] = f"{dataset.dataset_json.get('name', src.name)} ({name}: union of {len(dataset.classes)} classes)"
+    (dst / "dataset.json").write_text(json.dumps(meta, indent=2))
+    (dst / "classes.json").write_text(json.dumps({"classes": [{"index": 1, "name": name,
+                                                                "color_rgb": [0.9, 0.85, 0.3],
+                                                                "members": dataset.class_names}]}, indent=2))
+    return dst

