@@ -41,6 +41,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     lobo.add_argument("datasets", type=Path, nargs="+",
                       help="dataset folder with views of two or more CTs, or several exports (one per CT)")
     lobo.add_argument("--out", type=Path, required=True, help="output folder")
+    lobo.add_argument("--test", type=Path, nargs="+", dest="test_datasets",
+                      help="take each held-out body's test views from these datasets (e.g. plain exports without "
+                           "virtual patients or image-domain randomisation); default: its views in DATASETS")
     lobo.add_argument("--recipe", help="training recipe (as xrayseg train --recipe)")
     lobo.add_argument("--config", type=Path, help="JSON with TrainConfig fields (over the recipe)")
     lobo.add_argument("--steps", type=int, help="training steps per fold")
@@ -108,7 +111,8 @@ def run_lobo(args) -> int:
         config = TrainConfig.from_dict(data)
     except (TypeError, ValueError) as error:
         raise InputError(f"training options: {error}; see xrayseg train --help") from error
-    report = leave_one_body_out(list(args.datasets), args.out, config, args.bodies, progress=not args.quiet)
+    report = leave_one_body_out(list(args.datasets), args.out, config, args.bodies, progress=not args.quiet,
+                                test_dataset_dir=list(args.test_datasets) if args.test_datasets else None)
     print(report.markdown())
     print(f"wrote {args.out}/lobo.json, lobo.md")
     return 0

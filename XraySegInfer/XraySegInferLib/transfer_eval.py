@@ -189,9 +189,12 @@ def _link(source: Path, target: Path) -> None:
 
 
 def leave_one_body_out(dataset_dir: str | Path | list, out_dir: str | Path, config=None, bodies: list[str] | None = None,
-                       hd95: bool = False, progress: bool = False, log=print) -> LoboReport:
+                       hd95: bool = False, progress: bool = False, log=print,
+                       test_dataset_dir: str | Path | list | None = None) -> LoboReport:
     """Train without each body in turn and test on its views (see module docstring). ``bodies``: the CT ids to
-    hold out (default: every CT of the dataset, train and test splits together). Writes, under ``out_dir``,
+    hold out (default: every CT of the dataset, train and test splits together). ``test_dataset_dir``: take the
+    test views of B from this dataset instead (e.g. plain exports, without the training set's virtual patients
+    and image-domain randomisation); its CTs must include every held-out body. Writes, under ``out_dir``,
     ``<body>/train`` (the fold's run and model), ``<body>/eval`` (metrics.csv, metrics.md) and lobo.json/lobo.md.
     """
     from .dataset import read_dataset
@@ -203,6 +206,15 @@ def leave_one_body_out(dataset_dir: str | Path | list, out_dir: str | Path, conf
     if isinstance(dataset_dir, (list, tuple)):  # one export per body: merged by links
         dataset_dir = dataset_dir[0] if len(dataset_dir) == 1 else merge_datasets(dataset_dir, Path(out_dir) / "data")
     dataset = read_dataset(dataset_dir)
+    tests = dataset
+    if test_dataset_dir is not None:
+        if isinstance(test_dataset_dir, (list, tuple)):
+            test_dataset_dir = (test_dataset_dir[0] if len(test_dataset_dir) == 1
+                                else merge_datasets(test_dataset_dir, Path(out_dir) / "data-test"))
+        tests = read_dataset(test_dataset_dir)
+        if tests.class_names != dataset.class_names:
+            raise DatasetError(f"the test dataset's classes {tests.class_names} differ from the training "
+                               f"dataset's {dataset.class_names}; export both with the same --classes")
     all_bodies = sorted({c.ct_id for c in dataset.cases})
     if len(all_bodies) < 2:
         raise DatasetError(f"{dataset.root}: leave-one-body-out needs views of at least two CTs; it has "
@@ -211,14 +223,17 @@ def leave_one_body_out(dataset_dir: str | Path | list, out_dir: str | Path, conf
     unknown = [b for b in chosen if b not in all_bodies]
     if unknown:
         raise DatasetError(f"unknown bodies {unknown}; the dataset's CTs are {all_bodies}")
+    untested = [b for b in chosen if not any(c.ct_id == b for c in tests.cases)]
+    if untested:
+        raise DatasetError(f"the test dataset {tests.root} has no views of {untested}; export them too")
     out = Path(out_dir)
     report = LoboReport(dataset.class_names)
     for body in chosen:
         fold = out / body
         train_cases = [c for c in dataset.cases if c.ct_id != body]
-        test_cases = [c for c in dataset.cases if c.ct_id == body]
+        test_cases = [c for c in tests.cases if c.ct_id == body]
         train_root = subset_dataset(dataset, train_cases, fold / "data-train")
-        test_root = subset_dataset(dataset, test_cases, fold / "data-test")
+        test_root = subset_dataset(tests, test_cases, fold / "data-test")
         log(f"fold {body}: training on {len(train_cases)} views of {sorted({c.ct_id for c in train_cases})}, "
             f"testing on {len(test_cases)} views of {body}")
         result = train(train_root, fold / "train", config, progress=progress, log=log)
@@ -226,6 +241,8 @@ def leave_one_body_out(dataset_dir: str | Path | list, out_dir: str | Path, conf
         evaluation = evaluate_dataset(predictor, test_root, fold / "eval", "train", hd95=hd95, progress=progress)
         per_class = {r["class"]: float(r["dice"]) for r in evaluation.per_class()}
         finite = [v for v in per_class.values() if math.isfinite(v)]
+        if any(c.ct_id == body for c in train_cases):  # pragma: no cover - guards the split above
+            raise AssertionError(f"fold {body} trained on its own views")
         report.folds.append(FoldResult(body, sorted({c.ct_id for c in train_cases}), len(train_cases),
                                        len(test_cases), per_class, float(np.mean(finite)) if finite else math.nan,
                                        result.seconds, str(result.package)))
