@@ -44,7 +44,7 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-randomize", action="store_true", help="nominal geometry for every sample (no draws)")
     p.add_argument("--range", action="append", default=[], metavar="NAME=LOW,HIGH",
                    help="override a randomisation range, e.g. lao_deg=-20,20 (names: see README-export.md)")
-    vp = p.add_argument_group("virtual patients (random bodies made from each CT; README-export.md)")
+    vp = p.add_argument_group("virtual patients (random bodies made from each CT; README: Sim-to-real)")
     vp.add_argument("--virtual-patients", type=int, default=0, metavar="N",
                     help="N random bodies per CT (sample v is body v %% N); 0 = the CT as it is (default)")
     vp.add_argument("--deform-mm", type=float, default=8.0,
@@ -60,7 +60,7 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--domain-randomisation", "--domain-randomization", default="none",
                    choices=("none", "light", "strong"),
                    help="image-domain randomisation: vendor processing, collimation, text, devices, noise, blur, "
-                        "dropout, inversion (default none; README-export.md)")
+                        "dropout, inversion (default none; README: Sim-to-real)")
     p.add_argument("--keep-truncated", action="store_true",
                    help="do not mark pixels whose ray crosses body beyond a cut face of the CT as 'ignore'")
     p.add_argument("--isocenter", choices=("labels", "center"), default="labels",
