@@ -341,6 +341,8 @@ def _(tmp, f, dataset):
 
     out = tmp / "out"
     assert main(["render", "--ct", str(f["ct"]), "--labels", str(f["labels"]), "--size", "32", "--out", str(out)]) == 0
+    # The same render once without a limit, so that numba's kernel cache is written before the limit applies.
+    assert main(["render", "--ct", str(f["ct"]), "--size", "128", "--out", str(tmp / "warm")]) == 0
     # A file-size limit makes the OS refuse the writes part-way, as a full disk does.
     return Case(["render", "--ct", str(f["ct"]), "--size", "128", "--out", str(out)], 2,
                 r"render not written: File too large.*is unchanged", watch=out,
@@ -355,6 +357,20 @@ def _(tmp, f, dataset):
     (out / "thesis.docx").write_text("months of work")
     return Case(["render", "--ct", str(f["ct"]), "--size", "32", "--out", str(out)], 2,
                 r"holds files that are not an earlier render's \(e.g. thesis.docx\)", watch=out)
+
+
+@row("5-rerender-into-a-writable-out-whose-parent-is-not")
+def _(tmp, f, dataset):
+    from XraySegInferLib.entry import main
+
+    if os.geteuid() == 0:
+        pytest.skip("root may write anywhere: the fallback is not reached")
+    parent, out = tmp / "shared", tmp / "shared" / "mine"
+    out.mkdir(parents=True)
+    assert main(["render", "--ct", str(f["ct"]), "--labels", str(f["labels"]), "--size", "32", "--out", str(out)]) == 0
+    parent.chmod(0o555)  # the render is staged inside --out and swapped in file by file
+    return Case(["render", "--ct", str(f["ct"]), "--size", "32", "--out", str(out)], 0, "",
+                lambda: _assert(sorted(p.name for p in out.iterdir()) == ["drr.json", "drr.nrrd", "drr.png"]))
 
 
 @row("6-infer-batch-same-base-names-and-a-bad-file")

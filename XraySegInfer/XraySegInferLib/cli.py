@@ -138,8 +138,13 @@ def run_train(args) -> int:
         config = TrainConfig.from_dict(data)
     except (TypeError, ValueError) as error:
         raise InputError(f"training options: {error}") from error
-    result = train(args.dataset, args.out, config, resume=args.resume, progress=not args.quiet,
-                   trust_pickle=args.trust_pickle)
+    try:
+        result = train(args.dataset, args.out, config, resume=args.resume, progress=not args.quiet,
+                       trust_pickle=args.trust_pickle)
+    except KeyboardInterrupt:
+        print(f"\nxrayseg train: interrupted; the checkpoints in {args.out} are complete (each is written "
+              "atomically): rerun the same command with --resume to continue", file=sys.stderr)
+        return 130
     print(f"model package: {result.package}")
     return 0
 

@@ -51,7 +51,8 @@ def check_output_folder(target: str | Path, known_files: Collection[str], kind: 
     if target.exists() and not target.is_dir():
         raise InputError(f"--out {target} is a file; give a folder (it is created if needed)")
     if target.is_dir():
-        foreign = sorted(p.name for p in target.iterdir() if p.name not in known_files)
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in known_files
+                         and not (p.name.startswith(STAGING_PREFIX) and p.is_dir()))
         if foreign:
             raise InputError(f"--out {target} holds files that are not an earlier {kind}'s (e.g. {foreign[0]}); "
                              "give an empty or new folder: a new result replaces the whole folder")
@@ -66,6 +67,27 @@ def _os_error_reason(error: OSError) -> str:
     return reasons.get(error.errno, error.strerror or str(error)) + where
 
 
+STAGING_PREFIX = ".xrayseg-staging-"  # inside --out, only when its parent folder is not writable
+
+
+def _stage_inside(target: Path) -> Path:
+    """Staging folder inside ``target`` (for an ``--out`` whose parent we may not write); leftovers of an
+    earlier interrupted run there are removed first."""
+    for stale in target.glob(STAGING_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=target))
+
+
+def _swap_inside(staging: Path, target: Path, known_files: Collection[str]) -> None:
+    """Replace ``target``'s files by ``staging``'s (the fallback: a file-by-file swap, each file atomic)."""
+    for old in target.iterdir():
+        if old.name in known_files and old.is_file():
+            old.unlink()
+    for new in staging.iterdir():
+        os.replace(new, target / new.name)
+    staging.rmdir()
+
+
 @contextlib.contextmanager
 def replace_folder(target: str | Path, known_files: Collection[str], kind: str) -> Iterator[Path]:
     """Yield a fresh temporary folder next to ``target``; when the block succeeds it takes ``target``'s place
@@ -73,9 +95,13 @@ def replace_folder(target: str | Path, known_files: Collection[str], kind: str) 
     ``target`` is as it was: never a mixture of old and new files. ``known_files``: the names a ``kind`` writes
     (see :func:`check_output_folder`). An OSError (disk full, read-only...) becomes one-line InputError."""
     target = check_output_folder(target, known_files, kind)
+    inside = False
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".new", dir=target.parent))
+        if target.is_dir() and not os.access(target.parent, os.W_OK | os.X_OK) and os.access(target, os.W_OK):
+            staging, inside = _stage_inside(target), True  # e.g. --out /data/mine where /data is not ours
+        else:
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".new", dir=target.parent))
     except OSError as error:
         raise InputError(f"cannot create the {kind} folder {target}: {_os_error_reason(error)}; choose a writable "
                          "--out") from None
@@ -84,7 +110,9 @@ def replace_folder(target: str | Path, known_files: Collection[str], kind: str) 
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700
-        if target.exists():
+        if inside:
+            _swap_inside(staging, target, known_files)
+        elif target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old / "previous")
             os.replace(staging, target)
