@@ -77,10 +77,12 @@ def test_a_render_runs_to_completion_and_matches_the_in_process_run(phantom, tmp
     arguments = ["render", "--ct", str(ct), "--labels", str(labels), "--size", "48", "--view", "chest-lateral"]
     final = tmp_path / "render"
     run = BackgroundProcess(xrayseg_argv(*arguments, "--out", "{out}"), final).start()
-    assert run.staging_dir is not None and run.staging_dir.parent == tmp_path and not final.exists()
+    staged = run.staging_dir
+    assert staged is not None and staged.parent == tmp_path and not final.exists()
     status = run.wait(timeout=300)
     assert status.state is RunState.SUCCEEDED, status.message
     assert status.returncode == 0 and status.output_dir == final
+    assert status.stdout_tail[-1].startswith("rendered 48x") and status.stdout_tail[-1].endswith(str(staged))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["render"]  # staged folder renamed, nothing else left
     assert main([*arguments, "--out", str(tmp_path / "direct")]) == 0
     assert sorted(p.name for p in final.iterdir()) == sorted(p.name for p in (tmp_path / "direct").iterdir())

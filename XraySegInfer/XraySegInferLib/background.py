@@ -87,6 +87,7 @@ class RunStatus:
     returncode: int | None = None
     output_dir: Path | None = None  # the finished output (SUCCEEDED), else None
     stderr_tail: tuple[str, ...] = field(default_factory=tuple)
+    stdout_tail: tuple[str, ...] = field(default_factory=tuple)  # e.g. the command's closing summary line
 
 
 def parse_progress(text: str) -> Progress | None:
@@ -357,7 +358,8 @@ class BackgroundProcess:
             where = f"{progress.label or 'item'} {progress.done}/{progress.total}" if progress.total else ""
             message = describe_failure(returncode, last_line, self.name,
                                        any(OUT_OF_MEMORY.search(line) for line in stderr[-20:]), where)
-        self._final = RunStatus(state, progress, message, returncode, output, stderr)
+        stdout = self._readers[0].snapshot()[1]
+        self._final = RunStatus(state, progress, message, returncode, output, stderr, stdout)
         return self._final
 
     def _remove_staging(self) -> None:
