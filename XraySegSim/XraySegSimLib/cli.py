@@ -100,8 +100,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--size", type=int, default=512, help="detector pixels (default: 512)")
     demo.set_defaults(handler=lambda args: _done(run_demo(args)))
 
-    fetch = sub.add_parser("fetch-sample", help="download the sample chest CT and labels into the cache; print the paths")
-    fetch.set_defaults(handler=run_fetch_sample)
+    from .samples_cli import add_subcommands as add_sample_subcommands  # fetch-sample, label-transfer
+
+    add_sample_subcommands(sub)
     views_parser = sub.add_parser("views", help="list the view presets with their distances and detector sizes")
     views_parser.set_defaults(handler=run_views)
     from .export_cli import add_export_parser, run_export_command  # xrayseg export (batch training sets)
@@ -341,14 +342,6 @@ def run_demo(args: argparse.Namespace) -> dict[str, Path]:
     for kind, path in paths.items():
         print(f"  {kind:13s} {path}")
     return paths
-
-
-def run_fetch_sample(args: argparse.Namespace) -> int:
-    from .sample_data import fetch_sample_chest_ct
-
-    sample = fetch_sample_chest_ct()
-    print(f"ct:     {sample.ct_path}\nlabels: {sample.labels_path}\nnames:  {sample.structures_path}")
-    return 0
 
 
 def run_views(args: argparse.Namespace) -> int:
