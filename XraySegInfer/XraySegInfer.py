@@ -1,5 +1,5 @@
 import pathlib
-from typing import Annotated
+from typing import Annotated, Optional
 
 import vtk
 
@@ -22,26 +22,36 @@ class XraySegInfer(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("XraySeg Infer")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = []
-        self.parent.contributors = ["XraySeg developers"]
+        self.parent.dependencies = ["XraySegSim"]  # XraySegInferLib imports XraySegSimLib (errors, scene helpers)
+        self.parent.contributors = ["Founding engineers of XraySeg (XraySeg project)"]
         self.parent.helpText = _(
             "Bone segmentation of radiographs (X-ray images): choose a radiograph (DICOM CR/DX, PNG/JPEG, NRRD or "
             "an XraySeg Sim DRR), a model and a device, and click Segment. The result is a segmentation on the "
             "radiograph's own grid with SNOMED CT terminology, and a table of bone areas (mm2) with the model's "
             "confidence. Batch: a folder of radiographs to .seg.nrrd files and a summary table. "
-            "See <a href='https://github.com/xrayseg/SlicerXraySeg'>the project page</a>.")
-        self.parent.acknowledgementText = _("Developed by the XraySeg developers. Networks from MONAI.")
+            "Requires Slicer 5.10 or newer. See <a href='https://github.com/xrayseg/SlicerXraySeg'>the project page</a>.")
+        self.parent.acknowledgementText = _("Developed by the founding engineers of the XraySeg project. Networks "
+                                            "from MONAI.")
+
+
+def chosenFolder(path):
+    """The folder a path field holds, or None: an empty ctkPathLineEdit reads back as Path("."), which is truthy
+    but means that no folder was chosen (it must never select Slicer's working directory)."""
+    text = str(path or "").strip()
+    return None if text in ("", ".") else pathlib.Path(text)
 
 
 @parameterNodeWrapper
 class XraySegInferParameterNode:
     """Input radiograph, model (an id of ``XraySegInferLib.models.available_models``), device; the last outputs;
     the batch folders."""
-    inputVolume: vtkMRMLScalarVolumeNode
+    inputVolume: Optional[vtkMRMLScalarVolumeNode]
     modelId: str = ""
     device: Annotated[str, Choice(DEVICES)] = "Auto"
-    outputSegmentation: vtkMRMLSegmentationNode
-    outputTable: vtkMRMLTableNode
+    outputSegmentation: Optional[vtkMRMLSegmentationNode]
+    outputTable: Optional[vtkMRMLTableNode]
+    # Plain pathlib.Path (what the ctkPathLineEdit connector takes); an empty line edit reads as Path("."),
+    # which means "no folder" (see chosenFolder).
     batchInputFolder: pathlib.Path
     batchOutputFolder: pathlib.Path
     batchResume: bool = True
@@ -63,9 +73,15 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        from XraySegSimLib.slicer_version import check_running_slicer
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/XraySegInfer.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
+        problem = check_running_slicer(slicer)
+        if problem:  # e.g. no vtkSegment.SetTerminology before 5.10: say so instead of failing on first use
+            uiWidget.enabled = False
+            slicer.util.errorDisplay(problem)
+            return
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = XraySegInferLogic(interactive=True)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -75,7 +91,7 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.batchRunButton.connect("clicked(bool)", self.onBatch)
         self.ui.batchCancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.openBatchOutputButton.connect("clicked(bool)", lambda: self._openFolder(
-            self._parameterNode.batchOutputFolder if self._parameterNode else None))
+            chosenFolder(self._parameterNode.batchOutputFolder) if self._parameterNode else None))
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChosen)
         self.ui.importModelFileButton.connect("clicked(bool)", self.onImportModelFile)
         self.ui.importModelFolderButton.connect("clicked(bool)", self.onImportModelFolder)
@@ -88,7 +104,8 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         self.setParameterNode(None)
@@ -104,6 +121,8 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not self._parameterNode.modelId:  # a new scene (after close): the model shown is still the choice
+            self.onModelChosen(self.ui.modelComboBox.currentIndex)
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -119,8 +138,8 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         hasModel = bool(p and p.modelId)
         self.ui.runButton.enabled = bool(p and p.inputVolume and hasModel) and not self._running
-        self.ui.batchRunButton.enabled = bool(p and p.batchInputFolder and p.batchOutputFolder and hasModel) \
-            and not self._running
+        self.ui.batchRunButton.enabled = bool(p and chosenFolder(p.batchInputFolder) and
+                                              chosenFolder(p.batchOutputFolder) and hasModel) and not self._running
         self.ui.cancelButton.enabled = self.ui.batchCancelButton.enabled = self._running
 
     # ---- models ----
@@ -149,10 +168,20 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelInfoLabel.text = _("{n} classes: {names}\n{path}").format(
                 n=len(entry.class_names), names=", ".join(entry.class_names), path=entry.path)
 
+    @staticmethod
+    def _try(message, action, waitCursor=False):
+        """Run ``action()`` for a button; on an error show ``message`` with it and return None. (Slicer's
+        ``tryWithErrorDisplay`` re-raises after showing, which a slot must not do.)"""
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
+                return action()
+        except Exception:  # noqa: BLE001 - shown to the user above
+            return None
+
     def _import(self, path) -> None:
         if path:
-            with slicer.util.tryWithErrorDisplay(_("Failed to import the model."), waitCursor=True):
-                entry = self.logic.importModel(path)
+            entry = self._try(_("Failed to import the model."), lambda: self.logic.importModel(path), waitCursor=True)
+            if entry is not None:
                 self.refreshModels(select=entry.id)
                 slicer.util.showStatusMessage(_("Imported {label}").format(label=entry.label), 5000)
 
@@ -202,40 +231,51 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from XraySegInferLib.runner import Cancelled
         p = self._parameterNode
         self._setRunning(True)
+
+        def segment():
+            try:
+                return self.logic.segment(p.inputVolume, p.modelId, p.device,
+                                          progress=self._progress(self.ui.progressBar, self.ui.statusLabel),
+                                          cancel=self._isCancelled)
+            except Cancelled:
+                return Cancelled
         try:
-            with slicer.util.tryWithErrorDisplay(_("Segmentation failed; nothing was added to the scene.")):
-                try:
-                    result = self.logic.segment(p.inputVolume, p.modelId, p.device,
-                                                progress=self._progress(self.ui.progressBar, self.ui.statusLabel),
-                                                cancel=self._isCancelled)
-                except Cancelled:
-                    self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
-                    return
-                p.outputSegmentation, p.outputTable = result.segmentation, result.table
-                self.logic.showResult(p.inputVolume, result.table)
-                self.ui.statusLabel.text = _("{n} bones segmented in {s:.1f} s. {notes}").format(
-                    n=sum(c.pixels > 0 for c in result.classes), s=result.seconds, notes=" ".join(result.notes))
+            result = self._try(_("Segmentation failed; nothing was added to the scene."), segment)
         finally:
             self._setRunning(False)
+        if result is Cancelled:
+            self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
+        elif result is None:
+            self.ui.statusLabel.text = _("Segmentation failed; nothing was added to the scene.")
+        else:
+            p.outputSegmentation, p.outputTable = result.segmentation, result.table
+            self._try(_("Failed to show the result."), lambda: self.logic.showResult(p.inputVolume, result.table))
+            self.ui.statusLabel.text = _("{n} bones segmented in {s:.1f} s. {notes}").format(
+                n=sum(c.pixels > 0 for c in result.classes), s=result.seconds, notes=" ".join(result.notes))
 
     def onBatch(self) -> None:
         p = self._parameterNode
+        inputFolder, outputFolder = chosenFolder(p.batchInputFolder), chosenFolder(p.batchOutputFolder)
+        if inputFolder is None or outputFolder is None:
+            slicer.util.errorDisplay(_("Choose the input and the output folder of the batch first."))
+            return
         self._setRunning(True)
         try:
-            with slicer.util.tryWithErrorDisplay(_("Batch segmentation failed.")):
-                report = self.logic.runBatch(p.batchInputFolder, p.batchOutputFolder, p.modelId, p.device,
-                                             resume=p.batchResume,
-                                             progress=self._progress(self.ui.batchProgressBar,
-                                                                     self.ui.batchStatusLabel),
-                                             cancel=self._isCancelled)
-                text = _("{done} done, {skipped} already done, {failed} failed").format(
-                    done=len(report.done), skipped=len(report.skipped), failed=len(report.failed))
-                if report.cancelled:
-                    text += _(" - cancelled: run again with Resume to continue")
-                self.ui.batchStatusLabel.text = text
-                self.logic.loadBatchSummary(report)
+            report = self._try(_("Batch segmentation failed."), lambda: self.logic.runBatch(
+                inputFolder, outputFolder, p.modelId, p.device, resume=p.batchResume,
+                progress=self._progress(self.ui.batchProgressBar, self.ui.batchStatusLabel),
+                cancel=self._isCancelled))
         finally:
             self._setRunning(False)
+        if report is None:
+            self.ui.batchStatusLabel.text = _("Batch segmentation failed.")
+            return
+        text = _("{done} done, {skipped} already done, {failed} failed").format(
+            done=len(report.done), skipped=len(report.skipped), failed=len(report.failed))
+        if report.cancelled:
+            text += _(" - cancelled: run again with Resume to continue")
+        self.ui.batchStatusLabel.text = text
+        self._try(_("Failed to load the batch summary."), lambda: self.logic.loadBatchSummary(report))
 
 
 class XraySegInferLogic(ScriptedLoadableModuleLogic):
@@ -357,7 +397,11 @@ class XraySegInferLogic(ScriptedLoadableModuleLogic):
         from XraySegInferLib.mrml_adapter import show_in_slice_view
         sliceLogic = slicer.app.applicationLogic().GetSliceLogicByLayoutName(sliceViewName)
         show_in_slice_view(sliceLogic.GetSliceNode(), sliceLogic.GetSliceCompositeNode(), volumeNode)
-        if tableNode is not None and hasattr(slicer.app, "layoutManager") and slicer.app.layoutManager():
+        layoutManager = slicer.app.layoutManager() if hasattr(slicer.app, "layoutManager") else None
+        if tableNode is not None and layoutManager is not None:
+            if layoutManager.tableWidget(0) is None or not layoutManager.tableWidget(0).isVisible():
+                # a layout that shows a table (three slice views and a table): else the results stay hidden
+                layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
             slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(tableNode.GetID())
             slicer.app.applicationLogic().PropagateTableSelection()
 
@@ -368,13 +412,25 @@ class XraySegInferTest(ScriptedLoadableModuleTest):
     ``$XRAYSEG_SELFTEST_MODEL``); the segmentation must lie on the DRR's oblique grid and reach Dice 0.7."""
     DICE_FLOOR = 0.7
 
-    def runTest(self):
+    def setUp(self):
+        """Each test starts from an empty scene (ctest runs each test_* on its own)."""
         slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
         self.test_segment_drr()
+
+    @staticmethod
+    def _installWhatIsNeeded():
+        """A self-test has no one to ask: install what is missing (torch via PyTorchUtils, then MONAI and the
+        others with Slicer's torch, SimpleITK, numpy and requests pinned)."""
+        from XraySegInferLib.dependencies import Dependencies
+        Dependencies(confirm=lambda text: True, pip_install=slicer.util.pip_install).ensure()
 
     def _model(self):
         import os
         import tempfile
+        self._installWhatIsNeeded()
         if os.environ.get("XRAYSEG_SELFTEST_MODEL"):
             return os.environ["XRAYSEG_SELFTEST_MODEL"]
         from XraySegInferLib.synthetic import make_dataset

@@ -1,5 +1,5 @@
 import pathlib
-from typing import Annotated, Union
+from typing import Annotated, Optional, Union
 
 import numpy as np
 import vtk
@@ -30,16 +30,36 @@ class XraySegSim(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("XraySeg Sim")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.contributors = ["XraySeg developers"]
+        self.parent.contributors = ["Founding engineers of XraySeg (XraySeg project)"]
         self.parent.helpText = _(
             "Simulates radiographs (digitally reconstructed radiographs, DRRs) from a CT volume and projects "
             "its bone labels exactly onto the same detector, for training and testing X-ray segmentation. "
             "Geometry is given in Slicer's RAS world frame (millimetres): +x Right, +y Anterior, +z Superior; "
             "view presets aim the source at the CT centre and display images as radiologists read them "
             "(frontal: patient's right on screen left, head up; lateral: anterior on screen left). "
+            "Requires Slicer 5.10 or newer. "
             "See <a href='https://github.com/xrayseg/SlicerXraySeg'>the project page</a>.")
-        self.parent.acknowledgementText = _("Developed by the XraySeg developers. Bone label names follow "
-                                            "TotalSegmentator (Wasserthal et al. 2023).")
+        self.parent.acknowledgementText = _("Developed by the founding engineers of the XraySeg project. Bone label "
+                                            "names follow TotalSegmentator (Wasserthal et al. 2023).")
+        # The sample CTs in the Sample Data module, once the application has started (as Slicer's template does).
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Our sample CTs (with bone labels) as one-click entries of the Sample Data module."""
+    import logging
+    try:
+        from XraySegSimLib.slicer_sample_data import register_sample_data
+        register_sample_data()
+    except Exception as error:  # noqa: BLE001 - Sample Data is a convenience: never block start-up
+        logging.warning(f"XraySeg Sim: sample data not registered: {error}")
+
+
+def chosenFolder(path):
+    """The folder a path field holds, or None: an empty ctkPathLineEdit reads back as Path("."), which is truthy
+    but means that no folder was chosen (it must never select Slicer's working directory)."""
+    text = str(path or "").strip()
+    return None if text in ("", ".") else pathlib.Path(text)
 
 
 @parameterNodeWrapper
@@ -47,11 +67,12 @@ class XraySegSimParameterNode:
     """CT (HU), optional bone labels (segmentation, or label map on the CT grid), and the X-ray set-up: a view
     preset aimed at the isocentre (the CT centre, a markup point, or the centre of a segment of the labels),
     C-arm angles, distances and detector size (mm), pixels along the longer detector side."""
-    inputVolume: vtkMRMLScalarVolumeNode
-    inputLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode]
+    # Node fields take None (an empty selector, a closed scene): Slicer's serializer refuses a Union without it.
+    inputVolume: Optional[vtkMRMLScalarVolumeNode]
+    inputLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
     viewPreset: Annotated[str, Choice(VIEW_PRESETS)] = "chest-pa"
     isocenterMode: Annotated[str, Choice(ISOCENTER_MODES)] = "CT centre"
-    isocenterMarkup: vtkMRMLMarkupsFiducialNode
+    isocenterMarkup: Optional[vtkMRMLMarkupsFiducialNode]
     isocenterSegment: str = ""  # a segment name of inputLabels (the widget's segment combo box writes it)
     detectorSize: Annotated[int, WithinRange(16, 4096)] = 512
     laoAngle: Annotated[float, WithinRange(-90, 90)] = 0.0
@@ -64,7 +85,8 @@ class XraySegSimParameterNode:
     # Realistic physics in the preview: the DRR node shows physics.simulate_radiograph(...).image in [0, 1].
     realisticPhysics: bool = False
     physicsPreset: Annotated[str, Choice(PREVIEW_PHYSICS)] = "auto"
-    # Export training set (XraySegSimLib.export.run_export on the current CT and labels).
+    # Export training set (XraySegSimLib.export.run_export on the current CT and labels). A path field must be a
+    # plain pathlib.Path for the ctkPathLineEdit; its empty value reads as Path("."), which means "no folder".
     exportFolder: pathlib.Path
     exportViewPreset: Annotated[str, Choice(VIEW_PRESETS)] = "chest-pa"
     exportViewsPerCt: Annotated[int, WithinRange(1, 100000)] = 10
@@ -77,8 +99,10 @@ class XraySegSimParameterNode:
 
 
 class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Binds the .ui to the parameter node and calls Logic; live preview is throttled with two timers."""
-    PREVIEW_DELAY_MS, FULL_DELAY_MS = 80, 600
+    """Binds the .ui to the parameter node and calls Logic; live preview is throttled with two timers. Nothing
+    renders until the user changes the set-up or clicks Render; the training-set export runs in a background
+    process (progress, cancel), during which Render and the live preview are off."""
+    PREVIEW_DELAY_MS, FULL_DELAY_MS, EXPORT_POLL_MS = 80, 600, 300
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -90,19 +114,26 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._rigTags = []  # observers on the source / detector markups (dragged on their own)
         self._rigNodes = None
         self._observedMarkup = None
-        self._exporting = False
-        self._exportCancelRequested = False
+        self._settingUp = False  # changes the widget makes itself (defaults, presets) do not render
+        self._export = None  # the running background export (XraySegSimLib.export_process.ExportProcess)
         self._exportRoot = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        from XraySegSimLib.slicer_version import check_running_slicer
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/XraySegSim.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
+        problem = check_running_slicer(slicer)
+        if problem:  # e.g. no vtkSegment.SetTerminology before 5.10: say so instead of failing on first use
+            uiWidget.enabled = False
+            slicer.util.errorDisplay(problem)
+            return
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = XraySegSimLogic()
+        self.logic = XraySegSimLogic(interactive=True)
         self.previewTimer = self._timer(self.PREVIEW_DELAY_MS, lambda: self._render(preview=True))
         self.fullTimer = self._timer(self.FULL_DELAY_MS, lambda: self._render(preview=False))
+        self.exportTimer = self._timer(self.EXPORT_POLL_MS, self._pollExport, singleShot=False)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.renderButton.connect("clicked(bool)", lambda: self._render(preview=False))
@@ -117,36 +148,50 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.openExportFolderButton.connect("clicked(bool)", self.onOpenExportFolder)
         self.initializeParameterNode()
 
-    def _timer(self, delay_ms, callback):
+    def _timer(self, delay_ms, callback, singleShot=True):
         timer = qt.QTimer()
-        timer.setSingleShot(True)
+        timer.setSingleShot(singleShot)
         timer.setInterval(delay_ms)
         timer.connect("timeout()", callback)
         return timer
 
+    def _try(self, message, action, waitCursor=False):
+        """Run ``action()`` for a button; on an error show ``message`` with it and return None. (Slicer's
+        ``tryWithErrorDisplay`` re-raises after showing, which a slot must not do.)"""
+        try:
+            with slicer.util.tryWithErrorDisplay(message, waitCursor=waitCursor):
+                return action()
+        except Exception:  # noqa: BLE001 - shown to the user above
+            return None
+
     def cleanup(self) -> None:
         self.removeObservers()
-        self.logic.sim.unobserve_rig(self._rigTags)
+        if self.logic is not None:
+            self.logic.sim.unobserve_rig(self._rigTags)
         self._rigTags, self._rigNodes = [], None
+        if self._export is not None:
+            self._export.cancel()  # the module goes away: leave no worker behind
 
     def enter(self) -> None:
-        self.initializeParameterNode()
+        if self.logic is not None:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
-        self._rigTags, self._rigNodes = [], None  # the markups go with the scene
+        self._rigTags, self._rigNodes, self._observedMarkup = [], None, None  # the markups go with the scene
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        p = self.logic.getParameterNode()
+        if not p.inputVolume:
+            p.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        self.setParameterNode(p)
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -154,16 +199,21 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParametersChanged)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParametersChanged)
-            self.onParametersChanged()
+            self._settingUp = True  # opening the module places the set-up but renders nothing
+            try:
+                self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+                self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParametersChanged)
+                self.onParametersChanged()
+            finally:
+                self._settingUp = False
 
     def onParametersChanged(self, caller=None, event=None) -> None:
         p = self._parameterNode
         ready = bool(p and p.inputVolume)
-        self.ui.renderButton.enabled = ready
+        exporting = self._export is not None
+        self.ui.renderButton.enabled = ready and not exporting
         self.ui.physicsPresetComboBox.enabled = bool(p and p.realisticPhysics)
-        self.ui.exportDatasetButton.enabled = ready and not self._exporting
+        self.ui.exportDatasetButton.enabled = ready and not exporting and chosenFolder(p.exportFolder) is not None
         if p and self._updateIsocenterWidgets(p):
             return  # it chose a segment: the change comes back here once more
         if not ready:
@@ -173,21 +223,25 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.applyPresetDefaults(p)
             p.exportViewPreset = p.viewPreset  # the export follows the view preset unless changed there
             return  # the changes above come back here once more
-        with slicer.util.tryWithErrorDisplay(_("Invalid X-ray set-up."), show=False):
+        from XraySegSimLib.errors import XraySegError
+        try:
             self.logic.updateGeometry(p)
-            self._observePose()
-            self._observeRig()
-            self._scheduleRender()
+        except XraySegError as error:  # an impossible set-up while sliding: say why, keep the last image
+            slicer.util.showStatusMessage(_("Invalid X-ray set-up: {error}").format(error=error), 5000)
+            return
+        self._observePose()
+        self._observeRig()
+        self._scheduleRender()
 
     def _updateIsocenterWidgets(self, p) -> bool:
-        """Enable the markup or segment chooser of the isocentre mode; list the segments of the labels.
-        Returns True when it changed the parameter node (the first segment is chosen for a new label set)."""
-        from XraySegSimLib.mrml_adapter import segment_names
+        """Enable the markup or segment chooser of the isocentre mode; list the segments of the labels (scanned
+        again only when the labels change). Returns True when it changed the parameter node (the first segment
+        is chosen for a new label set)."""
         self.ui.isocenterMarkupSelector.enabled = p.isocenterMode == "Markup point"
         self.ui.isocenterSegmentComboBox.enabled = p.isocenterMode == "Segment centre"
         try:
-            names = segment_names(p.inputLabels)
-        except Exception:  # unreadable labels: the render reports why
+            names = self.logic.segmentNames(p.inputLabels)
+        except Exception:  # noqa: BLE001 - unreadable labels: the render reports why
             names = []
         combo = self.ui.isocenterSegmentComboBox
         if [combo.itemText(i) for i in range(combo.count)] != names:
@@ -223,6 +277,8 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.addObserver(markup, event, self.onIsocenterMarkupMoved)
 
     def onIsocenterMarkupMoved(self, caller=None, event=None) -> None:
+        if self.logic.sim.placing:  # our own placement of the rig moved it (the rig's markup is refused anyway)
+            return
         self.onParametersChanged()
 
     def _observeRig(self) -> None:
@@ -246,87 +302,94 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._scheduleRender()
 
     def _scheduleRender(self) -> None:
-        if self._parameterNode and self._parameterNode.livePreview:
+        p = self._parameterNode
+        if p and p.livePreview and not self._settingUp and self._export is None:
             self.previewTimer.start()
             self.fullTimer.start()
 
     def _render(self, preview: bool) -> None:
         p = self._parameterNode
-        if not (p and p.inputVolume):
+        if not (p and p.inputVolume) or self._export is not None:
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to render the radiograph."), show=not preview,
-                                             waitCursor=not preview):
-            result = self.logic.renderView(p, preview=preview)
-            self.ui.showInSliceViewButton.enabled = self.ui.exportButton.enabled = True
-            rows, cols = result.line_integral.shape
-            slicer.util.showStatusMessage(_("Rendered a {cols}x{rows} DRR with {n} label classes").format(
-                cols=cols, rows=rows, n=len(result.classes)), 3000)
+        from XraySegSimLib.errors import XraySegError
+        from XraySegSimLib.mrml_adapter import RenderBusy
+        if preview:  # live preview: never a dialog, never waits for a running render
+            if self.logic.dependencies.missing():
+                return  # the first explicit Render asks to install
+            try:
+                result = self.logic.renderView(p, preview=True, wait=False)
+            except RenderBusy:
+                self.previewTimer.start()  # try again shortly
+                return
+            except XraySegError as error:
+                slicer.util.showStatusMessage(_("Preview: {error}").format(error=error), 5000)
+                return
+        else:
+            result = self._try(_("Failed to render the radiograph."), lambda: self.logic.renderView(
+                p, preview=False, wait=False), waitCursor=True)
+            if result is None:
+                return
+        self.ui.showInSliceViewButton.enabled = self.ui.exportButton.enabled = True
+        rows, cols = result.line_integral.shape
+        slicer.util.showStatusMessage(_("Rendered a {cols}x{rows} DRR with {n} label classes").format(
+            cols=cols, rows=rows, n=len(result.classes)), 3000)
 
     def onShowInSliceView(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to show the DRR."), waitCursor=True):
-            self.logic.showInSliceView("Red")
+        self._try(_("Failed to show the DRR."), lambda: self.logic.showInSliceView("Red"), waitCursor=True)
 
     def onExport(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export current view to"))
         if folder:
-            with slicer.util.tryWithErrorDisplay(_("Failed to export the view."), waitCursor=True):
-                p = self._parameterNode
-                self.logic.sim.export(folder, p.inputVolume, p.inputLabels, size=p.detectorSize)
+            p = self._parameterNode
+            if self._try(_("Failed to export the view."), lambda: self.logic.sim.export(
+                    folder, p.inputVolume, p.inputLabels, size=p.detectorSize), waitCursor=True) is not None:
                 slicer.util.showStatusMessage(_("Exported to {folder}").format(folder=folder), 5000)
 
-    # ---- export training set ----
-    # The export runs in this (GUI) thread's call, chunked: run_export renders in a worker thread (or worker
-    # processes) and polls about 3 times a second; each poll calls the cancel check below, which processes
-    # the pending GUI events, so the progress bar moves and Cancel is clickable. A background process
-    # (as SlicerMONAIAuto3DSeg does) would also isolate crashes and memory from Slicer; chunked work is
-    # enough here because the exporter already catches a bad CT and keeps the dataset resumable.
+    # ---- export training set: a background process, polled by a timer ----
     def _setExporting(self, exporting: bool) -> None:
-        self._exporting = exporting
-        self.ui.exportDatasetButton.enabled = not exporting and bool(self._parameterNode and
-                                                                     self._parameterNode.inputVolume)
         self.ui.cancelExportButton.enabled = exporting
-
-    def _onExportProgress(self, done: int, total: int, message: str) -> None:
-        self.ui.exportProgressBar.maximum = max(1, total)
-        self.ui.exportProgressBar.value = done
-        self.ui.exportStatusLabel.text = _("Exporting: {done}/{total} samples").format(done=done, total=total)
-        slicer.app.processEvents()
-
-    def _isExportCancelled(self) -> bool:
-        slicer.app.processEvents()  # keeps the GUI responsive between progress updates
-        return self._exportCancelRequested
+        self.onParametersChanged()  # Render, Export and the live preview follow self._export
 
     def onCancelExport(self) -> None:
-        self._exportCancelRequested = True
-        self.ui.exportStatusLabel.text = _("Cancelling after the samples in flight...")
+        if self._export is not None:
+            self.ui.exportStatusLabel.text = _("Cancelling...")
+            self._finishExport(self._export.cancel())
 
     def onExportDataset(self) -> None:
-        if self._exporting:
+        if self._export is not None:
             return
-        self._exportCancelRequested = False
         self._exportRoot = None
         self.ui.openExportFolderButton.enabled = False
         self.ui.exportProgressBar.value = 0
-        self.ui.exportStatusLabel.text = _("Starting the export...")
-        self._setExporting(True)
-        report = None
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Failed to export the training set.")):
-                report = self.logic.exportTrainingSet(self._parameterNode, progress=self._onExportProgress,
-                                                      cancel=self._isExportCancelled)
-        finally:
-            self._setExporting(False)
-        if report is None:
+        self.ui.exportStatusLabel.text = _("Writing the CT and labels for the export...")
+        self._export = self._try(_("Failed to start the export."),
+                                 lambda: self.logic.startExport(self._parameterNode), waitCursor=True)
+        if self._export is None:
             self.ui.exportStatusLabel.text = _("Export failed: nothing was exported.")
             return
-        self._exportRoot = str(report.root)
-        self.ui.openExportFolderButton.enabled = True
-        text = _("{n} samples in {root}").format(n=report.n_ok, root=report.root)
-        if report.cancelled:
-            text += _(" (cancelled: tick Resume and export again to complete it)")
-        if report.failed_cts:
-            text += _(" - failed: {errors}").format(errors="; ".join(report.failed_cts.values()))
-        self.ui.exportStatusLabel.text = text
+        self._setExporting(True)
+        self.exportTimer.start()
+
+    def _pollExport(self) -> None:
+        status = self._export.poll()
+        if not status.finished:
+            self.ui.exportProgressBar.maximum = max(1, status.total)
+            self.ui.exportProgressBar.value = status.done
+            self.ui.exportStatusLabel.text = _("Exporting: {done}/{total} samples").format(
+                done=status.done, total=status.total)
+            return
+        self._finishExport(status)
+
+    def _finishExport(self, status) -> None:
+        self.exportTimer.stop()
+        self._export = None
+        self._setExporting(False)
+        self.ui.exportStatusLabel.text = status.message
+        if status.root is not None:
+            self._exportRoot = str(status.root)
+            self.ui.openExportFolderButton.enabled = True
+        if status.state == "failed":
+            slicer.util.errorDisplay(_("Export failed: {message}").format(message=status.message))
 
     def onOpenExportFolder(self) -> None:
         if self._exportRoot:
@@ -336,29 +399,37 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save X-ray geometry"), "geometry.json",
                                               "Geometry (*.json);;Projection matrix (*.txt)")
         if path:
-            with slicer.util.tryWithErrorDisplay(_("Failed to save the geometry.")):
-                self.logic.sim.save_geometry(path)
+            self._try(_("Failed to save the geometry."), lambda: self.logic.sim.save_geometry(path))
 
     def onLoadGeometry(self) -> None:
         path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Load X-ray geometry"), "",
                                               "Geometry (*.json)")
-        if path:
-            with slicer.util.tryWithErrorDisplay(_("Failed to load the geometry.")):
-                self.logic.sim.load_geometry(path)
-                self._observePose()
-                self._observeRig()
-                self._scheduleRender()
-
+        if path and self._try(_("Failed to load the geometry."), lambda: self.logic.sim.load_geometry(path)):
+            self._observePose()
+            self._observeRig()
+            self._scheduleRender()
 
 class XraySegSimLogic(ScriptedLoadableModuleLogic):
     """Qt-free bridge from the parameter node to ``XraySegSimLib.mrml_adapter.XraySimScene`` (``self.sim``),
     which owns the X-ray set-up and output nodes of the scene."""
     PREVIEW_SIZE = 128
 
-    def __init__(self, scene=None) -> None:
+    def __init__(self, scene=None, interactive: bool = False) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        from XraySegSimLib.mrml_adapter import XraySimScene
+        from XraySegSimLib.dependencies import Dependencies
+        from XraySegSimLib.mrml_adapter import SegmentNameCache, XraySimScene
         self.sim = XraySimScene(scene if scene is not None else slicer.mrmlScene)
+        self._segmentNames = SegmentNameCache()
+        if interactive:  # ask once, then install numba, pynrrd, spekpy, xraydb with pip (never at import time)
+            self.dependencies = Dependencies(confirm=slicer.util.confirmOkCancelDisplay,
+                                             pip_install=slicer.util.pip_install, title="XraySeg Sim")
+        else:  # scripts and self-tests: report what is missing, install nothing
+            self.dependencies = Dependencies(confirm=lambda text: False, pip_install=lambda arguments: None)
+
+    def segmentNames(self, labelsNode):
+        """Segment (or label map class) names of ``labelsNode``; a label map is scanned again only when it
+        changes."""
+        return self._segmentNames.names(labelsNode)
 
     def getParameterNode(self):
         return XraySegSimParameterNode(super().getParameterNode())
@@ -394,24 +465,45 @@ class XraySegSimLogic(ScriptedLoadableModuleLogic):
             p.inputVolume, p.viewPreset, p.detectorSize, p.laoAngle, p.craAngle, p.sourceToDetector,
             p.sourceToIsocenter, (p.detectorWidth, p.detectorHeight), self.isocenter(p)), keep_pose=True)
 
-    def renderView(self, p, preview: bool = False):
+    def renderView(self, p, preview: bool = False, wait: bool = True):
         """Render with the parameter node's set-up; with ``realisticPhysics`` the DRR node shows the
-        simulated radiograph of ``physicsPreset`` ("auto": the view preset's own)."""
+        simulated radiograph of ``physicsPreset`` ("auto": the view preset's own). ``wait=False`` raises
+        ``RenderBusy`` instead of waiting when another render runs (renders are serialised process-wide)."""
         from XraySegSimLib.mrml_adapter import physics_preset_for
+        self.dependencies.ensure()
         physics = physics_preset_for(p.viewPreset, p.physicsPreset) if p.realisticPhysics else None
         return self.sim.render(p.inputVolume, p.inputLabels, size=self.PREVIEW_SIZE if preview else None,
-                               physics=physics)
+                               physics=physics, wait=wait)
+
+    def _exportOptions(self, p) -> dict:
+        from XraySegSimLib.errors import InputError
+        folder = chosenFolder(p.exportFolder)
+        if folder is None:
+            raise InputError("choose an output folder for the training set")
+        return dict(view=p.exportViewPreset, views_per_ct=p.exportViewsPerCt, size=p.exportSize,
+                    physics=p.exportPhysics, seed=p.exportSeed, test_fraction=p.exportTestFraction,
+                    workers=p.exportWorkers, resume=p.exportResume, out=folder)
 
     def exportTrainingSet(self, p, progress=None, cancel=None):
-        """Batch-export randomised views of ``p.inputVolume`` with ``p.inputLabels`` (see
-        ``XraySegSimLib.mrml_adapter.export_training_set``); returns the ``ExportReport``."""
+        """Batch-export randomised views of ``p.inputVolume`` with ``p.inputLabels`` in this process, one CT
+        worker (``XraySegSimLib.mrml_adapter.export_training_set``); returns the ``ExportReport``. The module's
+        panel uses :meth:`startExport` instead (a background process)."""
         from XraySegSimLib.mrml_adapter import export_training_set
-        folder = str(p.exportFolder) if p.exportFolder is not None else ""
-        return export_training_set(self.sim.scene, p.inputVolume, p.inputLabels, folder, view=p.exportViewPreset,
-                                   views_per_ct=p.exportViewsPerCt, size=p.exportSize, physics=p.exportPhysics,
-                                   seed=p.exportSeed, test_fraction=p.exportTestFraction,
-                                   workers=p.exportWorkers, resume=p.exportResume, progress=progress,
-                                   cancel=cancel)
+        self.dependencies.ensure()
+        options = self._exportOptions(p)
+        options["workers"] = 1  # no process pool inside the Slicer application (Slicer issue #7445)
+        return export_training_set(self.sim.scene, p.inputVolume, p.inputLabels, options.pop("out"), **options,
+                                   progress=progress, cancel=cancel)
+
+    def startExport(self, p):
+        """Write the inputs and start the export in a background process; returns its
+        ``XraySegSimLib.export_process.ExportProcess`` (``poll()``, ``cancel()``, ``wait()``)."""
+        from XraySegSimLib.export_process import ExportProcess
+        from XraySegSimLib.mrml_adapter import prepare_scene_export
+        self.dependencies.ensure()
+        options = self._exportOptions(p)
+        job = prepare_scene_export(self.sim.scene, p.inputVolume, p.inputLabels, options.pop("out"), **options)
+        return ExportProcess.start(job)
 
     def render(self, ctNode, labelsNode=None, viewPreset=None, size=512, preview=False, isocenter=None):
         """Render ``ctNode`` (HU) with optional labels (segmentation or label map) into the "X-ray DRR" and
@@ -428,10 +520,14 @@ class XraySegSimLogic(ScriptedLoadableModuleLogic):
 
 
 class XraySegSimTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        """Each test starts from an empty scene (ctest runs each test_* on its own)."""
+        slicer.mrmlScene.Clear()
+
     def runTest(self):
-        slicer.mrmlScene.Clear()
+        self.setUp()
         self.test_render_synthetic_ct()
-        slicer.mrmlScene.Clear()
+        self.setUp()
         self.test_isocenter_on_segment_and_point()
 
     FEMUR_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical "

@@ -530,20 +530,31 @@ def test_device_falls_back_to_cpu_with_an_honest_note():
 
 
 def test_missing_packages_are_asked_for_once_and_installed_with_pip():
+    import importlib.metadata
+
     from XraySegInferLib.dependencies import Dependencies, DependencyError
 
     requirements = {"xrayseg_surely_missing_pkg": "xrayseg-surely-missing>=1"}
     questions, installs = [], []
-    declining = Dependencies(lambda text: questions.append(text) or False, installs.append, requirements)
+
+    def pip_install(arguments):  # what slicer.util.pip_install gets, with the constraints it points to
+        assert arguments[-2] == "-c"
+        installs.append((arguments[:-2], Path(arguments[-1]).read_text().split()))
+
+    declining = Dependencies(lambda text: questions.append(text) or False, pip_install, requirements)
     for _ in range(2):
         with pytest.raises(DependencyError, match="xrayseg-surely-missing"):
             declining.ensure()
     assert len(questions) == 1 and "xrayseg-surely-missing>=1" in questions[0] and installs == []
-    accepting = Dependencies(lambda text: True, installs.append, requirements)
+    accepting = Dependencies(lambda text: True, pip_install, requirements)
     with pytest.raises(DependencyError, match="did not install"):
         accepting.ensure()
-    assert installs == ["xrayseg-surely-missing>=1"]
+    # torch, SimpleITK, numpy and requests are pinned to what is installed: pip cannot replace them.
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in ("torch", "SimpleITK", "numpy", "requests")]
+    assert installs == [(["xrayseg-surely-missing>=1"], pins)]
     assert Dependencies(lambda t: 1 / 0, lambda r: 1 / 0).ensure() == []  # all present: no question
+    with pytest.raises(ValueError, match="never install"):
+        Dependencies(lambda t: True, pip_install, {"SimpleITK": "SimpleITK>=2.3"})
 
 
 def test_module_imports_nothing_heavy_and_installs_nothing_at_import_time():
@@ -566,20 +577,14 @@ def test_module_imports_nothing_heavy_and_installs_nothing_at_import_time():
 def test_module_self_test_passes_on_a_headless_scene(app, monkeypatch, tiny_model, tmp_path):
     """Runs XraySegInferTest (a DRR made in code, segmented through the module's Logic) on slicer-core with the
     Qt-only imports stubbed; the tiny model stands in for the one the self-test would train."""
-    import importlib.util
-    import sys
     import types
 
-    from test_mrml_adapter import _qt_free_module_stubs
+    from slicer_module_stubs import load_module
 
-    for name, module in _qt_free_module_stubs().items():
-        monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(applicationLogic=lambda: app.app_logic), raising=False)
     monkeypatch.setenv("XRAYSEG_SELFTEST_MODEL", str(tiny_model))
     monkeypatch.setenv("XRAYSEG_INFER_CACHE", str(tmp_path / "cache"))
-    spec = importlib.util.spec_from_file_location("XraySegInfer_module_under_test", MODULE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module("XraySegInfer", monkeypatch)
     test = module.XraySegInferTest("runTest")
     test.test_segment_drr()
     logic = module.XraySegInferLogic()

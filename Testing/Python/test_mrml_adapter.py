@@ -757,72 +757,18 @@ def test_module_choices_match_the_library():
     assert tuple(ast.literal_eval(assigned.value)) == ISOCENTER_MODES
 
 
-def _qt_free_module_stubs() -> dict:
-    """Minimal stand-ins for what XraySegSim.py imports from the Slicer application (Qt): enough to run the
-    Logic and the Test class on a headless scene. The parameter node is a plain object with the defaults."""
-    import types
-    import typing
-    import unittest
-
-    def parameter_node_wrapper(cls):
-        hints = typing.get_type_hints(cls, include_extras=True)
-
-        class Parameters:
-            def __init__(self, _node=None):
-                for name in hints:
-                    setattr(self, name, getattr(cls, name, None))
-        return Parameters
-
-    class ScriptedLoadableModule:
-        pass
-
-    class ScriptedLoadableModuleWidget:
-        pass
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self):
-            pass
-
-        def getParameterNode(self):
-            return None
-
-    def module(name, **attributes):
-        m = types.ModuleType(name)
-        m.__dict__.update(attributes)
-        return m
-
-    return {
-        "slicer.i18n": module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text),
-        "slicer.parameterNodeWrapper": module(
-            "slicer.parameterNodeWrapper", Choice=lambda choices: ("Choice", choices),
-            WithinRange=lambda low, high: ("WithinRange", low, high), parameterNodeWrapper=parameter_node_wrapper),
-        "slicer.ScriptedLoadableModule": module(
-            "slicer.ScriptedLoadableModule", ScriptedLoadableModule=ScriptedLoadableModule,
-            ScriptedLoadableModuleWidget=ScriptedLoadableModuleWidget,
-            ScriptedLoadableModuleLogic=ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest=unittest.TestCase,
-            __all__=["ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
-                     "ScriptedLoadableModuleTest"]),
-        "qt": module("qt"),
-    }
-
-
 def test_module_self_test_passes_on_a_headless_scene(app, monkeypatch):
     """Runs XraySegSimTest (the test Slicer runs inside the application: render, drag, isocentre on a segment
-    and on a point, terminology) on slicer-core, with the Qt-only imports stubbed."""
-    import importlib.util
-    import sys
+    and on a point, terminology) on slicer-core, with the Qt-only imports stubbed and the parameter node held by
+    a wrapper that applies Slicer's parameterNodeWrapper rules on a real scripted module node."""
     import types
-    from pathlib import Path
-    for name, module in _qt_free_module_stubs().items():
-        monkeypatch.setitem(sys.modules, name, module)
+
+    from slicer_module_stubs import load_module
     view = app.slice_view("Red", size=(200, 150))
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(applicationLogic=lambda: app.app_logic), raising=False)
     modules = {name.lower(): types.SimpleNamespace(logic=lambda logic=logic: logic) for name, logic in app.logics.items()}
     monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(**modules), raising=False)  # used by slicer.util
-    path = Path(__file__).resolve().parents[2] / "XraySegSim" / "XraySegSim.py"
-    spec = importlib.util.spec_from_file_location("XraySegSim_module_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module("XraySegSim", monkeypatch)
     monkeypatch.setattr(app.scene, "Clear", lambda *args: None, raising=False)  # keep the views' nodes
     test = module.XraySegSimTest("runTest")
     test.test_render_synthetic_ct()

@@ -5,7 +5,9 @@ installs at import time and the tests can check the behaviour.
 * **torch** comes from Slicer's PyTorch extension (``PyTorchUtils``), which installs the build that fits the GPU
   driver; never from pip here.
 * The other packages (``REQUIREMENTS``) are checked on first use; when some are missing the user is asked once
-  (a declined answer is remembered for the session) and ``pip_install`` installs them.
+  (a declined answer is remembered for the session) and ``pip_install`` installs them, with torch, SimpleITK,
+  numpy and requests pinned to the installed versions (``XraySegSimLib.dependencies``), so pip never replaces
+  them.
 * ``resolve_device("auto" | "cuda" | "cpu")`` falls back to the CPU honestly: the note says why.
 
 ::
@@ -17,44 +19,32 @@ installs at import time and the tests can check the behaviour.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import Callable
+from XraySegSimLib.dependencies import (PROTECTED_DISTRIBUTIONS, DependencyError, missing_packages,
+                                        protected_constraints)
+from XraySegSimLib.dependencies import Dependencies as _Installer
 
 from .errors import XraySegError
 
-# import name -> pip requirement (what the inference path imports, besides torch and what Slicer ships).
+# import name -> pip requirement (what the inference path imports, besides torch and what Slicer ships: SimpleITK
+# comes with Slicer and is never installed or replaced by pip here).
 REQUIREMENTS: dict[str, str] = {
     "monai": "monai>=1.3",
     "safetensors": "safetensors>=0.4",
     "nrrd": "pynrrd>=1.0",
     "numba": "numba>=0.60",
     "pydicom": "pydicom>=2.4",
-    "SimpleITK": "SimpleITK>=2.3",
     "PIL": "pillow>=10",
 }
 DEVICES = ("Auto", "CUDA", "CPU")
 
 
-class DependencyError(XraySegError):
-    """A package is missing and was not installed; the message says how to get it."""
+class Dependencies(_Installer):
+    """torch first (from the PyTorch extension), then ``requirements`` with the protected distributions pinned
+    (``XraySegSimLib.dependencies.Dependencies``)."""
 
-
-def missing_packages(requirements: dict[str, str] | None = None) -> list[str]:
-    """pip requirements of the packages that cannot be imported."""
-    requirements = REQUIREMENTS if requirements is None else requirements
-    return [spec for name, spec in requirements.items() if importlib.util.find_spec(name) is None]
-
-
-class Dependencies:
-    """Checks, asks once, installs. ``confirm(text) -> bool``; ``pip_install(requirements: str)``."""
-
-    def __init__(self, confirm: Callable[[str], bool], pip_install: Callable[[str], None],
-                 requirements: dict[str, str] | None = None) -> None:
-        self.confirm, self.pip_install = confirm, pip_install
-        self.requirements = REQUIREMENTS if requirements is None else requirements
-        self.declined = False
-        self.asked = 0
+    def __init__(self, confirm, pip_install, requirements: dict[str, str] | None = None,
+                 title: str = "XraySeg Infer") -> None:
+        super().__init__(confirm, pip_install, REQUIREMENTS if requirements is None else requirements, title)
 
     def ensure_torch(self):
         """torch, from the PyTorch extension (installed through it after asking)."""
@@ -84,30 +74,11 @@ class Dependencies:
 
         return torch
 
-    def _ask(self, text: str) -> bool:
-        self.asked += 1
-        answer = bool(self.confirm(text))
-        self.declined = not answer
-        return answer
-
     def ensure(self) -> list[str]:
-        """Make sure torch and ``requirements`` import; returns what was installed."""
+        """Make sure torch and ``requirements`` import; returns what was installed. torch comes first, so the
+        constraints pin the build PyTorchUtils chose before monai is installed."""
         self.ensure_torch()
-        missing = missing_packages(self.requirements)
-        if not missing:
-            return []
-        if self.declined or not self._ask(
-                "XraySeg Infer needs these Python packages, which are not installed yet:\n  " + "\n  ".join(missing)
-                + "\nInstall them now (pip, into Slicer's Python)?"):
-            raise DependencyError("missing Python packages: " + ", ".join(missing) + ". Run again and accept "
-                                  "the installation, or run in the Python console: slicer.util.pip_install("
-                                  f"'{' '.join(missing)}')")
-        self.pip_install(" ".join(missing))
-        importlib.invalidate_caches()
-        still = missing_packages(self.requirements)
-        if still:
-            raise DependencyError("these packages did not install: " + ", ".join(still) + "; see the Python console")
-        return missing
+        return super().ensure()
 
 
 def resolve_device(choice: str = "Auto") -> tuple[str, str]:
@@ -131,4 +102,5 @@ def resolve_device(choice: str = "Auto") -> tuple[str, str]:
     return "cpu", f"{prefix} {why}. Running on the CPU: slower (seconds per image), same result."
 
 
-__all__ = ["DEVICES", "Dependencies", "DependencyError", "REQUIREMENTS", "missing_packages", "resolve_device"]
+__all__ = ["DEVICES", "PROTECTED_DISTRIBUTIONS", "Dependencies", "DependencyError", "REQUIREMENTS", "missing_packages",
+           "protected_constraints", "resolve_device"]

@@ -106,8 +106,10 @@ class NnUNetPredictorAdapter:
         # Before nnunetv2 is even imported: its loader would unpickle the files.
         all_safe = all([check_checkpoint_is_safe(self.folder / f"fold_{f}" / checkpoint, trust_pickle) for f in use])
         if not nnunet_available():
-            raise ModelPackageError("this is an nnU-Net results folder, but nnunetv2 is not installed; install it "
-                                    "(pip install nnunetv2 -c constraints.txt) or use an XraySeg model package")
+            # No pip command here: nnunetv2's own requirements would replace Slicer's SimpleITK (and torch).
+            raise ModelPackageError("this is an nnU-Net results folder, but nnunetv2 is not installed; in Slicer "
+                                    "install the NNUNet extension (it installs nnunetv2 next to Slicer's torch and "
+                                    "SimpleITK), outside Slicer 'make setup'; or use an XraySeg model package")
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 

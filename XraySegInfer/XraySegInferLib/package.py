@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import ModelPackageError
-from .networks import build_network, out_channels_for
+
+if TYPE_CHECKING:  # torch is imported where a network is built or saved: reading a card must not need it
+    import torch
 
 CARD_FORMAT = "xrayseg-model"
 CARD_VERSION = 1
@@ -92,7 +94,7 @@ def make_card(*, name: str, architecture: dict, mode: str, classes: list[dict], 
     return {
         "format": CARD_FORMAT, "format_version": CARD_VERSION, "name": name, "version": version,
         "description": description, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "software": {"xrayseg_infer": __version__, "torch": torch.__version__, "monai": _monai_version()},
+        "software": {"xrayseg_infer": __version__, "torch": _torch_version(), "monai": _monai_version()},
         "architecture": dict(architecture), "mode": mode,
         "out_channels": out_channels_for(mode, len(card_classes)),
         "classes": card_classes,
@@ -104,6 +106,26 @@ def make_card(*, name: str, architecture: dict, mode: str, classes: list[dict], 
                       "threshold": 0.5 if mode == "multilabel" else None},
         "training": training or {}, "metrics": metrics or {},
     }
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def out_channels_for(mode: str, n_classes: int) -> int:
+    """Network outputs for ``n_classes`` in ``mode`` (``networks.out_channels_for``; imported here on use)."""
+    from .networks import out_channels_for as rule
+
+    return rule(mode, n_classes)
+
+
+def build_network(architecture: dict, n_classes: int, mode: str):
+    """``networks.build_network`` (torch and MONAI are imported on use)."""
+    from .networks import build_network as build
+
+    return build(architecture, n_classes, mode)
 
 
 def _monai_version() -> str:

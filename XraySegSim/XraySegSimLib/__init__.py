@@ -10,11 +10,22 @@ Quick start (Python console or script)::
 """
 
 from .errors import GeometryError, InputError, XraySegError
-from .geometry import XrayGeometry
-from .volume import Volume, read_volume
-from .labels import LabelClass, LabelClasses
-from .projector import DrrProjector, DrrResult
-from . import views
+
+# The quick-start names are imported on first use: the Slicer module imports this package before the user has
+# agreed to install numba and the other packages (``XraySegSimLib.dependencies``), so nothing here may need them.
+_LAZY = {"XrayGeometry": "geometry", "Volume": "volume", "read_volume": "volume", "LabelClass": "labels",
+         "LabelClasses": "labels", "DrrProjector": "projector", "DrrResult": "projector"}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name == "views":
+        return importlib.import_module(".views", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DrrProjector",
