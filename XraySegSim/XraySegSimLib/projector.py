@@ -18,6 +18,10 @@ Masks: a pixel belongs to a class when its ray runs through at least ``min_mask_
 default the CT's smallest voxel spacing. Rays that only clip the corner of a boundary voxel are thus left
 out: that halo comes from the label map's voxel staircase, not from anatomy (on a smooth surface of radius R
 the threshold h moves the edge by only h^2 / 8R, e.g. 0.01 mm for a 5 mm rib and 0.7 mm voxels).
+Speed: each ray is first clipped to a polytope around the voxels that have attenuation or a label (empty-space
+skipping, see projector_kernels); inside it the traversal is the exact one above. ``device="cuda"`` runs the
+same per-ray code as a numba.cuda kernel (projector_gpu).
+
 Masks keep overlaps (a pixel may belong to several classes). The single-label image gives each pixel the
 class with the longest path through it (ties: the lower class index), 0 where none.
 """
@@ -33,141 +37,13 @@ from .errors import GeometryError, InputError
 from .geometry import XrayGeometry
 from .labels import LabelClasses, unknown_label_values
 from .materials import MAX_MATERIALS, SOFT_BONE_KNEE_HU, MaterialModel
+from .projector_kernels import box_hull, matter_hull, pack_voxels, trace_rays_cpu
 from .volume import Volume
 
 MU_WATER_60KEV_PER_MM = 0.0206
 MAX_LABEL_VALUE = 65535  # largest label value accepted (uint16 label maps)
 # Below this HU a voxel is pure soft tissue in every MaterialModel (checked when the table is built).
 SOFT_ONLY_BELOW_HU = int(SOFT_BONE_KNEE_HU) + 1
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _pack_voxels(hu, labels, class_lut, has_labels, packed):  # pragma: no cover - compiled
-    """packed = (class_lut[label] << 16) | uint16(round(clip(HU, int16 range)))."""
-    nk, nj, ni = hu.shape
-    for k in numba.prange(nk):
-        for j in range(nj):
-            for i in range(ni):
-                h = min(max(round(hu[k, j, i]), -32768), 32767)
-                word = np.uint32(np.int64(h) & 0xFFFF)
-                if has_labels:
-                    value = labels[k, j, i]
-                    if value < class_lut.shape[0]:
-                        word |= np.uint32(class_lut[value]) << 16
-                packed[k, j, i] = word
-
-
-@numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def _trace_rays(
-    packed, mu_scale, mu_offset,
-    source, origin, column_step, row_step, metric, row_order,
-    line_integral, thickness, material_lut, materials, soft_only_below,
-):  # pragma: no cover - compiled; covered through DrrProjector tests
-    """Trace every detector pixel. All points are in IJK shifted by +0.5, so voxel v spans [v, v+1)."""
-    nk, nj, ni = packed.shape
-    n_rows, n_cols = line_integral.shape
-    n_materials = materials.shape[0]
-    with_materials = n_materials > 0
-    sx, sy, sz = source[0], source[1], source[2]
-    for r in numba.prange(n_rows):
-        row = row_order[r]
-        for col in range(n_cols):
-            dx = origin[0] + col * column_step[0] + row * row_step[0] - sx
-            dy = origin[1] + col * column_step[1] + row * row_step[1] - sy
-            dz = origin[2] + col * column_step[2] + row * row_step[2] - sz
-            length_mm = np.sqrt(
-                metric[0, 0] * dx * dx + metric[1, 1] * dy * dy + metric[2, 2] * dz * dz
-                + 2.0 * (metric[0, 1] * dx * dy + metric[0, 2] * dx * dz + metric[1, 2] * dy * dz)
-            )
-            # Clip the ray segment [source, pixel] (t in [0, 1]) to the volume box (slab method).
-            t0, t1 = 0.0, 1.0
-            for axis in range(3):
-                s = sx if axis == 0 else (sy if axis == 1 else sz)
-                d = dx if axis == 0 else (dy if axis == 1 else dz)
-                n = ni if axis == 0 else (nj if axis == 1 else nk)
-                if d == 0.0:
-                    if s < 0.0 or s > n:
-                        t0, t1 = 1.0, 0.0
-                else:
-                    ta, tb = (0.0 - s) / d, (n - s) / d
-                    if ta > tb:
-                        ta, tb = tb, ta
-                    t0, t1 = max(t0, ta), min(t1, tb)
-            if t0 >= t1:
-                continue
-            # Voxel containing the entry point (midpoint-safe: clamp onto the grid).
-            ix = min(max(int(np.floor(sx + t0 * dx)), 0), ni - 1)
-            iy = min(max(int(np.floor(sy + t0 * dy)), 0), nj - 1)
-            iz = min(max(int(np.floor(sz + t0 * dz)), 0), nk - 1)
-            inf = np.inf
-            step_x, next_x, delta_x = 0, inf, inf
-            if dx > 0.0:
-                step_x, next_x, delta_x = 1, (ix + 1 - sx) / dx, 1.0 / dx
-            elif dx < 0.0:
-                step_x, next_x, delta_x = -1, (ix - sx) / dx, -1.0 / dx
-            step_y, next_y, delta_y = 0, inf, inf
-            if dy > 0.0:
-                step_y, next_y, delta_y = 1, (iy + 1 - sy) / dy, 1.0 / dy
-            elif dy < 0.0:
-                step_y, next_y, delta_y = -1, (iy - sy) / dy, -1.0 / dy
-            step_z, next_z, delta_z = 0, inf, inf
-            if dz > 0.0:
-                step_z, next_z, delta_z = 1, (iz + 1 - sz) / dz, 1.0 / dz
-            elif dz < 0.0:
-                step_z, next_z, delta_z = -1, (iz - sz) / dz, -1.0 / dz
-            t = t0
-            total = 0.0
-            m0 = m1 = m2 = m3 = 0.0
-            run_class = 0
-            run_length = 0.0
-            while True:
-                t_exit = min(next_x, next_y, next_z, t1)
-                segment = t_exit - t
-                word = np.int64(packed[iz, iy, ix])
-                total += segment * max(0.0, mu_offset + mu_scale * np.int16(word & 0xFFFF))
-                if with_materials:
-                    code = word & 0xFFFF
-                    hu_value = np.int16(code)
-                    # Soft-tissue voxels (most of them) cost nothing here: their partial density is the mu
-                    # integrand / mu_water, added from ``total`` at the end. Others correct that and add theirs.
-                    if soft_only_below <= hu_value:
-                        m0 += segment * (material_lut[code, 0] - (1.0 + 0.001 * hu_value))
-                        m1 += segment * material_lut[code, 1]
-                        m2 += segment * material_lut[code, 2]
-                        m3 += segment * material_lut[code, 3]
-                c = word >> 16
-                if c != run_class:
-                    if run_class != 0:
-                        thickness[run_class - 1, row, col] += run_length * length_mm
-                    run_class = c
-                    run_length = 0.0
-                run_length += segment
-                if t_exit >= t1:
-                    break
-                t = t_exit
-                if next_x <= next_y and next_x <= next_z:
-                    ix += step_x
-                    next_x += delta_x
-                    if ix < 0 or ix >= ni:
-                        break
-                elif next_y <= next_z:
-                    iy += step_y
-                    next_y += delta_y
-                    if iy < 0 or iy >= nj:
-                        break
-                else:
-                    iz += step_z
-                    next_z += delta_z
-                    if iz < 0 or iz >= nk:
-                        break
-            if run_class != 0:
-                thickness[run_class - 1, row, col] += run_length * length_mm
-            line_integral[row, col] = total * length_mm
-            if with_materials:
-                m0 += total / mu_offset  # sum of segment * max(0, 1 + HU/1000): the soft-tissue line
-                for m, value in enumerate((m0, m1, m2, m3)):
-                    if m < n_materials:
-                        materials[m, row, col] = value * length_mm * 0.1  # g/cm^3 * mm -> g/cm^2
 
 
 @dataclass
@@ -220,9 +96,16 @@ class DrrProjector:
         threads: int | None = None,
         names_table: dict[int, object] | None = None,
         materials: MaterialModel | None = None,
+        device: str = "cpu",
+        skip_empty: bool = True,
     ) -> None:
         """``materials``: also integrate the partial density of each material (g/cm^2) in the same pass,
-        for the polyenergetic physics (see ``materials``)."""
+        for the polyenergetic physics (see ``materials``). ``device``: "cpu", "cuda" or "auto" (CUDA when a
+        GPU is usable, else the CPU); "cuda" without a GPU raises InputError. ``skip_empty``: jump over
+        the empty space around the body (same values; off only to check that claim)."""
+        from .projector_gpu import resolve_device
+
+        self.device = resolve_device(device)
         if min(ct.array.shape) < 2:
             raise InputError(
                 f"{ct.name or 'CT'}: has shape {ct.array.shape[::-1]} (i, j, k); a CT must be a 3D volume "
@@ -248,7 +131,10 @@ class DrrProjector:
         # One 32-bit word per voxel: low 16 bits HU (int16), high 16 bits class index. One load per voxel
         # step gives both, which halves the cost of projecting labels compared with two arrays.
         self.packed = np.empty(ct.array.shape, np.uint32)
-        _pack_voxels(np.ascontiguousarray(ct.array), label_array, class_lut, labels is not None, self.packed)
+        pack_voxels(np.ascontiguousarray(ct.array), label_array, class_lut, labels is not None, self.packed)
+        # Empty-space skipping: rays start and end on a polytope around the voxels with attenuation or a label.
+        self.hull = matter_hull(self.packed) if skip_empty else box_hull(self.packed.shape)
+        self._gpu = None  # device copy of the packed volume, made on the first CUDA render
 
     def _prepare_labels(self, ct, labels, classes, names_table) -> tuple[np.ndarray, np.ndarray]:
         if not labels.same_grid_as(ct):
@@ -302,19 +188,25 @@ class DrrProjector:
         thickness = np.zeros((len(self.classes), rows, cols), np.float32)
         n_materials = len(self.materials.channels) if self.materials else 0
         material_g_cm2 = np.zeros((n_materials, rows, cols), np.float32)
-        # A fixed shuffle of rows balances threads (edge rows miss the body and are cheap).
-        row_order = np.random.default_rng(0).permutation(rows).astype(np.int64)
-        previous_threads = numba.get_num_threads()
-        if self.threads:
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
-        try:
-            _trace_rays(
-                self.packed, self.mu_water_per_mm / 1000.0,
-                self.mu_water_per_mm, source, origin, column_step, row_step, metric, row_order,
-                line_integral, thickness, self.material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU,
-            )
-        finally:
-            numba.set_num_threads(previous_threads)
+        args = (self.mu_water_per_mm / 1000.0, self.mu_water_per_mm, source, origin, column_step, row_step, metric,
+                self.hull)
+        if self.device == "cuda":
+            from .projector_gpu import GpuVolume
+
+            if self._gpu is None:
+                self._gpu = GpuVolume(self.packed, self.material_lut)
+            self._gpu.trace(*args, line_integral, thickness, material_g_cm2, SOFT_ONLY_BELOW_HU)
+        else:
+            # A fixed shuffle of rows balances threads (edge rows miss the body and are cheap).
+            row_order = np.random.default_rng(0).permutation(rows).astype(np.int64)
+            previous_threads = numba.get_num_threads()
+            if self.threads:
+                numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+            try:
+                trace_rays_cpu(self.packed, *args, row_order, line_integral, thickness,
+                               self.material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU)
+            finally:
+                numba.set_num_threads(previous_threads)
         return DrrResult(geometry, line_integral, thickness, self.classes, list(self.unknown_values),
                          float(self.ct.spacing.min()), material_g_cm2 if n_materials else None,
                          self.materials.channels if self.materials else ())

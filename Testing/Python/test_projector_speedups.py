@@ -1,0 +1,159 @@
+"""Empty-space skipping and the CUDA path give the values of the plain traversal.
+
+The CUDA kernel is checked in numba's CUDA simulator on the CPU (a subprocess with NUMBA_ENABLE_CUDASIM=1:
+the switch must be set before numba is imported); tests marked ``gpu`` run it on a real GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from XraySegSimLib import DrrProjector, InputError, LabelClasses, Volume, read_volume, views
+from XraySegSimLib.materials import MaterialModel
+from XraySegSimLib.projector_gpu import cuda_available, resolve_device
+from XraySegSimLib.projector_kernels import matter_hull
+from conftest import grid_volume, voxel_centers_ras
+
+HERE = Path(__file__).resolve().parent
+
+
+def body_in_air(shape=(36, 40, 44), spacing=1.5, seed=0):
+    """A noisy ellipsoidal 'body' with two labelled bones, in exact air (-1000 HU) padded like a scanner's
+    field of view (-2048), and a few isolated dense voxels far out (so the hull is not just the body)."""
+    rng = np.random.default_rng(seed)
+    volume = grid_volume(np.full(shape, -2048.0, np.float32), spacing, center_ras=(3, -2, 5),
+                         rotation=views.rotation_z(20) @ views.rotation_x(-10))
+    centres = voxel_centers_ras(volume) - volume.center_ras
+    radius = np.linalg.norm(centres / (22, 18, 20), axis=-1)
+    volume.array[radius < 1.3] = -1000.0
+    body = radius < 1
+    volume.array[body] = rng.normal(0, 40, body.sum())
+    labels = np.zeros(shape, np.uint8)
+    first = np.linalg.norm(centres - (-6, 2, 0), axis=-1) < 7
+    second = np.linalg.norm(centres - (7, -3, 4), axis=-1) < 5
+    volume.array[first | second] = 900.0
+    labels[first], labels[second] = 2, 5
+    volume.array[3, 4, 5] = 300.0  # a lone voxel outside the body
+    labels[shape[0] - 3, shape[1] - 4, 2] = 5  # a lone labelled voxel in air
+    return volume, Volume(labels, volume.ijk_to_ras, "labels")
+
+
+GEOMETRIES = [("chest-pa", 0, 0), ("carm-ap", 35, -20), ("lumbar-lateral", 10, 25)]
+
+
+def geometry_for(volume, view, lao, cranial, size=(48, 40)):
+    return views.from_preset(view, volume.center_ras, size=size, detector_mm=(72, 60), lao_deg=lao,
+                             cranial_deg=cranial)
+
+
+def test_hull_holds_every_non_empty_voxel_and_cuts_off_the_padding():
+    volume, labels = body_in_air()
+    projector = DrrProjector(volume, labels)
+    directions, lower, upper = matter_hull(projector.packed)
+    k, j, i = np.nonzero((volume.array > -1000) | (labels.array > 0))
+    corners = np.stack([i, j, k], 1)[:, None, :] + np.array(np.meshgrid([0, 1], [0, 1], [0, 1])).reshape(3, 8).T
+    along = corners @ directions.T  # every corner of every non-empty voxel lies within every slab
+    assert np.all(along >= lower - 1e-9) and np.all(along <= upper + 1e-9)
+    # tight: each slab touches a non-empty voxel's corner
+    np.testing.assert_allclose(along.min(axis=(0, 1)), lower)
+    np.testing.assert_allclose(along.max(axis=(0, 1)), upper)
+    empty = DrrProjector(grid_volume(np.full((5, 6, 7), -1000.0, np.float32), 1.0))
+    _, lower, upper = empty.hull
+    assert np.all(lower > upper)  # nothing to hit: every ray is skipped
+
+
+@pytest.mark.parametrize("view, lao, cranial", GEOMETRIES)
+def test_skipping_gives_the_image_and_masks_of_the_full_traversal(view, lao, cranial):
+    volume, labels = body_in_air()
+    geometry = geometry_for(volume, view, lao, cranial)
+    skip = DrrProjector(volume, labels, materials=MaterialModel()).render(geometry)
+    full = DrrProjector(volume, labels, materials=MaterialModel(), skip_empty=False).render(geometry)
+    assert full.line_integral.max() > 0.5 and full.masks().sum() > 100
+    np.testing.assert_allclose(skip.line_integral, full.line_integral, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(skip.thickness_mm, full.thickness_mm, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(skip.material_g_cm2, full.material_g_cm2, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(skip.masks(), full.masks())
+    np.testing.assert_array_equal(skip.label_image(), full.label_image())
+
+
+@pytest.mark.slow
+def test_skipping_on_the_chest_ct_keeps_image_and_masks(sample_chest_ct):
+    ct = read_volume(sample_chest_ct.ct_path)
+    labels = read_volume(sample_chest_ct.labels_path)
+    bones = LabelClasses.totalsegmentator_bones()
+    geometry = views.from_preset("chest-ap", ct.center_ras, size=128, lao_deg=15)
+    skip = DrrProjector(ct, labels, bones).render(geometry)
+    full = DrrProjector(ct, labels, bones, skip_empty=False).render(geometry)
+    np.testing.assert_allclose(skip.line_integral, full.line_integral, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(skip.thickness_mm, full.thickness_mm, rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(skip.masks(), full.masks())
+
+
+def test_device_choice():
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if cuda_available() else "cpu")
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    if not cuda_available():
+        with pytest.raises(InputError, match="no CUDA GPU is usable here.*--device auto"):
+            resolve_device("cuda")
+
+
+GPU_SCRIPT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_projector_speedups import body_in_air, geometry_for, GEOMETRIES
+from XraySegSimLib import DrrProjector
+from XraySegSimLib.materials import MaterialModel
+volume, labels = body_in_air()
+projector = DrrProjector(volume, labels, materials=MaterialModel(), device="cuda")
+view, lao, cranial = GEOMETRIES[int(sys.argv[3])]
+result = projector.render(geometry_for(volume, view, lao, cranial, size=(24, 20)))
+np.savez(sys.argv[2], line=result.line_integral, thickness=result.thickness_mm, materials=result.material_g_cm2)
+print(json.dumps({"device": projector.device}))
+"""
+
+
+def render_in_subprocess(tmp_path, geometry_index: int, simulator: bool):
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1" if simulator else "0")
+    out = tmp_path / f"gpu-{geometry_index}.npz"
+    done = subprocess.run([sys.executable, "-c", GPU_SCRIPT, str(HERE), str(out), str(geometry_index)],
+                          capture_output=True, text=True, env=env, cwd=HERE, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["device"] == "cuda"
+    return np.load(out)
+
+
+def assert_matches_cpu(gpu, geometry_index):
+    volume, labels = body_in_air()
+    view, lao, cranial = GEOMETRIES[geometry_index]
+    cpu = DrrProjector(volume, labels, materials=MaterialModel()).render(
+        geometry_for(volume, view, lao, cranial, size=(24, 20)))
+    assert cpu.line_integral.max() > 0.5 and cpu.masks().sum() > 20
+    relative = np.abs(gpu["line"] - cpu.line_integral).max() / cpu.line_integral.max()
+    assert relative < 1e-6
+    np.testing.assert_allclose(gpu["thickness"], cpu.thickness_mm, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(gpu["materials"], cpu.material_g_cm2, rtol=1e-6, atol=1e-6)
+    gpu_masks = (gpu["thickness"] >= cpu.min_mask_thickness_mm) & (gpu["thickness"] > 0)
+    np.testing.assert_array_equal(gpu_masks, cpu.masks())
+
+
+@pytest.mark.slow
+def test_cuda_kernel_in_the_simulator_matches_the_cpu(tmp_path):
+    """The same kernel source, run thread by thread by numba's CUDA simulator, on an oblique view."""
+    assert_matches_cpu(render_in_subprocess(tmp_path, 1, simulator=True), 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("geometry_index", range(len(GEOMETRIES)))
+def test_cuda_kernel_on_the_gpu_matches_the_cpu(tmp_path, geometry_index):
+    assert_matches_cpu(render_in_subprocess(tmp_path, geometry_index, simulator=False), geometry_index)

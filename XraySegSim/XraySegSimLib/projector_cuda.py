@@ -1,0 +1,31 @@
+"""The CUDA kernel of the projector (numba.cuda). Imported only when a CUDA render is asked for, by
+projector_gpu; ``cuda`` is a module global so that numba's CUDA simulator can stand in for it."""
+
+from __future__ import annotations
+
+from numba import cuda
+
+from .projector_kernels import make_trace_ray
+
+
+def make_kernel(with_materials: bool):
+    """Compile the kernel: one thread per detector pixel, tracing with the CPU kernel's ``trace_ray``."""
+    trace = cuda.jit(device=True)(make_trace_ray(with_materials))
+
+    @cuda.jit
+    def trace_rays_cuda(packed, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
+                        hull_directions, hull_lower, hull_upper, line_integral, thickness, material_lut,
+                        materials, soft_only_below):  # pragma: no cover - compiled
+        col, row = cuda.grid(2)
+        if row < line_integral.shape[0] and col < line_integral.shape[1]:
+            # Outputs come uninitialised from device_array: this thread owns its pixel.
+            line_integral[row, col] = 0.0
+            for c in range(thickness.shape[0]):
+                thickness[c, row, col] = 0.0
+            for m in range(materials.shape[0]):
+                materials[m, row, col] = 0.0
+            trace(packed, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
+                  hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness, material_lut,
+                  materials, soft_only_below)
+
+    return trace_rays_cuda

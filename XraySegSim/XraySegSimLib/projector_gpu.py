@@ -1,0 +1,83 @@
+"""CUDA path of the DRR projector (numba.cuda): one thread per detector pixel, the same ``trace_ray`` as the
+CPU kernel (projector_kernels), so labels, material channels and empty-space skipping come in the one pass
+with the same geometry and the same arithmetic (float64 traversal, float32 outputs).
+
+Without a GPU it runs in numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before numba is imported),
+which is how the tests check it on a CPU-only machine: slow (Python per thread) but the same code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+DEVICES = ("cpu", "cuda", "auto")
+BLOCK = (16, 8)  # threads per block along (columns, rows): neighbouring rays share cache lines
+
+
+def cuda_available() -> bool:
+    """True when numba can use a CUDA GPU (or its simulator is switched on)."""
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:  # no driver, broken toolkit: the CPU path is the answer, not a traceback
+        return False
+
+
+def resolve_device(device: str) -> str:
+    """"cpu" or "cuda" for a requested "cpu", "cuda" or "auto"; InputError for "cuda" without a GPU."""
+    if device not in DEVICES:
+        raise InputError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return "cpu"
+    if cuda_available():
+        return "cuda"
+    if device == "auto":
+        return "cpu"
+    raise InputError("device cuda was requested but no CUDA GPU is usable here (numba.cuda.is_available() is "
+                     "false); use --device cpu, or --device auto to take the GPU only when there is one")
+
+
+_KERNELS: dict[bool, object] = {}
+
+
+def _kernel(with_materials: bool):
+    """The CUDA kernel with or without material channels, compiled once per process (first call only)."""
+    if with_materials not in _KERNELS:
+        from .projector_cuda import make_kernel
+
+        _KERNELS[with_materials] = make_kernel(with_materials)
+    return _KERNELS[with_materials]
+
+
+class GpuVolume:
+    """The packed volume and material table on the GPU, uploaded once per projector."""
+
+    def __init__(self, packed: np.ndarray, material_lut: np.ndarray) -> None:
+        from numba import cuda
+
+        self.packed = cuda.to_device(packed)
+        self.material_lut = cuda.to_device(np.ascontiguousarray(material_lut))
+
+    def trace(self, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull,
+              line_integral, thickness, materials, soft_only_below) -> None:
+        """Fill the host arrays ``line_integral`` (rows, cols), ``thickness`` and ``materials``
+        (channels, rows, cols) like ``trace_rays_cpu`` does."""
+        from numba import cuda
+
+        rows, cols = line_integral.shape
+        d_line = cuda.device_array(line_integral.shape, np.float32)
+        d_thickness = cuda.device_array(thickness.shape, np.float32)
+        d_materials = cuda.device_array(materials.shape, np.float32)
+        small = [cuda.to_device(np.ascontiguousarray(a, np.float64))
+                 for a in (source, origin, column_step, row_step, metric, *hull)]
+        grid = ((cols + BLOCK[0] - 1) // BLOCK[0], (rows + BLOCK[1] - 1) // BLOCK[1])
+        _kernel(materials.shape[0] > 0)[grid, BLOCK](self.packed, float(mu_scale), float(mu_offset), *small,
+                               d_line, d_thickness, self.material_lut, d_materials, int(soft_only_below))
+        d_line.copy_to_host(line_integral)
+        if thickness.size:
+            d_thickness.copy_to_host(thickness)
+        if materials.size:
+            d_materials.copy_to_host(materials)
