@@ -108,3 +108,16 @@ def test_loss_and_metrics_ignore_the_unknown_pixels():
         changed_target[:, :, :8] = 1.0 - changed_target[:, :, :8].clamp(0, 1)
         assert torch.isclose(masked_dice_ce(changed_logits, changed_target, known, mode), base, rtol=1e-6)
         assert not torch.isclose(masked_dice_ce(changed_logits, changed_target, torch.ones_like(known), mode), base)
+
+
+def test_foreground_crops_centre_on_labels_not_on_unknown_pixels():
+    from XraySegInferLib.transforms import random_crop
+
+    masks = np.zeros((2, 96, 96), np.uint8)
+    masks[:, :, :48] = 255  # unknown half
+    masks[1, 70, 80] = 1  # the one labelled pixel
+    image = np.zeros((96, 96), np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        _, crop = random_crop(image, masks, (32, 32), rng, foreground_probability=1.0)
+        assert (crop[1] == 1).sum() == 1

@@ -140,7 +140,8 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConf
 def random_crop(image: np.ndarray, masks: np.ndarray, size: tuple[int, int], rng: np.random.Generator,
                 foreground_probability: float = 0.33) -> tuple[np.ndarray, np.ndarray]:
     """A (size) crop of (H, W) image and (C, H, W) masks, zero-padded when smaller; with
-    ``foreground_probability`` the crop is centred on a random labelled pixel."""
+    ``foreground_probability`` the crop is centred on a random labelled pixel (value 1; unknown pixels, 255,
+    are not foreground)."""
     h, w = image.shape
     ph, pw = max(0, size[0] - h), max(0, size[1] - w)
     if ph or pw:
@@ -148,8 +149,9 @@ def random_crop(image: np.ndarray, masks: np.ndarray, size: tuple[int, int], rng
         image = np.pad(image, pads, mode="constant")
         masks = np.pad(masks, ((0, 0),) + pads, mode="constant")
         h, w = image.shape
-    if rng.random() < foreground_probability and masks.any():
-        ys, xs = np.nonzero(masks.any(axis=0))
+    labelled = (masks == 1).any(axis=0)
+    if rng.random() < foreground_probability and labelled.any():
+        ys, xs = np.nonzero(labelled)
         k = rng.integers(len(ys))
         y0 = int(np.clip(ys[k] - size[0] // 2, 0, h - size[0]))
         x0 = int(np.clip(xs[k] - size[1] // 2, 0, w - size[1]))
