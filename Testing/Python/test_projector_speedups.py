@@ -157,3 +157,21 @@ def test_cuda_kernel_in_the_simulator_matches_the_cpu(tmp_path):
 @pytest.mark.parametrize("geometry_index", range(len(GEOMETRIES)))
 def test_cuda_kernel_on_the_gpu_matches_the_cpu(tmp_path, geometry_index):
     assert_matches_cpu(render_in_subprocess(tmp_path, geometry_index, simulator=False), geometry_index)
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the answer without a GPU")
+def test_cli_device_cuda_without_a_gpu_is_one_line_and_status_2(tmp_path):
+    from conftest import write_image
+
+    volume, labels = body_in_air()
+    ct = write_image(volume.array, volume.ijk_to_ras, tmp_path / "ct.nrrd")
+    command = [sys.executable, "-m", "XraySegInferLib.entry", "render", "--ct", str(ct), "--size", "16",
+               "--out", str(tmp_path / "out")]
+    done = subprocess.run(command + ["--device", "cuda"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"))
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no CUDA GPU is usable" in done.stderr
+    assert not (tmp_path / "out").exists()
+    done = subprocess.run(command + ["--device", "auto"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert (tmp_path / "out").is_dir()

@@ -84,6 +84,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     render.add_argument("--classes", default="bones", help=CLASS_CHOICES_HELP)
     render.add_argument("--out", type=Path, required=True, help="output folder (created if needed)")
     render.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    render.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                        help="where to trace the rays: cpu (default), cuda (an error without a CUDA GPU) or auto "
+                        "(the GPU when there is one)")
     render.add_argument("--mu-water", type=float, default=MU_WATER_60KEV_PER_MM,
                         help=f"attenuation of water, 1/mm (default {MU_WATER_60KEV_PER_MM}, water at 60 keV)")
     render.add_argument("--save-thickness", action="store_true", help="also write thickness.nrrd (mm per class)")
@@ -262,7 +265,8 @@ def run_render(args: argparse.Namespace) -> dict[str, Path]:
         classes = _classes(args.classes, args.names, names) if labels is not None else None
     physics_preset = _physics_preset(args.physics, args.view)
     materials = MaterialModel() if physics_preset else None
-    projector = DrrProjector(ct, labels, classes, args.mu_water, args.threads, names, materials)
+    projector = DrrProjector(ct, labels, classes, args.mu_water, args.threads, names, materials,
+                             device=getattr(args, "device", "cpu"))
     if labels is not None and len(projector.classes) == 0:
         raise InputError(
             f"the label map {args.labels} holds none of the requested classes ({args.classes}); it may be "
