@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import zlib
 from dataclasses import dataclass
@@ -267,8 +268,18 @@ def _plane_header(spacing: Sequence[float]) -> dict[str, Any]:
             "space origin": np.zeros(2), "kinds": ["domain", "domain"]}
 
 
+_PYNRRD_TIME_STAMP = re.compile(rb"# on [0-9: -]+\(GMT\)\.\n")
+
+
+def _without_time_stamp(data: bytes) -> bytes:
+    """pynrrd writes the current time into its header comment: dropped, so the same dataset is the same bytes."""
+    head, tail = data[:256], data[256:]
+    return _PYNRRD_TIME_STAMP.sub(b"", head, count=1) + tail
+
+
 def _write_nrrd(path: Path, array: np.ndarray, header: dict[str, Any]) -> None:
-    """pynrrd's header and data; 8-bit gzip data from :func:`gzip_runs` (the same decoded bytes, much faster)."""
+    """pynrrd's header and data; 8-bit gzip data from :func:`gzip_runs` (the same decoded bytes, much faster).
+    No time stamp: the same content gives the same bytes."""
     import nrrd
 
     array = np.ascontiguousarray(array)
@@ -279,11 +290,14 @@ def _write_nrrd(path: Path, array: np.ndarray, header: dict[str, Any]) -> None:
             except ImportError:  # pragma: no cover - another pynrrd: its own writer
                 pass
             else:
+                buffer = io.BytesIO()
+                _write_header(buffer, _handle_header(array, dict(header), "C"))
                 with open(tmp, "wb") as handle:
-                    _write_header(handle, _handle_header(array, dict(header), "C"))
+                    handle.write(_without_time_stamp(buffer.getvalue()))
                     handle.write(gzip_runs(array))
                 return
         nrrd.write(str(tmp), array, header, index_order="C", compression_level=GZIP_LEVEL)
+        tmp.write_bytes(_without_time_stamp(tmp.read_bytes()))
 
 
 def write_image_2d(path: Path, image: np.ndarray, spacing: Sequence[float], encoding: str = "raw",
