@@ -70,6 +70,7 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._running = False
         self._cancelRequested = False
+        self._segmentation = None  # the running XraySegInferLib.segment_process.SegmentationProcess
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -84,6 +85,9 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = XraySegInferLogic(interactive=True)
+        self.segmentTimer = qt.QTimer()
+        self.segmentTimer.setInterval(200)
+        self.segmentTimer.connect("timeout()", self._pollSegmentation)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.runButton.connect("clicked(bool)", self.onRun)
@@ -102,6 +106,8 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+        if self._segmentation is not None:
+            self._segmentation.cancel()  # the module goes away: leave no worker behind
 
     def enter(self) -> None:
         if self.logic is not None:
@@ -226,32 +232,49 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancel(self) -> None:
         self._cancelRequested = True
         self.ui.statusLabel.text = _("Cancelling...")
-
-    def onRun(self) -> None:
-        from XraySegInferLib.runner import Cancelled
-        p = self._parameterNode
-        self._setRunning(True)
-
-        def segment():
-            try:
-                return self.logic.segment(p.inputVolume, p.modelId, p.device,
-                                          progress=self._progress(self.ui.progressBar, self.ui.statusLabel),
-                                          cancel=self._isCancelled)
-            except Cancelled:
-                return Cancelled
-        try:
-            result = self._try(_("Segmentation failed; nothing was added to the scene."), segment)
-        finally:
-            self._setRunning(False)
-        if result is Cancelled:
+        if self._segmentation is not None:  # the worker process stops at once; nothing is added
+            self._segmentation.cancel()
+            self._endSegmentation()
             self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
-        elif result is None:
+
+    # ---- Segment: the network runs in a background process, polled by a timer ----
+    def onRun(self) -> None:
+        p = self._parameterNode
+        self._segmentation = self._try(_("Segmentation failed; nothing was added to the scene."),
+                                       lambda: self.logic.startSegmentation(p.inputVolume, p.modelId, p.device),
+                                       waitCursor=True)
+        if self._segmentation is None:
+            return
+        self._setRunning(True)
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = _("Starting the segmentation...")
+        self.segmentTimer.start()
+
+    def _pollSegmentation(self) -> None:
+        from XraySegInferLib.background import RunState
+        status = self._segmentation.poll()
+        if status.state in (RunState.PENDING, RunState.RUNNING):
+            if status.progress.fraction is not None:
+                self.ui.progressBar.value = int(round(100 * status.progress.fraction))
+            self.ui.statusLabel.text = _("Segmenting...")
+            return
+        run, p = self._segmentation, self._parameterNode
+        self._endSegmentation()
+        result = self._try(_("Segmentation failed; nothing was added to the scene."),
+                           lambda: run.finish(self.logic._scene()))
+        if result is None:
             self.ui.statusLabel.text = _("Segmentation failed; nothing was added to the scene.")
-        else:
-            p.outputSegmentation, p.outputTable = result.segmentation, result.table
-            self._try(_("Failed to show the result."), lambda: self.logic.showResult(p.inputVolume, result.table))
-            self.ui.statusLabel.text = _("{n} bones segmented in {s:.1f} s. {notes}").format(
-                n=sum(c.pixels > 0 for c in result.classes), s=result.seconds, notes=" ".join(result.notes))
+            return
+        self.ui.progressBar.value = 100
+        p.outputSegmentation, p.outputTable = result.segmentation, result.table
+        self._try(_("Failed to show the result."), lambda: self.logic.showResult(p.inputVolume, result.table))
+        self.ui.statusLabel.text = _("{n} bones segmented in {s:.1f} s. {notes}").format(
+            n=sum(c.pixels > 0 for c in result.classes), s=result.seconds, notes=" ".join(result.notes))
+
+    def _endSegmentation(self) -> None:
+        self.segmentTimer.stop()
+        self._segmentation = None
+        self._setRunning(False)
 
     def onBatch(self) -> None:
         p = self._parameterNode
@@ -367,6 +390,16 @@ class XraySegInferLogic(ScriptedLoadableModuleLogic):
         return segment_radiograph(self._scene(), volumeNode, predictor, progress, cancel, spacingMm,
                                   model_label=entry.label, device_note=note)
 
+    def startSegmentation(self, volumeNode, modelId=None, device="Auto", spacingMm=None):
+        """Start segmenting ``volumeNode`` in a background process (the module's Segment button); returns its
+        ``XraySegInferLib.segment_process.SegmentationProcess``: ``poll()``, ``cancel()``, and ``finish(scene)``
+        which adds the nodes. A bad input is refused before anything starts."""
+        from XraySegInferLib.mrml_adapter import radiograph_from_node
+        from XraySegInferLib.segment_process import SegmentationProcess
+        radiograph_from_node(volumeNode)
+        self.dependencies.ensure()  # the worker runs in this Python: torch, MONAI... must be there
+        return SegmentationProcess.start(volumeNode, self.model(modelId), device, self.cacheDir, spacingMm)
+
     def runBatch(self, inputFolder, outputFolder, modelId=None, device="Auto", resume=True, progress=None,
                  cancel=None):
         """Every radiograph under ``inputFolder`` -> ``outputFolder/<name>.seg.nrrd`` + ``summary.csv``
@@ -382,7 +415,8 @@ class XraySegInferLogic(ScriptedLoadableModuleLogic):
         ``volumeNode`` was not loaded from DICOM, ``XraySegError`` when highdicom is not installed."""
         from XraySegInferLib.dicom_seg import write_dicom_seg_for_node
         predictors = list(self._predictors.values())
-        card = getattr(predictors[0], "card", None) if predictors else None
+        card = getattr(result.prediction, "card", None) or (  # a background run carries its model's card
+            getattr(predictors[0], "card", None) if predictors else None)
         return write_dicom_seg_for_node(result.prediction, volumeNode, outputPath, card,
                                         getattr(slicer, "dicomDatabase", None))
 

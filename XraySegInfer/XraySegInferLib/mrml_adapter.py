@@ -270,10 +270,19 @@ def segment_radiograph(scene, volume_node, predictor, progress=None, cancel=None
     started = time.perf_counter()
     radiograph = radiograph_from_node(volume_node)
     prediction, notes = run_prediction(predictor, radiograph, spacing_mm, progress, cancel)
+    return add_prediction_nodes(scene, volume_node, prediction, notes, getattr(predictor, "card", None), name,
+                                model_label, device_note, time.perf_counter() - started)
+
+
+def add_prediction_nodes(scene, volume_node, prediction, notes: list[str], card: dict | None, name: str | None = None,
+                         model_label: str = "", device_note: str = "", seconds: float = 0.0) -> SegmentationResult:
+    """The segmentation and table nodes of a prediction on ``volume_node``'s grid (``prediction``: class_names,
+    colors, masks (C, H, W), probabilities, spacing_mm, spacing_source), under the input's study; all or none."""
+    notes = list(notes)
     if device_note:
         notes.insert(0, device_note)
-    results = class_results(prediction, getattr(predictor, "card", None))
-    card_names = [c["name"] for c in (getattr(predictor, "card", None) or {}).get("classes", [])]
+    results = class_results(prediction, card)
+    card_names = [c["name"] for c in (card or {}).get("classes", [])]
     if card_names and card_names != list(prediction.class_names):
         raise InputError(f"the model returned classes {prediction.class_names}, its card lists {card_names}")
     base = name or f"{volume_node.GetName()} bones"
@@ -285,7 +294,7 @@ def segment_radiograph(scene, volume_node, predictor, progress=None, cancel=None
             "XraySegInfer.SpacingMm": f"{prediction.spacing_mm[0]:.6g} {prediction.spacing_mm[1]:.6g}",
             "XraySegInfer.Notes": " | ".join(notes)})
         place_under(scene, study_item(scene, volume_node), (segmentation, table))
-    return SegmentationResult(segmentation, table, prediction, results, notes, time.perf_counter() - started)
+    return SegmentationResult(segmentation, table, prediction, results, notes, seconds)
 
 
 # ---- display ------------------------------------------------------------------------------------------------
@@ -342,6 +351,6 @@ def table_from_csv(scene, path: str | Path, name: str = "XraySegInfer batch summ
     return node
 
 
-__all__ = ["SegmentationResult", "create_segmentation_node", "create_table_node", "photometric_of_node",
+__all__ = ["SegmentationResult", "add_prediction_nodes", "create_segmentation_node", "create_table_node", "photometric_of_node",
            "place_under", "radiograph_from_node", "segment_radiograph", "show_in_slice_view", "slice_to_ras_for_image",
            "study_item", "table_from_csv", "table_rows"]
