@@ -14,6 +14,8 @@ from slicer.util import VTKObservationMixin
 
 import qt
 
+from XraySegSimLib.sim_logic import SimLogic, chosen_folder  # Qt-free and light: no numba, no physics
+
 # = XraySegSimLib.views.PRESET_NAMES (a test checks it), repeated so importing this module stays light.
 VIEW_PRESETS = ("chest-pa", "chest-lateral", "chest-ap", "wrist-pa", "wrist-lateral", "wrist-oblique-pronated",
                 "wrist-oblique-supinated", "lumbar-ap", "lumbar-lateral", "pelvis-ap", "carm-ap")
@@ -55,11 +57,7 @@ def registerSampleData() -> None:
         logging.warning(f"XraySeg Sim: sample data not registered: {error}")
 
 
-def chosenFolder(path):
-    """The folder a path field holds, or None: an empty ctkPathLineEdit reads back as Path("."), which is truthy
-    but means that no folder was chosen (it must never select Slicer's working directory)."""
-    text = str(path or "").strip()
-    return None if text in ("", ".") else pathlib.Path(text)
+chosenFolder = chosen_folder  # an empty path field (Path(".")) means no folder
 
 
 @parameterNodeWrapper
@@ -409,109 +407,22 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._observeRig()
             self._scheduleRender()
 
-class XraySegSimLogic(ScriptedLoadableModuleLogic):
-    """Qt-free bridge from the parameter node to ``XraySegSimLib.mrml_adapter.XraySimScene`` (``self.sim``),
-    which owns the X-ray set-up and output nodes of the scene."""
-    PREVIEW_SIZE = 128
+class XraySegSimLogic(ScriptedLoadableModuleLogic, SimLogic):
+    """``XraySegSimLib.sim_logic.SimLogic`` (the Qt-free logic: set-up, renders, export) as Slicer's module
+    logic, on ``slicer.mrmlScene`` unless given a scene."""
 
     def __init__(self, scene=None, interactive: bool = False) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         from XraySegSimLib.dependencies import Dependencies
-        from XraySegSimLib.mrml_adapter import SegmentNameCache, XraySimScene
-        self.sim = XraySimScene(scene if scene is not None else slicer.mrmlScene)
-        self._segmentNames = SegmentNameCache()
         if interactive:  # ask once, then install numba, pynrrd, spekpy, xraydb with pip (never at import time)
-            self.dependencies = Dependencies(confirm=slicer.util.confirmOkCancelDisplay,
-                                             pip_install=slicer.util.pip_install, title="XraySeg Sim")
+            dependencies = Dependencies(confirm=slicer.util.confirmOkCancelDisplay,
+                                        pip_install=slicer.util.pip_install, title="XraySeg Sim")
         else:  # scripts and self-tests: report what is missing, install nothing
-            self.dependencies = Dependencies(confirm=lambda text: False, pip_install=lambda arguments: None)
-
-    def segmentNames(self, labelsNode):
-        """Segment (or label map class) names of ``labelsNode``; a label map is scanned again only when it
-        changes."""
-        return self._segmentNames.names(labelsNode)
+            dependencies = Dependencies(confirm=lambda text: False, pip_install=lambda arguments: None)
+        SimLogic.__init__(self, scene if scene is not None else slicer.mrmlScene, dependencies)
 
     def getParameterNode(self):
         return XraySegSimParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def applyPresetDefaults(p) -> None:
-        """Set the distances and detector size of ``p`` to its view preset's."""
-        from XraySegSimLib import views
-        preset = views.PRESETS[p.viewPreset]
-        p.sourceToDetector, p.sourceToIsocenter = preset.source_to_detector_mm, preset.source_to_isocenter_mm
-        p.detectorWidth, p.detectorHeight = preset.detector_mm
-
-    def geometry(self, ctNode, viewPreset="chest-pa", size=512, laoAngle=0.0, craAngle=0.0,
-                 sourceToDetector=None, sourceToIsocenter=None, detectorMm=None, isocenter=None):
-        """The preset's geometry aimed at ``isocenter`` (world RAS; default: the CT centre, parent transforms
-        included)."""
-        from XraySegSimLib import views
-        from XraySegSimLib.mrml_adapter import volume_from_node
-        if isocenter is None:
-            isocenter = volume_from_node(ctNode).center_ras
-        return views.from_preset(viewPreset, isocenter, int(size), sourceToDetector, sourceToIsocenter,
-                                 detectorMm, laoAngle, craAngle)
-
-    @staticmethod
-    def isocenter(p):
-        """World RAS of the parameter node's isocentre: CT centre, markup point or segment centre."""
-        from XraySegSimLib.mrml_adapter import isocenter_ras
-        return isocenter_ras(p.isocenterMode, p.inputVolume, p.isocenterMarkup, p.inputLabels, p.isocenterSegment)
-
-    def updateGeometry(self, p) -> None:
-        """Place the set-up from the parameter node; a dragged pose is kept on top."""
-        self.sim.set_geometry(self.geometry(
-            p.inputVolume, p.viewPreset, p.detectorSize, p.laoAngle, p.craAngle, p.sourceToDetector,
-            p.sourceToIsocenter, (p.detectorWidth, p.detectorHeight), self.isocenter(p)), keep_pose=True)
-
-    def renderView(self, p, preview: bool = False, wait: bool = True):
-        """Render with the parameter node's set-up; with ``realisticPhysics`` the DRR node shows the
-        simulated radiograph of ``physicsPreset`` ("auto": the view preset's own). ``wait=False`` raises
-        ``RenderBusy`` instead of waiting when another render runs (renders are serialised process-wide)."""
-        from XraySegSimLib.mrml_adapter import physics_preset_for
-        self.dependencies.ensure()
-        physics = physics_preset_for(p.viewPreset, p.physicsPreset) if p.realisticPhysics else None
-        return self.sim.render(p.inputVolume, p.inputLabels, size=self.PREVIEW_SIZE if preview else None,
-                               physics=physics, wait=wait)
-
-    def _exportOptions(self, p) -> dict:
-        from XraySegSimLib.errors import InputError
-        folder = chosenFolder(p.exportFolder)
-        if folder is None:
-            raise InputError("choose an output folder for the training set")
-        return dict(view=p.exportViewPreset, views_per_ct=p.exportViewsPerCt, size=p.exportSize,
-                    physics=p.exportPhysics, seed=p.exportSeed, test_fraction=p.exportTestFraction,
-                    workers=p.exportWorkers, resume=p.exportResume, out=folder)
-
-    def exportTrainingSet(self, p, progress=None, cancel=None):
-        """Batch-export randomised views of ``p.inputVolume`` with ``p.inputLabels`` in this process, one CT
-        worker (``XraySegSimLib.mrml_adapter.export_training_set``); returns the ``ExportReport``. The module's
-        panel uses :meth:`startExport` instead (a background process)."""
-        from XraySegSimLib.mrml_adapter import export_training_set
-        self.dependencies.ensure()
-        options = self._exportOptions(p)
-        options["workers"] = 1  # no process pool inside the Slicer application (Slicer issue #7445)
-        return export_training_set(self.sim.scene, p.inputVolume, p.inputLabels, options.pop("out"), **options,
-                                   progress=progress, cancel=cancel)
-
-    def startExport(self, p):
-        """Write the inputs and start the export in a background process; returns its
-        ``XraySegSimLib.export_process.ExportProcess`` (``poll()``, ``cancel()``, ``wait()``)."""
-        from XraySegSimLib.export_process import ExportProcess
-        from XraySegSimLib.mrml_adapter import prepare_scene_export
-        self.dependencies.ensure()
-        options = self._exportOptions(p)
-        job = prepare_scene_export(self.sim.scene, p.inputVolume, p.inputLabels, options.pop("out"), **options)
-        return ExportProcess.start(job)
-
-    def render(self, ctNode, labelsNode=None, viewPreset=None, size=512, preview=False, isocenter=None):
-        """Render ``ctNode`` (HU) with optional labels (segmentation or label map) into the "X-ray DRR" and
-        "X-ray labels" nodes. ``viewPreset`` (re)places the set-up aimed at ``isocenter`` (RAS, default the
-        CT centre), else the current one (pose included) is used. Returns the ``XraySegSimLib.DrrResult``."""
-        if viewPreset is not None or isocenter is not None or not self.sim.has_geometry():
-            self.sim.set_geometry(self.geometry(ctNode, viewPreset or "chest-pa", size, isocenter=isocenter))
-        return self.sim.render(ctNode, labelsNode, size=self.PREVIEW_SIZE if preview else None)
 
     def showInSliceView(self, sliceViewName="Red") -> None:
         sliceLogic = slicer.app.applicationLogic().GetSliceLogicByLayoutName(sliceViewName)
