@@ -488,6 +488,19 @@ def _(tmp, f, dataset):
                 lambda: _assert(not (tmp / "out").exists()))
 
 
+@row("9-train-zero-steps-or-batch")
+def _(tmp, f, dataset):
+    return Case(["train", str(dataset), "--out", str(tmp / "run"), "--val-every", "0", "--quiet"], 2,
+                r"training option val_every must be a whole number >= 1, got 0",
+                lambda: _assert(not (tmp / "run").exists()))
+
+
+@row("9-infer-overlap-out-of-range")
+def _(tmp, f, dataset):
+    return Case(["infer", str(f["xray.png"]), "--model", str(f["package"]), "--out", str(tmp / "out"), "--overlap",
+                 "3"], 2, r"--overlap must be in \[0, 1\), got 3.0", lambda: _assert(not (tmp / "out").exists()))
+
+
 @row("9-truncated-nifti")
 def _(tmp, f, dataset):
     return Case(["render", "--ct", str(f["truncated_ct"]), "--out", str(tmp / "out")], 2,
@@ -696,6 +709,15 @@ def _(tmp, f, dataset):
         assert "mean_dice" in card["metrics"]["train"]
     return Case(["evaluate", str(dataset), "--model", str(package), "--split", "train", "--no-hd95", "--update-card",
                  "--out", str(tmp / "eval")], 0, "", loads)
+
+
+@row("held-disk-space-checked-up-front")
+def _(tmp, f, dataset):
+    out = tmp / "out"
+    # 10^6 samples of 4096^2 px need far more than any disk: refused before a single file is written.
+    return Case(export_args(f["ct"], f["labels"], out, "--views-per-ct", "1000000", "--size", "4096"), 2,
+                r"not enough disk space in .*needs about \d+\.\d+ GB",
+                lambda: _assert(not list(out.rglob("*.nrrd")) and not list(out.rglob("export.json"))))
 
 
 @row("held-corrupt-weights-refused")

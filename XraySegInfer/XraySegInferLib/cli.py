@@ -103,6 +103,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _threads(args) -> None:
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        from .errors import InputError
+
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
     if getattr(args, "threads", None):
         import torch
 
@@ -138,6 +142,7 @@ def run_train(args) -> int:
         config = TrainConfig.from_dict(data)
     except (TypeError, ValueError) as error:
         raise InputError(f"training options: {error}") from error
+    _check_train_numbers(config)
     try:
         result = train(args.dataset, args.out, config, resume=args.resume, progress=not args.quiet,
                        trust_pickle=args.trust_pickle)
@@ -147,6 +152,22 @@ def run_train(args) -> int:
         return 130
     print(f"model package: {result.package}")
     return 0
+
+
+def _check_train_numbers(config) -> None:
+    """Counts and sizes that would crash training (division by zero, empty batches), refused up front."""
+    from .errors import InputError
+
+    for name in ("steps", "val_every", "batch_size", "patch_size", "max_val_images"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"training option {name} must be a whole number >= 1, got {value!r}")
+    if not config.learning_rate > 0 or (config.spacing_mm is not None and not config.spacing_mm > 0):
+        raise InputError("the learning rate and the pixel spacing must be positive")
+    if not 0 <= config.val_fraction < 1:
+        raise InputError(f"val_fraction must be in [0, 1), got {config.val_fraction}")
+    if config.threads is not None and config.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {config.threads}")
 
 
 def load_predictor(model: Path | None, device: str = "auto", trust_pickle: bool = False, **kwargs):
@@ -215,6 +236,8 @@ def run_infer(args) -> int:
         raise InputError(f"--out {args.out} is a file; give a folder (it is created if needed)")
     if args.spacing is not None and not all(v > 0 for v in args.spacing):
         raise InputError(f"--spacing must be positive, got {args.spacing}")
+    if args.overlap is not None and not 0 <= args.overlap < 1:
+        raise InputError(f"--overlap must be in [0, 1), got {args.overlap}")
     predictor = load_predictor(args.model, args.device, args.trust_pickle, **kwargs)
     from .reader import read_radiograph
 
