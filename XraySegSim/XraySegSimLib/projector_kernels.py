@@ -72,18 +72,33 @@ def box_hull(shape_kji: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, n
     return HULL_DIRECTIONS[:3].copy(), np.zeros(3), np.array([ni, nj, nk], np.float64)
 
 
+@numba.njit(cache=True, nogil=True)
+def _hull_bounds(extremes, directions):  # pragma: no cover - compiled
+    """Lower and upper bound of every direction over the voxel cubes of the row extremes (no temporaries)."""
+    n = directions.shape[0]
+    lower = np.full(n, np.inf)
+    upper = np.full(n, -np.inf)
+    nk, nj = extremes.shape[0], extremes.shape[1]
+    for k in range(nk):
+        for j in range(nj):
+            if extremes[k, j, 0] < 0:
+                continue
+            for end in range(2):  # along a row the projection is linear in i: its two ends bound it
+                i = extremes[k, j, end]
+                for h in range(n):
+                    a, b, c = directions[h, 0], directions[h, 1], directions[h, 2]
+                    corner = a * i + b * j + c * k  # the voxel's lower corner; the cube adds the negative
+                    low = corner + min(a, 0.0) + min(b, 0.0) + min(c, 0.0)  # or the positive components
+                    high = corner + max(a, 0.0) + max(b, 0.0) + max(c, 0.0)
+                    lower[h] = min(lower[h], low)
+                    upper[h] = max(upper[h], high)
+    return lower, upper
+
+
 def matter_hull(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(directions, lower, upper): the tightest 13-direction polytope (in IJK + 0.5, voxel v = [v, v+1))
     holding every non-empty voxel; an empty polytope (lower > upper) when all voxels are empty."""
-    extremes = _matter_row_extremes(packed)
-    k, j = np.nonzero(extremes[:, :, 0] >= 0)
-    if not len(k):
-        return HULL_DIRECTIONS.copy(), np.ones(len(HULL_DIRECTIONS)), np.zeros(len(HULL_DIRECTIONS))
-    i = extremes[k, j].T.reshape(-1)  # along a row the projection is linear in i: its ends bound it
-    corners = np.stack([i, np.concatenate([j, j]), np.concatenate([k, k])], axis=1).astype(np.float64)
-    along = corners @ HULL_DIRECTIONS.T  # (points, directions): projection of each voxel's lower corner
-    lower = along.min(axis=0) + np.minimum(HULL_DIRECTIONS, 0).sum(axis=1)
-    upper = along.max(axis=0) + np.maximum(HULL_DIRECTIONS, 0).sum(axis=1)
+    lower, upper = _hull_bounds(_matter_row_extremes(packed), HULL_DIRECTIONS)
     return HULL_DIRECTIONS.copy(), lower, upper
 
 

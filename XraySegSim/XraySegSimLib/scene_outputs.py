@@ -88,6 +88,7 @@ class XraySimScene(XrayRig):
         self.last_radiograph: np.ndarray | None = None  # the realistic image of the last render, if physics
         self._projector: DrrProjector | None = None
         self._projector_key: tuple | None = None
+        self.device = "cpu"  # where new projectors trace: "cpu", "cuda" or "auto" (see DrrProjector)
 
     # ---- rendering ----
     def projector(self, ct_node, labels_node=None, classes: LabelClasses | None = None,
@@ -109,7 +110,7 @@ class XraySimScene(XrayRig):
                 content = image.GetMTime() if image is not None else 0
             parent = node.GetParentTransformNode()
             return (node.GetID(), node.GetMTime(), content, parent.GetTransformToWorldMTime() if parent else 0)
-        key = (stamp(ct_node), stamp(labels_node), classes, threads, bool(materials))
+        key = (stamp(ct_node), stamp(labels_node), classes, threads, bool(materials), self.device)
         if self._projector is None or key != self._projector_key:
             from .materials import MaterialModel
             from .projector import DrrProjector
@@ -117,7 +118,7 @@ class XraySimScene(XrayRig):
             ct = volume_from_node(ct_node)
             labels, label_classes = labels_from_node(self.scene, labels_node, ct_node, classes)
             self._projector = DrrProjector(ct, labels, label_classes, threads=threads,
-                                           materials=MaterialModel() if materials else None)
+                                           materials=MaterialModel() if materials else None, device=self.device)
             self._projector_key = key
         return self._projector
 
