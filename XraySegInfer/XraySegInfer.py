@@ -12,6 +12,8 @@ from slicer.util import VTKObservationMixin
 
 import qt
 
+from XraySegInferLib.infer_logic import InferLogic  # Qt-free and light: torch and MONAI load on first use
+
 # = XraySegInferLib.dependencies.DEVICES (a test checks it), repeated so importing this module stays light:
 # torch, MONAI and the packages installed on first use are imported only when a model runs.
 DEVICES = ("Auto", "CUDA", "CPU")
@@ -29,7 +31,8 @@ class XraySegInfer(ScriptedLoadableModule):
             "an XraySeg Sim DRR), a model and a device, and click Segment. The result is a segmentation on the "
             "radiograph's own grid with SNOMED CT terminology, and a table of bone areas (mm2) with the model's "
             "confidence. Batch: a folder of radiographs to .seg.nrrd files and a summary table. "
-            "Requires Slicer 5.10 or newer. See <a href='https://github.com/xrayseg/SlicerXraySeg'>the project page</a>.")
+            "Requires Slicer 5.10 or newer. "
+            "See <a href='https://github.com/xrayseg/SlicerXraySeg'>the project page</a>.")
         self.parent.acknowledgementText = _("Developed by the founding engineers of the XraySeg project. Networks "
                                             "from MONAI.")
 
@@ -301,7 +304,7 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._try(_("Failed to load the batch summary."), lambda: self.logic.loadBatchSummary(report))
 
 
-class XraySegInferLogic(ScriptedLoadableModuleLogic):
+class XraySegInferLogic(ScriptedLoadableModuleLogic, InferLogic):
     """Python console API (the widget only calls these)::
 
         logic = slicer.util.getModuleLogic("XraySegInfer")     # or XraySegInferLogic()
@@ -317,14 +320,11 @@ class XraySegInferLogic(ScriptedLoadableModuleLogic):
     def __init__(self, scene=None, cacheDir=None, interactive: bool = False) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         from XraySegInferLib.dependencies import Dependencies
-        self.scene = scene
-        self.cacheDir = pathlib.Path(cacheDir) if cacheDir else self._defaultCacheDir()
         if interactive:  # ask once, then install with pip (never at import time)
-            self.dependencies = Dependencies(confirm=slicer.util.confirmOkCancelDisplay,
-                                             pip_install=slicer.util.pip_install)
+            dependencies = Dependencies(confirm=slicer.util.confirmOkCancelDisplay, pip_install=slicer.util.pip_install)
         else:  # scripts: report what is missing, install nothing
-            self.dependencies = Dependencies(confirm=lambda text: False, pip_install=lambda requirements: None)
-        self._predictors = {}
+            dependencies = Dependencies(confirm=lambda text: False, pip_install=lambda requirements: None)
+        InferLogic.__init__(self, cacheDir if cacheDir else self._defaultCacheDir(), dependencies, scene)
 
     @staticmethod
     def _defaultCacheDir() -> pathlib.Path:
@@ -339,75 +339,6 @@ class XraySegInferLogic(ScriptedLoadableModuleLogic):
     def _scene(self):
         return self.scene if self.scene is not None else slicer.mrmlScene
 
-    # ---- models ----
-    def models(self):
-        from XraySegInferLib.models import available_models
-        return available_models(self.cacheDir)
-
-    def model(self, modelId=None):
-        """The model entry of ``modelId`` (default: the first, i.e. the bundled model)."""
-        from XraySegInferLib.errors import ModelPackageError
-        entries = self.models()
-        if not entries:
-            raise ModelPackageError("no model available: import a model package or an nnU-Net results folder")
-        if not modelId:
-            return entries[0]
-        for entry in entries:
-            if entry.id == modelId:
-                return entry
-        raise ModelPackageError(f"no model with id {modelId!r}; available: {', '.join(e.id for e in entries)}")
-
-    def importModel(self, path):
-        from XraySegInferLib.models import import_model
-        self._predictors.clear()
-        return import_model(path, self.cacheDir)
-
-    def clearCache(self) -> int:
-        from XraySegInferLib.models import clear_cache
-        self._predictors.clear()
-        return clear_cache(self.cacheDir)
-
-    def predictor(self, modelId=None, device="Auto"):
-        """(predictor, device note); loaded once per (model, device)."""
-        self.dependencies.ensure()
-        from XraySegInferLib.dependencies import resolve_device
-        from XraySegInferLib.models import load_entry
-        entry = self.model(modelId)
-        torchDevice, note = resolve_device(device)
-        key = (entry.id, str(entry.path), torchDevice)
-        if key not in self._predictors:
-            self._predictors = {key: load_entry(entry, torchDevice)}  # keep one model in memory
-        return self._predictors[key], note, entry
-
-    # ---- run ----
-    def segment(self, volumeNode, modelId=None, device="Auto", progress=None, cancel=None, spacingMm=None):
-        """Segment the radiograph ``volumeNode``: returns ``XraySegInferLib.mrml_adapter.SegmentationResult``
-        (segmentation node on the radiograph's grid, table node, notes). Raises ``InputError`` for a 3D or RGB
-        volume, ``ModelPackageError`` for a bad model, ``Cancelled`` on cancel; nothing is added then."""
-        from XraySegInferLib.mrml_adapter import radiograph_from_node, segment_radiograph
-        radiograph_from_node(volumeNode)  # a bad input is refused before a model is loaded
-        predictor, note, entry = self.predictor(modelId, device)
-        return segment_radiograph(self._scene(), volumeNode, predictor, progress, cancel, spacingMm,
-                                  model_label=entry.label, device_note=note)
-
-    def startSegmentation(self, volumeNode, modelId=None, device="Auto", spacingMm=None):
-        """Start segmenting ``volumeNode`` in a background process (the module's Segment button); returns its
-        ``XraySegInferLib.segment_process.SegmentationProcess``: ``poll()``, ``cancel()``, and ``finish(scene)``
-        which adds the nodes. A bad input is refused before anything starts."""
-        from XraySegInferLib.mrml_adapter import radiograph_from_node
-        from XraySegInferLib.segment_process import SegmentationProcess
-        radiograph_from_node(volumeNode)
-        self.dependencies.ensure()  # the worker runs in this Python: torch, MONAI... must be there
-        return SegmentationProcess.start(volumeNode, self.model(modelId), device, self.cacheDir, spacingMm)
-
-    def runBatch(self, inputFolder, outputFolder, modelId=None, device="Auto", resume=True, progress=None,
-                 cancel=None):
-        """Every radiograph under ``inputFolder`` -> ``outputFolder/<name>.seg.nrrd`` + ``summary.csv``
-        (``XraySegInferLib.runner.run_batch``); returns its ``BatchReport``."""
-        from XraySegInferLib.runner import run_batch
-        predictor, note, entry = self.predictor(modelId, device)
-        return run_batch(predictor, inputFolder, outputFolder, resume=resume, progress=progress, cancel=cancel)
-
     def saveDicomSeg(self, result, volumeNode, outputPath):
         """Write ``result`` (from :meth:`segment` on ``volumeNode``) as a DICOM Segmentation object in the
         radiograph's study, referencing its DICOM file (``XraySegInferLib.dicom_seg``); returns the path. The
@@ -419,11 +350,6 @@ class XraySegInferLogic(ScriptedLoadableModuleLogic):
             getattr(predictors[0], "card", None) if predictors else None)
         return write_dicom_seg_for_node(result.prediction, volumeNode, outputPath, card,
                                         getattr(slicer, "dicomDatabase", None))
-
-    def loadBatchSummary(self, report):
-        from XraySegInferLib.mrml_adapter import table_from_csv
-        if report.summary_csv.is_file():
-            return table_from_csv(self._scene(), report.summary_csv)
 
     def showResult(self, volumeNode, tableNode=None, sliceViewName="Red") -> None:
         """The radiograph (background) with the segmentation overlay in the ``sliceViewName`` view, fitted to
