@@ -71,3 +71,24 @@ def test_modules_open_with_none_of_the_installable_packages(tmp_path):
     bundled = HERE.parents[1] / "Resources" / "Models"
     if any(bundled.glob("*/model.json")):
         assert report["models"], "the bundled model is listed without torch"
+
+
+def test_workers_need_no_mrml():
+    """The export and segmentation workers run in Slicer's plain Python (PythonSlicer), which need not load MRML:
+    their code paths import with slicer and vtk refused."""
+    script = textwrap.dedent('''
+        import importlib.abc, sys
+
+        class Refuse(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("slicer", "vtk", "qt"):
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+        sys.meta_path.insert(0, Refuse())
+        import XraySegSimLib.export_process, XraySegSimLib.scene_export, XraySegSimLib.export
+        import XraySegInferLib.segment_process, XraySegInferLib.runner, XraySegInferLib.models
+        import XraySegInferLib.dependencies, XraySegInferLib.reader
+        print("ok")
+    ''')
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]

@@ -13,7 +13,6 @@ import numpy as np
 
 from .errors import InputError
 from .labels import LabelClasses
-from .scene_inputs import labels_from_node, volume_from_node
 from .volume import Volume
 
 
