@@ -139,9 +139,8 @@ class Case:
     argv: list[str]
     status: int
     message: str  # regex the error output must match ("" = no error line expected)
-    after: Callable[[], None] = lambda: None  # asserts what is on disk afterwards
+    after: Callable[[], None] | None = None  # asserts what is on disk (default, on error: nothing in --out)
     watch: Path | None = None  # a folder that must be byte-for-byte unchanged
-    before: Callable[[], None] | None = None  # run right before the command (e.g. a snapshot)
     env: dict = field(default_factory=dict)
     subprocess: bool = False  # run as a real process (its warnings reach stderr as the user sees them)
 
@@ -769,7 +768,11 @@ def test_table(make, files, dataset, tmp_path, capsys):
     assert all(len(line) < 700 for line in err.splitlines() if "error:" in line or "warning:" in line)  # one line
     if case.watch is not None:
         assert snapshot(case.watch) == before, "the command changed files it must not touch"
-    case.after()
+    if case.after is not None:
+        case.after()
+    elif case.status != 0 and case.watch is None:  # a refused command leaves no output at all
+        out = Path(case.argv[case.argv.index("--out") + 1])
+        assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()], sorted(out.rglob("*"))
 
 
 def _run_limited(argv: list[str], limit: int | None) -> tuple[int, str]:
