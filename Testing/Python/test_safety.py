@@ -813,3 +813,23 @@ def test_held_no_eval_exec_shell_or_unsafe_load_in_the_libraries():
     # The one unpickling call is behind an explicit --trust-pickle (checkpoints.load_legacy_checkpoint).
     assert [f for f in found if not f.startswith("checkpoints.py")] == []
     assert len([f for f in found if f.startswith("checkpoints.py")]) == 1
+
+
+def test_held_one_entry_point_and_sim_never_imports_infer():
+    """`xrayseg` is XraySegInferLib.entry: every subcommand has a handler; XraySegSimLib imports nothing of Infer."""
+    import argparse
+
+    from XraySegInferLib.entry import build_parser
+
+    def without_handler(parser, prefix=""):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            return [] if callable(parser.get_default("handler")) else [prefix]
+        return [m for name, child in subs[0].choices.items() for m in without_handler(child, f"{prefix} {name}")]
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"render", "export", "train", "infer", "seal-model"} <= set(sub.choices)
+    assert without_handler(build_parser()) == []
+    pattern = re.compile(r"^\s*(from|import)\s+XraySegInferLib", re.M)
+    assert [p.name for p in (REPO / "XraySegSim" / "XraySegSimLib").rglob("*.py") if pattern.search(p.read_text())] \
+        == []
