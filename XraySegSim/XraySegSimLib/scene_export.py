@@ -139,8 +139,8 @@ def prepare_scene_export(scene, ct_node, labels_node, out: str | Path, view: str
     nothing left behind."""
     import shutil
 
-
     from . import views as views_module
+    from .scene_inputs import labels_from_node, volume_from_node  # MRML: the worker process never needs it
     from .export import ExportConfig
     from .export_inputs import CaseInput, ClassMapping, sanitize_id
     from .export_layout import DatasetLayout
