@@ -43,6 +43,7 @@ def exported(tmp_path_factory):
     return folder / "out" / "Dataset501_XraySeg", case
 
 
+@pytest.mark.slow
 def test_labels_masks_and_dataset_json_carry_the_ignore_label(exported):
     root, case = exported
     data = json.loads((root / "dataset.json").read_text())
