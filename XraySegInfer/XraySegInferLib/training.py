@@ -271,8 +271,9 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
                              "numpy_rng": rng.bit_generator.state, "config": asdict(config)},
                             optimizer.state_dict(), generator.get_state())
     bar.close()
-    best_saved = find_checkpoint(out, "best", trust_pickle)
-    if best_saved is not None:
+    # The best weights of this run (or of the run it resumed): never a stale file of an earlier, other run.
+    best_saved = find_checkpoint(out, "best", trust_pickle) if best > -1.0 else None
+    if best_saved is not None and int(best_saved.get("step", -1)) == best_step(history, best):
         network.load_state_dict(best_saved["model"])
     best_entry = max((h for h in history if not math.isnan(h["val_dice"])), key=lambda h: h["val_dice"],
                      default=history[-1] if history else {})
@@ -294,6 +295,11 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
     seconds = time.perf_counter() - started
     log(f"trained {step} steps in {seconds:.0f} s; best validation Dice {best:.3f} -> {package}")
     return TrainResult(package, history, best, step, seconds)
+
+
+def best_step(history: list[dict], best: float) -> int | None:
+    """The step whose validation Dice is ``best`` (the step the best checkpoint was written at)."""
+    return next((int(h["step"]) for h in history if h.get("val_dice") == best), None)
 
 
 def _inference_patch(config: TrainConfig, patch: tuple[int, int], divisor: int) -> tuple[int, int]:
