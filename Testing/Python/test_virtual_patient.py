@@ -92,6 +92,25 @@ def test_scaling_is_exact_and_identity_changes_nothing():
     assert scaled.render is not None and np.allclose(projector.ct.ijk_to_ras, volume.ijk_to_ras)  # base untouched
 
 
+def test_virtual_projector_renders_as_a_projector_built_on_the_warped_ct():
+    from XraySegSimLib import Volume, views
+
+    volume, labels = phantom()
+    classes = LabelClasses.from_values([38])
+    projector = DrrProjector(volume, grid_volume(labels, 2.5), classes)
+    values = dict(draw_patient(VirtualPatientRanges(deform_mm=12.0, deform_spacing_mm=40.0), patient_rng(3, "x", 1)))
+    clone = virtual_projector(projector, values)
+    hu, index = unpack(clone.packed)
+    reference = DrrProjector(Volume(hu.astype(np.float32), clone.ct.ijk_to_ras),
+                             Volume(np.where(index > 0, 38, 0).astype(np.uint8), clone.ct.ijk_to_ras), classes)
+    np.testing.assert_array_equal(clone.packed, reference.packed)
+    for lao in (0.0, 35.0, 90.0):
+        geometry = views.from_preset("chest-ap", clone.ct.center_ras, 48, lao_deg=lao)
+        mine, theirs = clone.render(geometry), reference.render(geometry)
+        np.testing.assert_allclose(mine.line_integral, theirs.line_integral, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(mine.thickness_mm, theirs.thickness_mm, rtol=1e-6, atol=1e-5)
+
+
 def test_default_deformations_are_one_to_one_and_keep_the_cut_faces():
     shape, spacing = (133, 512, 512), np.array([0.703125, 0.703125, 2.5])  # the sample CT's grid
     for index in range(6):

@@ -234,6 +234,14 @@ def virtual_projector(projector, values: dict, threads: int | None = None):
     placeholder = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), packed.shape, (0, 0, 0))
     clone.ct = Volume(placeholder, ijk_to_ras, f"{projector.ct.name} (virtual patient {values['index']})")
     clone.packed = packed
+    # What the projector derives from its voxels must be derived again: the empty-space hull (the body moved)
+    # and the device copy.
+    if hasattr(projector, "hull"):
+        from .projector_kernels import matter_hull
+
+        clone.hull = matter_hull(packed)
+    if hasattr(projector, "_gpu"):
+        clone._gpu = None
     return clone
 
 
