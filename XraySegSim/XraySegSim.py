@@ -349,9 +349,10 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.onParametersChanged()  # Render, Export and the live preview follow self._export
 
     def onCancelExport(self) -> None:
-        if self._export is not None:
-            self.ui.exportStatusLabel.text = _("Cancelling...")
-            self._finishExport(self._export.cancel())
+        if self._export is not None:  # the worker stops after the sample in flight; the timer sees it end
+            self._export.request_cancel()
+            self.ui.cancelExportButton.enabled = False
+            self.ui.exportStatusLabel.text = _("Cancelling after the samples in flight...")
 
     def onExportDataset(self) -> None:
         if self._export is not None:
@@ -373,8 +374,7 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not status.finished:
             self.ui.exportProgressBar.maximum = max(1, status.total)
             self.ui.exportProgressBar.value = status.done
-            self.ui.exportStatusLabel.text = _("Exporting: {done}/{total} samples").format(
-                done=status.done, total=status.total)
+            self.ui.exportStatusLabel.text = status.message
             return
         self._finishExport(status)
 

@@ -60,7 +60,9 @@ def test_background_export_cancel_and_killed_worker_leave_nothing_half_written(a
     run = ExportProcess.start(job)
     first = _wait_for_progress(run)
     assert first.state == "running", first
-    status = run.cancel()  # SIGTERM: stops after the sample in flight
+    run.request_cancel()  # SIGTERM, as the Cancel button: returns at once, stops after the sample in flight
+    assert run.poll().message.startswith("cancelling") or run.poll().finished
+    status = run.wait(timeout=120)
     assert status.state == "cancelled" and 1 <= status.done < 1000, status
     assert "Resume" in status.message and node_ids(app.scene) == before
     images = sorted((job.root / "imagesTr").iterdir())

@@ -29,6 +29,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,7 @@ class ExportProcess:
         self._report: dict | None = None
         self._stderr: list[str] = []
         self._cancelled = False
+        self._cancel_time = 0.0
         self._final: ExportStatus | None = None
         self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
@@ -126,7 +128,10 @@ class ExportProcess:
             return self._final
         code = self._process.poll()
         if code is None:
-            return ExportStatus("running", self.done, self.total, f"exporting {self.done}/{self.total} samples")
+            if self._cancelled and time.monotonic() - self._cancel_time > self.grace_s:
+                self._kill()  # it did not stop after the sample in flight
+            doing = "cancelling after the sample in flight" if self._cancelled else "exporting"
+            return ExportStatus("running", self.done, self.total, f"{doing}: {self.done}/{self.total} samples")
         return self._finish(code)
 
     def wait(self, timeout: float | None = None) -> ExportStatus:
@@ -137,17 +142,26 @@ class ExportProcess:
             pass
         return self.poll()
 
-    def cancel(self) -> ExportStatus:
-        """Ask the worker to stop after the sample in flight (SIGTERM); kill it after ``grace_s``."""
-        if self._process.poll() is None:
-            self._cancelled = True
+    def request_cancel(self) -> None:
+        """Ask the worker to stop after the sample in flight (SIGTERM) and return at once (for a GUI thread):
+        :meth:`poll` reports the end, and kills the worker if it has not stopped ``grace_s`` later."""
+        if self._process.poll() is None and not self._cancelled:
+            self._cancelled, self._cancel_time = True, time.monotonic()
             self._signal(signal.SIGTERM)
+
+    def cancel(self) -> ExportStatus:
+        """Ask the worker to stop after the sample in flight (SIGTERM); kill it after ``grace_s``. Blocks."""
+        self.request_cancel()
+        if self._process.poll() is None:
             try:
                 self._process.wait(self.grace_s)
             except subprocess.TimeoutExpired:
-                self._signal(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+                self._kill()
                 self._process.wait()
         return self.poll()
+
+    def _kill(self) -> None:
+        self._signal(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
 
     def _signal(self, sig) -> None:
         try:
