@@ -156,7 +156,8 @@ class Rule:
                        "path": self.base, "enum": self.base, "list": (list, tuple), "tuple": (list, tuple),
                        "dict": dict}[self.kind]
             if not isinstance(value, allowed):
-                raise TypeError(f"{value!r} ({type(value).__name__}) is not a {getattr(self.base, '__name__', self.base)}")
+                wanted = getattr(self.base, "__name__", self.base)
+                raise TypeError(f"{value!r} ({type(value).__name__}) is not a {wanted}")
             if self.kind == "list":
                 for item in value:
                     self.members[0].check(item)
