@@ -129,3 +129,13 @@ def test_sample_phantom_is_built_once_then_reused(tmp_path):
     assert json.loads(paths["json"].read_text())["params"]["seed"] == SAMPLE_SEED
     stamp = paths["ct"].stat().st_mtime_ns
     assert fetch_wrist_phantom(tmp_path) == paths and paths["ct"].stat().st_mtime_ns == stamp
+
+
+def test_wrist_phantom_is_in_the_sample_registry(tmp_path, capsys):
+    from XraySegInferLib.entry import main
+    from XraySegSimLib.phantom.sample import wrist_phantom_paths
+    from XraySegSimLib.sample_data import sample_paths
+
+    assert sample_paths("wrist-phantom", tmp_path) == wrist_phantom_paths(tmp_path)
+    assert main(["fetch-sample", "--list"]) == 0
+    assert "wrist-phantom" in capsys.readouterr().out

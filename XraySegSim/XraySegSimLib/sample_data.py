@@ -16,6 +16,8 @@ Samples (``xrayseg fetch-sample --list``):
 - ``abdomen-pelvis-ct``: the same sdist's abdomen-pelvis CT (3 mm) with TotalSegmentator labels, a names table
   generated from the sdist's ``class_map["total"]``, and its DICOM series with labels.
 - ``real-cr``: the ``pydicom-data==1.0.0`` wheel (MIT): a real PA chest CR and an ankle CR (DICOM).
+- ``wrist-phantom``: a virtual wrist (``xrayseg phantom wrist`` seed 2026, :mod:`.phantom.sample`) from the
+  ``pose2sim==0.3.7`` wheel's OpenSim hand and forearm meshes (BSD-3-Clause); built on first use, then cached.
 """
 
 from __future__ import annotations
@@ -188,6 +190,11 @@ SAMPLES: dict[str, Sample] = {s.name: s for s in (
                           "data_store/data/RG3_UNCR.dcm"),
            )),
 )}
+WRIST_PHANTOM = "wrist-phantom"  # built by the phantom generator (its meshes come from a pinned wheel)
+SAMPLES[WRIST_PHANTOM] = Sample(
+    WRIST_PHANTOM, "virtual wrist CT (HU, 0.5 mm) with 29 bone labels: radius, ulna, 8 carpals, metacarpals, "
+    "phalanges; xrayseg phantom wrist seed 2026 (built on first use, 10-30 s)", "BSD-3-Clause (pose2sim meshes)",
+    "wrist-phantom", None)
 DEFAULT_SAMPLE = "chest-ct"
 
 # Derived files: their SHA-256 is recorded too (they are deterministic), filled here to keep the table short.
@@ -232,6 +239,10 @@ def sample_paths(name: str, cache_dir: str | Path | None = None) -> dict[str, Pa
     """Where the files of sample ``name`` are (or will be) in the cache, by key; fetches nothing."""
     sample = get_sample(name)
     cache = Path(cache_dir or default_cache_dir())
+    if name == WRIST_PHANTOM:
+        from .phantom.sample import wrist_phantom_paths
+
+        return wrist_phantom_paths(cache)
     if sample.archive is None:
         from .labelled_samples import built_sample_paths
 
@@ -259,6 +270,10 @@ def fetch_sample(name: str = DEFAULT_SAMPLE, cache_dir: str | Path | None = None
     use. Samples built from others (``chest-full-ct-labelled``) are built on first use and cached."""
     sample = get_sample(name)
     cache = Path(cache_dir or default_cache_dir())
+    if name == WRIST_PHANTOM:
+        from .phantom.sample import fetch_wrist_phantom
+
+        return fetch_wrist_phantom(cache)
     if sample.archive is None:
         from .labelled_samples import build_labelled_sample  # registration code, loaded only when needed
 
@@ -355,7 +370,11 @@ def _stage(item: SampleFile, reader: "_Reader", staged: Path) -> None:
 def describe_samples(cache_dir: str | Path | None = None) -> Iterator[tuple[Sample, bool]]:
     """Each registered sample with whether it is already in the cache."""
     for sample in SAMPLES.values():
-        if sample.archive is None:
+        if sample.name == WRIST_PHANTOM:
+            from .phantom.sample import wrist_phantom_is_cached
+
+            yield sample, wrist_phantom_is_cached(cache_dir)
+        elif sample.archive is None:
             from .labelled_samples import labelled_sample_is_cached
 
             yield sample, labelled_sample_is_cached(sample.name, Path(cache_dir or default_cache_dir()))

@@ -57,7 +57,8 @@ def run_fetch_sample(args: argparse.Namespace) -> int:
 
     if args.list:
         for sample, cached in describe_samples():
-            source = sample.archive.requirement if sample.archive else "built from chest-ct and chest-full-ct"
+            source = (sample.archive.requirement if sample.archive else "built from the pose2sim==0.3.7 meshes"
+                      if sample.name == "wrist-phantom" else "built from chest-ct and chest-full-ct")
             print(f"{sample.name:24s} {'cached ' if cached else 'not yet'}  {sample.description}  "
                   f"[{source}; {sample.license}]")
         return 0

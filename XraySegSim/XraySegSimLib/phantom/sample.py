@@ -35,6 +35,11 @@ def _is_current(paths: dict[str, Path]) -> bool:
     return record.get("version") == PHANTOM_VERSION and record.get("params", {}).get("seed") == SAMPLE_SEED
 
 
+def wrist_phantom_is_cached(cache_dir: str | Path | None = None) -> bool:
+    """Whether the sample phantom is built (complete and of this generator version and seed)."""
+    return _is_current(wrist_phantom_paths(cache_dir))
+
+
 def fetch_wrist_phantom(cache_dir: str | Path | None = None) -> dict[str, Path]:
     """Paths of the sample wrist phantom (seed 2026, 0.5 mm), built on first use (about 10-30 s)."""
     paths = wrist_phantom_paths(cache_dir)
