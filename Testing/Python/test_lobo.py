@@ -80,6 +80,29 @@ def test_fold_dice_is_an_independent_prediction_of_the_held_out_body(lobo):
     assert math.isfinite(report.mean_dice) and report.mean_dice >= DICE_FLOOR, report.markdown()
 
 
+def test_a_run_per_body_reuses_finished_folds_and_keeps_the_others(lobo):
+    """Running one body again into the same folder trains nothing (its fold is finished, same CTs and recipe)
+    and the report still holds every fold (runs per body, e.g. in parallel, make one table)."""
+    from XraySegInferLib.transfer_eval import leave_one_body_out, read_lobo
+
+    report, out, whole = lobo
+    first = next(f for f in report.folds if f.body == "phantom00")
+    config = _config_of(out / "phantom00")
+    again = leave_one_body_out(whole.root, out, config, bodies=["phantom00"], log=lambda *_: None)
+    assert [f.body for f in again.folds] == ["phantom00", "phantom01", "phantom02"]
+    redo = next(f for f in again.folds if f.body == "phantom00")
+    assert math.isnan(redo.train_seconds)  # reused, not trained
+    assert redo.dice_per_class == pytest.approx(first.dice_per_class)
+    assert len(read_lobo(out)["folds"]) == 3
+
+
+def _config_of(fold):
+    from XraySegInferLib.training import TrainConfig
+
+    saved = json.loads((fold / "train" / "model" / "model.json").read_text())["training"]["config"]
+    return TrainConfig.from_dict({**saved, "device": "cpu", "threads": 1})
+
+
 def test_lobo_refuses_one_body_and_missing_test_views(tmp_path, lobo, capsys):
     from XraySegInferLib.entry import main
     from XraySegInferLib.transfer_eval import subset_dataset

@@ -4,8 +4,10 @@
   :mod:`.plausibility` on a model's segmentation of a radiograph without reference masks (default: the real
   chest CR RG1 of the ``real-cr`` sample); writes plausibility.json, plausibility.md and an overlay with the
   lung fields, heart region and midline the rules use.
-* ``xrayseg lobo DATASET --out DIR``: leave-one-body-out (:mod:`.transfer_eval`): train without each CT, test
-  on its views; writes lobo.json and lobo.md (Dice per class and held-out body).
+* ``xrayseg lobo DATASET [DATASET...] [--test PLAIN...] --out DIR``: leave-one-body-out (:mod:`.transfer_eval`):
+  train without each CT, test on its views; writes lobo.json and lobo.md (Dice per class and held-out body).
+* ``xrayseg merge-datasets A B --out DIR``: one dataset of links to several exports (training on several CTs
+  exported one by one).
 """
 
 from __future__ import annotations
@@ -47,11 +49,21 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     lobo.add_argument("--recipe", help="training recipe (as xrayseg train --recipe)")
     lobo.add_argument("--config", type=Path, help="JSON with TrainConfig fields (over the recipe)")
     lobo.add_argument("--steps", type=int, help="training steps per fold")
-    lobo.add_argument("--bodies", nargs="+", help="CT ids to hold out (default: every CT)")
+    lobo.add_argument("--bodies", nargs="+", help="CT ids to hold out (default: every CT); folds of other bodies "
+                                                  "already in OUT/lobo.json are kept (runs per body make one table)")
     lobo.add_argument("--device", help="auto (default), cpu, cuda")
     lobo.add_argument("--threads", type=int)
     lobo.add_argument("--quiet", action="store_true")
     lobo.set_defaults(handler=run_lobo)
+
+    merge = sub.add_parser(
+        "merge-datasets", help="one dataset of links to the views of several exports (e.g. one export per CT)",
+        description="Write OUT/<name of the first dataset> holding every view of the given exports (links, all in "
+                    "imagesTr), for training on several separately exported CTs. The classes must match.")
+    merge.add_argument("datasets", type=Path, nargs="+", help="dataset folders")
+    merge.add_argument("--out", type=Path, required=True, help="output folder")
+    merge.add_argument("--name", help="folder name of the merged dataset (Dataset<ID>_<Name>)")
+    merge.set_defaults(handler=run_merge)
 
 
 def _rg1() -> Path:
@@ -115,4 +127,15 @@ def run_lobo(args) -> int:
                                 test_dataset_dir=list(args.test_datasets) if args.test_datasets else None)
     print(report.markdown())
     print(f"wrote {args.out}/lobo.json, lobo.md")
+    return 0
+
+
+def run_merge(args) -> int:
+    from .dataset import read_dataset
+    from .transfer_eval import merge_datasets
+
+    root = merge_datasets(list(args.datasets), args.out, args.name)
+    dataset = read_dataset(root)
+    cts = sorted({c.ct_id for c in dataset.cases})
+    print(f"{root}: {len(dataset.cases)} views of {len(cts)} CTs ({', '.join(cts)})")
     return 0

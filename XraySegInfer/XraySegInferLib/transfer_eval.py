@@ -203,14 +203,17 @@ def leave_one_body_out(dataset_dir: str | Path | list, out_dir: str | Path, conf
     from .training import TrainConfig, train
 
     config = config or TrainConfig()
+    # Merged datasets go in a folder of this call's own (runs for other bodies may share out_dir in parallel).
+    tag = "-".join(bodies) if bodies else "all"
     if isinstance(dataset_dir, (list, tuple)):  # one export per body: merged by links
-        dataset_dir = dataset_dir[0] if len(dataset_dir) == 1 else merge_datasets(dataset_dir, Path(out_dir) / "data")
+        dataset_dir = (dataset_dir[0] if len(dataset_dir) == 1
+                       else merge_datasets(dataset_dir, Path(out_dir) / f"data-{tag}"))
     dataset = read_dataset(dataset_dir)
     tests = dataset
     if test_dataset_dir is not None:
         if isinstance(test_dataset_dir, (list, tuple)):
             test_dataset_dir = (test_dataset_dir[0] if len(test_dataset_dir) == 1
-                                else merge_datasets(test_dataset_dir, Path(out_dir) / "data-test"))
+                                else merge_datasets(test_dataset_dir, Path(out_dir) / f"data-test-{tag}"))
         tests = read_dataset(test_dataset_dir)
         if tests.class_names != dataset.class_names:
             raise DatasetError(f"the test dataset's classes {tests.class_names} differ from the training "
@@ -236,8 +239,13 @@ def leave_one_body_out(dataset_dir: str | Path | list, out_dir: str | Path, conf
         test_root = subset_dataset(tests, test_cases, fold / "data-test")
         log(f"fold {body}: training on {len(train_cases)} views of {sorted({c.ct_id for c in train_cases})}, "
             f"testing on {len(test_cases)} views of {body}")
-        result = train(train_root, fold / "train", config, progress=progress, log=log)
-        predictor = Predictor.from_package(result.package, config.device)
+        package, seconds = _finished_fold(fold / "train", train_cases, config)
+        if package is None:
+            result = train(train_root, fold / "train", config, progress=progress, log=log)
+            package, seconds = result.package, result.seconds
+        else:
+            log(f"fold {body}: reusing {package} (trained on the same CTs with the same recipe)")
+        predictor = Predictor.from_package(package, config.device)
         evaluation = evaluate_dataset(predictor, test_root, fold / "eval", "train", hd95=hd95, progress=progress)
         per_class = {r["class"]: float(r["dice"]) for r in evaluation.per_class()}
         finite = [v for v in per_class.values() if math.isfinite(v)]
@@ -245,9 +253,53 @@ def leave_one_body_out(dataset_dir: str | Path | list, out_dir: str | Path, conf
             raise AssertionError(f"fold {body} trained on its own views")
         report.folds.append(FoldResult(body, sorted({c.ct_id for c in train_cases}), len(train_cases),
                                        len(test_cases), per_class, float(np.mean(finite)) if finite else math.nan,
-                                       result.seconds, str(result.package)))
+                                       seconds, str(package)))
+        _merge_saved_folds(report, out)
         report.write(out)  # after every fold: a long run that stops keeps the folds it finished
     return report
+
+
+def _finished_fold(run: Path, train_cases: list, config) -> tuple[Path | None, float]:
+    """(package, NaN) of a fold already trained in ``run`` on exactly these CTs and views with this configuration
+    (an interrupted LOBO run, or a fold trained ahead with ``xrayseg train``), else (None, NaN)."""
+    from dataclasses import asdict
+
+    card_path = run / "model" / "model.json"
+    if not card_path.is_file():
+        return None, math.nan
+    training = json.loads(card_path.read_text()).get("training", {})
+    wanted = json.loads(json.dumps({k: v for k, v in asdict(config).items() if k not in ("device", "threads")}))
+    seen = sorted(set(training.get("train_cts", [])) | set(training.get("validation_cts", [])))
+    same = (seen == sorted({c.ct_id for c in train_cases})
+            and training.get("train_images", 0) + training.get("validation_images", 0) == len(train_cases)
+            and training.get("config") == wanted)
+    return (run / "model", math.nan) if same else (None, math.nan)  # its time is in its own log
+
+
+def _merge_saved_folds(report: LoboReport, out: Path) -> None:
+    """Add the folds of other bodies already in ``out/lobo.json`` (an earlier or a parallel run with other
+    ``bodies`` and the same classes), so that runs per body make one report."""
+    path = out / REPORT_FILE
+    if not path.is_file():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    if saved.get("classes") != report.class_names:
+        return
+    mine = {f.body for f in report.folds}
+    nan = float("nan")
+    for entry in saved.get("folds", []):
+        if entry.get("body") in mine:
+            continue
+        report.folds.append(FoldResult(
+            entry["body"], list(entry.get("train_bodies", [])), int(entry.get("train_images", 0)),
+            int(entry.get("cases", 0)),
+            {k: (nan if v is None else float(v)) for k, v in entry.get("dice_per_class", {}).items()},
+            nan if entry.get("mean_dice") is None else float(entry["mean_dice"]),
+            nan if entry.get("train_seconds") is None else float(entry["train_seconds"]), entry.get("model", "")))
+    report.folds.sort(key=lambda f: f.body)
 
 
 def read_lobo(path: str | Path) -> dict:
