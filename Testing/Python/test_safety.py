@@ -421,8 +421,16 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the workers")
 def test_7_workers_die_with_a_killed_parent(files, tmp_path):
-    proc, root = _export_subprocess(tmp_path, files, "--workers", "2")
-    _wait_for_sidecars(root, 1, proc)
+    """kill -9 of `export --workers 2` on two CTs (both workers busy): no worker survives, nothing more is written.
+    (That the interrupted dataset then resumes to the uninterrupted one: test_export and the held rows.)"""
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"ct,labels,id\n{files['ct']},{files['labels']},one\n{files['other_ct']},{files['labels']},two\n")
+    args = ["export", "--pairs", str(pairs), "--size", "64", "--views-per-ct", "60", "--physics", "none",
+            "--test-fraction", "0", "--quiet", "--threads", "1", "--workers", "2", "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(XRAYSEG + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True)
+    root = tmp_path / "out" / "Dataset501_XraySeg"
+    _wait_for_sidecars(root, 2, proc)
     workers = _children(proc.pid)
     assert len(workers) >= 2  # the pool (and its resource tracker)
     proc.kill()  # kill -9 of the coordinator
@@ -431,13 +439,7 @@ def test_7_workers_die_with_a_killed_parent(files, tmp_path):
     alive = [w for w in workers if Path(f"/proc/{w}").exists() and "zombie" not in _state(w)]
     count = len(list((root / "sidecars").glob("*.json")))
     time.sleep(1.5)
-    assert alive == [] and len(list((root / "sidecars").glob("*.json"))) == count  # nobody writes any more
-    # and the interrupted dataset resumes to the full 40
-    from XraySegInferLib.entry import main
-
-    args = export_args(files["ct"], files["labels"], tmp_path / "out", "--resume")
-    args[args.index("--views-per-ct") + 1], args[args.index("--size") + 1] = "40", "96"
-    assert main(args) == 0 and len(list((root / "sidecars").glob("*.json"))) == 40
+    assert alive == [] and len(list((root / "sidecars").glob("*.json"))) == count < 120  # nobody writes any more
 
 
 def _state(pid: int) -> str:
