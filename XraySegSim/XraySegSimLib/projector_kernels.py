@@ -134,13 +134,19 @@ def make_trace_ray(with_materials: bool):
                     return
             else:
                 ta, tb = (hull_lower[h] - start) / rate, (hull_upper[h] - start) / rate
-                t0, t1 = max(t0, min(ta, tb)), min(t1, max(ta, tb))
+                if ta > tb:
+                    ta, tb = tb, ta
+                t0 = ta if ta > t0 else t0
+                t1 = tb if tb < t1 else t1
         if t0 >= t1:
             return
         # Voxel containing the entry point (midpoint-safe: clamp onto the grid).
-        ix = min(max(int(math.floor(sx + t0 * dx)), 0), ni - 1)
-        iy = min(max(int(math.floor(sy + t0 * dy)), 0), nj - 1)
-        iz = min(max(int(math.floor(sz + t0 * dz)), 0), nk - 1)
+        ix = int(math.floor(sx + t0 * dx))
+        iy = int(math.floor(sy + t0 * dy))
+        iz = int(math.floor(sz + t0 * dz))
+        ix = 0 if ix < 0 else (ni - 1 if ix > ni - 1 else ix)
+        iy = 0 if iy < 0 else (nj - 1 if iy > nj - 1 else iy)
+        iz = 0 if iz < 0 else (nk - 1 if iz > nk - 1 else iz)
         inf = math.inf
         step_x, next_x, delta_x = 0, inf, inf
         if dx > 0.0:
@@ -165,10 +171,13 @@ def make_trace_ray(with_materials: bool):
         t_exit = t0
         while True:
             word = np.int64(packed[iz, iy, ix])
-            t_exit = min(min(next_x, next_y), min(next_z, t1))
+            t_exit = next_x if next_x < next_y else next_y  # min(next_x, next_y, next_z, t1), written out:
+            t_exit = next_z if next_z < t_exit else t_exit  # numba's CUDA target has no scalar min/max
+            t_exit = t1 if t1 < t_exit else t_exit
             segment = t_exit - t
             hu_value = np.int16(word & 0xFFFF)  # the int16 in the low bits
-            total += segment * max(0.0, mu_offset + mu_scale * hu_value)
+            mu = mu_offset + mu_scale * hu_value
+            total += segment * (mu if mu > 0.0 else 0.0)
             if with_materials:
                 # Soft-tissue voxels (most of them) cost nothing here: their partial density is the mu
                 # integrand / mu_water, added from ``total`` at the end. Others correct that and add theirs.
