@@ -218,9 +218,10 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if p.viewPreset != self._preset:  # a new preset brings its distances and detector size
             self._preset = p.viewPreset
+            wasModifying = p.StartModify()  # one change event for all of them (none if nothing changed)
             self.logic.applyPresetDefaults(p)
             p.exportViewPreset = p.viewPreset  # the export follows the view preset unless changed there
-            return  # the changes above come back here once more
+            p.EndModify(wasModifying)
         from XraySegSimLib.errors import XraySegError
         try:
             self.logic.updateGeometry(p)

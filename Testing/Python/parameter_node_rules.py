@@ -337,7 +337,14 @@ def parameterNodeWrapper(cls):
 
     namespace = {name: make_property(name) for name in hints}
     namespace.update(__init__=__init__, allParameters=dict(hints), __doc__=cls.__doc__, declared_class=cls,
-                     connectGui=lambda self, gui: 0, disconnectGui=lambda self, tag: None)
+                     connectGui=lambda self, gui: 0, disconnectGui=lambda self, tag: None,
+                     # what Slicer's wrapper forwards to the node
+                     AddObserver=lambda self, event, callback, priority=0.0: self.parameterNode.AddObserver(
+                         event, callback, priority),
+                     RemoveObserver=lambda self, tag: self.parameterNode.RemoveObserver(tag),
+                     StartModify=lambda self: self.parameterNode.StartModify(),
+                     EndModify=lambda self, was: self.parameterNode.EndModify(was),
+                     Modified=lambda self: self.parameterNode.Modified())
     return type(cls.__name__, (), namespace)
 
 

@@ -29,8 +29,17 @@ class ScriptedLoadableModule:
 
 
 class ScriptedLoadableModuleWidget:
+    """As Slicer's, as far as the modules use it: ``parent.isEntered``, ``layout``, ``resourcePath``."""
+
     def __init__(self, parent=None):
-        self.parent = parent
+        self.parent = parent if parent is not None else types.SimpleNamespace(isEntered=True)
+        self.layout = types.SimpleNamespace(widgets=[], addWidget=lambda widget: self.layout.widgets.append(widget))
+
+    def setup(self):
+        pass
+
+    def resourcePath(self, relative: str) -> str:
+        return str(ROOT / type(self).__name__.removesuffix("Widget") / "Resources" / relative)
 
 
 class ScriptedLoadableModuleLogic:
@@ -70,9 +79,10 @@ def stubs() -> dict[str, types.ModuleType]:
     }
 
 
-def load_module(name: str, monkeypatch) -> types.ModuleType:
-    """Execute ``<name>/<name>.py`` with the stand-ins in ``sys.modules`` (undone by ``monkeypatch``)."""
-    for module_name, module in stubs().items():
+def load_module(name: str, monkeypatch, overrides: dict | None = None) -> types.ModuleType:
+    """Execute ``<name>/<name>.py`` with the stand-ins in ``sys.modules`` (undone by ``monkeypatch``);
+    ``overrides`` replaces some of them (e.g. a fake ``qt`` for the widgets)."""
+    for module_name, module in {**stubs(), **(overrides or {})}.items():
         monkeypatch.setitem(sys.modules, module_name, module)
     spec = importlib.util.spec_from_file_location(f"{name}_module_under_test", ROOT / name / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
