@@ -205,3 +205,19 @@ def test_cli_device_cuda_without_a_gpu_is_one_line_and_status_2(tmp_path):
     done = subprocess.run(command + ["--device", "auto"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-1000:]
     assert (tmp_path / "out").is_dir()
+
+
+@pytest.mark.skipif(cuda_available(), reason="checks the answer without a GPU")
+def test_export_device_cuda_without_a_gpu_writes_nothing(tmp_path, capsys):
+    from conftest import write_image
+    from XraySegInferLib.entry import main
+
+    volume, labels = body_in_air()
+    ct = write_image(volume.array, volume.ijk_to_ras, tmp_path / "ct.nrrd")
+    mask = write_image(labels.array, labels.ijk_to_ras, tmp_path / "labels.nrrd")
+    out = tmp_path / "out"
+    command = ["export", "--ct", str(ct), "--labels", str(mask), "--view", "chest-ap", "--views-per-ct", "1",
+               "--size", "24", "--physics", "none", "--quiet", "--out", str(out)]
+    assert main(command + ["--device", "cuda"]) == 2
+    assert "no CUDA GPU is usable" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())

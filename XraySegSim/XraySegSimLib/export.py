@@ -173,6 +173,7 @@ class CtTask:
     mapping: ClassMapping
     root: str
     threads: int | None
+    device: str = "cpu"  # where the projector traces: "cpu" or "cuda" (resolved by run_export)
 
 
 @dataclass
@@ -459,7 +460,7 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
         physics_on = config.physics_preset() is not None
         projector = DrrProjector(loaded.ct, loaded.labels, classes_ct if loaded.labels is not None else None,
                                  threads=task.threads, names_table=loaded.names,
-                                 materials=MaterialModel() if physics_on else None)
+                                 materials=MaterialModel() if physics_on else None, device=task.device)
         if config.isocenter == "labels" and len(projector.classes):
             base_iso = labelled_centroid_ras(projector.packed, loaded.ct.ijk_to_ras)
             if base_iso is None:
@@ -631,9 +632,14 @@ def run_export(
     resume: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    device: str = "cpu",
 ) -> ExportReport:
-    """Export ``config.views_per_ct`` randomised samples of every case (see the module docstring)."""
+    """Export ``config.views_per_ct`` randomised samples of every case (see the module docstring).
+    ``device``: "cpu", "cuda" or "auto" for the DRRs (same samples on either; not part of the dataset's config)."""
+    from .projector_gpu import resolve_device
+
     started = time.perf_counter()
+    device = resolve_device(device)  # "cuda" without a GPU: InputError before anything is written
     mapping = mapping or load_mapping("bones")
     if config.view not in views.PRESETS:
         raise InputError(f"unknown view '{config.view}'; choose one of: {', '.join(views.PRESET_NAMES)}")
@@ -700,7 +706,7 @@ def run_export(
     try:
         by_id = {c.ct_id: c for c in cases}
         for ct_id, todo in pending.items():
-            task = CtTask(by_id[ct_id], splits[ct_id], todo, config, mapping, str(layout.root), threads)
+            task = CtTask(by_id[ct_id], splits[ct_id], todo, config, mapping, str(layout.root), threads, device)
             futures[submit(process_ct, task)] = ct_id
         live = list(futures)
         last_count = -1

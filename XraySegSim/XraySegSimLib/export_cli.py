@@ -71,6 +71,8 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-previews", action="store_true", help="do not write previews/<case>.png")
     p.add_argument("--workers", type=int, default=1, help="local worker processes, one CT each (default 1)")
     p.add_argument("--threads", type=int, help="numba threads per worker (default: cores / workers)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where the DRRs are traced: cpu (default), cuda (an error without a CUDA GPU) or auto")
     p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:port): run the CTs on that cluster")
     p.add_argument("--resume", action="store_true", help="continue an interrupted export in the same --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -156,7 +158,7 @@ def run_export_command(args: argparse.Namespace) -> int:
         with stop:
             report = run_export(cases, config, mapping, workers=args.workers, threads=args.threads,
                                 scheduler=args.scheduler, resume=args.resume, progress=progress,
-                                cancel=lambda: stop.requested)
+                                cancel=lambda: stop.requested, device=args.device)
     finally:
         if bar is not None:
             bar.close()
