@@ -45,11 +45,18 @@ def watch_parent(pid: int, period_s: float = WATCH_PERIOD_S) -> threading.Thread
     return thread
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Watch the parent named by ``XRAYSEG_PARENT_PID`` (if set), then run ``xrayseg`` with ``argv``."""
+def watch_parent_from_environment() -> threading.Thread | None:
+    """For any worker module started by ``BackgroundProcess`` (which sets ``XRAYSEG_PARENT_PID`` and a new
+    process group): call first thing in its ``main`` to die with the parent. No-op otherwise."""
     parent = os.environ.get(PARENT_PID_VARIABLE, "")
     if os.name == "posix" and parent.isdigit() and os.getpgrp() == os.getpid():  # leading a group of its own
-        watch_parent(int(parent))
+        return watch_parent(int(parent))
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Watch the parent named by ``XRAYSEG_PARENT_PID`` (if set), then run ``xrayseg`` with ``argv``."""
+    watch_parent_from_environment()
     from .entry import main as xrayseg
 
     return xrayseg(sys.argv[1:] if argv is None else argv)
