@@ -110,6 +110,9 @@ def _progress_line(fraction: float, message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The worker: ``JOB_DIR OUT``; exit status 2 with one line for an error of ours."""
+    from .child import watch_parent_from_environment
+
+    watch_parent_from_environment()  # a crashed or closed Slicer leaves no worker running
     from .dependencies import resolve_device
     from .models import ModelEntry, load_entry
     from .reader import Radiograph
