@@ -75,8 +75,10 @@ train-sample: setup
 # The bundled wrist model (issue 13): 24 virtual wrists (xrayseg phantom wrist, seeds 0-23) and 6 unseen ones
 # (seeds 1000-1005); 10 views of each training wrist at any rotation about the forearm (lao -60..150 deg around
 # wrist-pa covers PA, both obliques and the lateral), the carpals kept in the field of view (isocentre 15-35 mm
-# distal of the labels' centroid, 0.6-0.7 mm pixels); one test export per view preset; training with
-# tools/train-wrist/config.json; Dice per bone and per view into the card; Resources/Models/wrist/.
+# distal of the labels' centroid, 0.6-0.7 mm pixels); one test export per view preset; training in two phases
+# (tools/train-wrist/config.json: 1500 steps, then a warm restart resumed to 3500 steps with config-phase2.json;
+# one thread: on the loaded, shared 2-core machine two torch threads stalled, ~20 s per step); Dice per bone and per view
+# into the card; Resources/Models/wrist/; then the README's wrist pictures.
 WRIST := out/train-wrist
 WRIST_EXPORT := --names $(abspath $(WRIST))/phantoms/train/wrist_0000/names.csv --classes tools/train-wrist/classes.json \
 	--physics wrist-pa --range pixel_scale=0.6,0.7 --range shift_s_mm=-35,-15 --size 256 --threads 2 --quiet
@@ -92,8 +94,11 @@ train-wrist: setup
 		--view $$view --views-per-ct 6 --seed 1 --test-fraction 0 --dataset-id 612 --dataset-name WristTest \
 		--out $(WRIST)/test/$$view || exit 1; done
 	$(VENV)/bin/xrayseg train $(WRIST)/train/Dataset611_WristPhantoms --config tools/train-wrist/config.json \
-		--threads 2 --out $(WRIST)/run
+		--threads 1 --out $(WRIST)/run
+	$(VENV)/bin/xrayseg train $(WRIST)/train/Dataset611_WristPhantoms --config tools/train-wrist/config-phase2.json \
+		--resume --threads 1 --out $(WRIST)/run
 	$(PY) tools/train-wrist/bundle.py --run $(WRIST) --out Resources/Models/wrist
+	$(PY) tools/train-wrist/figures.py --model Resources/Models/wrist
 
 # The README pictures (Resources/Screenshots/). Tests and benchmarks write theirs to Testing/Artifacts/ only, so
 # `make test` and `make bench` never change tracked files; this target makes them and copies them into place.

@@ -41,7 +41,7 @@ LIMITATIONS = [
     "scaphoid view with ulnar deviation and tube angulation) are covered only by the deviation range.",
     "No fractures, implants, casts, growth plates or degenerative change; simplified soft tissue (skin, fat, "
     "muscle envelope).",
-    "256 px images over about 150-180 mm (0.6-0.7 mm pixels); the pisiform and trapezoid are small and overlap "
+    "256 px images over about 145-170 mm (0.56-0.66 mm pixels); the pisiform and trapezoid are small and overlap "
     "other carpals in most views: the weakest classes.",
     "Not a medical device; not for clinical use. A demonstration and test fixture for the XraySeg pipeline.",
 ]
@@ -98,7 +98,8 @@ def amend_card(card: dict, run: Path, per_view: dict) -> dict:
         "class_mapping": "tools/train-wrist/classes.json (the 10 bones; metacarpals and phalanges not predicted)",
         "train_export": {k: train_export.get(k) for k in ("view", "views_per_ct", "size", "physics",
                                                           "randomize_physics", "seed", "ranges")},
-        "recipe": "make train-wrist (xrayseg train --config tools/train-wrist/config.json)",
+        "recipe": "make train-wrist (xrayseg train --config tools/train-wrist/config.json: 1500 steps; then a warm "
+                  "restart, xrayseg train --resume --config tools/train-wrist/config-phase2.json, to 3500 steps)",
     }
     card["limitations"] = LIMITATIONS
     card["intended_use"] = "research and software testing; not for clinical use"
