@@ -64,8 +64,13 @@ def read_source_dataset(path: str | Path) -> "pydicom.Dataset":
     if path.suffix.lower() in NON_DICOM_SUFFIXES:
         raise InputError(f"--dicom-seg needs a DICOM radiograph, but {path} is a {path.suffix} file; {fix}")
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError) as error:
+        try:
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        except InvalidDicomError:  # no preamble: read as the reader does, then judge by the UIDs
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+            if "SOPInstanceUID" not in ds:
+                raise
+    except Exception as error:  # noqa: BLE001 - any parser failure means: not readable DICOM
         raise InputError(f"--dicom-seg needs a DICOM radiograph, but {path} is not DICOM ({error}); {fix}") \
             from error
     missing = [k for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Rows",
