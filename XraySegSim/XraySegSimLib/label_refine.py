@@ -13,40 +13,59 @@ from typing import Iterable, Mapping
 import numpy as np
 
 
-def bone_mask(ct_hu: np.ndarray, spacing_mm: Iterable[float], keep_hu: float = 150.0,
-              max_marrow_ml: float = 60.0) -> np.ndarray:
-    """Voxels that are bone: HU > ``keep_hu``, plus enclosed cavities up to ``max_marrow_ml`` (vertebral
-    bodies' marrow is often below the threshold but lies inside the cortex). ``ct_hu`` is ``[k, j, i]``;
-    ``spacing_mm`` is (i, j, k)."""
+def _small_holes(mask: np.ndarray, spacing_mm: list[float], max_size: float, per_slice: bool) -> np.ndarray:
+    """Enclosed background of ``mask`` in components up to ``max_size`` (ml in 3D, mm^2 per axial slice)."""
     import SimpleITK as sitk
 
+    def holes_of(array: np.ndarray, spacing: list[float], unit: float) -> np.ndarray:
+        image = sitk.GetImageFromArray(array.astype(np.uint8))
+        image.SetSpacing(spacing)
+        holes = sitk.GetArrayFromImage(sitk.BinaryFillhole(image, fullyConnected=False)).astype(bool) & ~array
+        if not holes.any():
+            return holes
+        components = sitk.GetArrayFromImage(sitk.ConnectedComponent(sitk.GetImageFromArray(holes.astype(np.uint8))))
+        small = np.bincount(components.ravel()) * float(np.prod(spacing)) / unit <= max_size
+        small[0] = False
+        return small[components]
+
+    if not per_slice:
+        return holes_of(mask, spacing_mm, 1000.0)
+    return np.stack([holes_of(plane, spacing_mm[:2], 1.0) if plane.any() else np.zeros_like(plane)
+                     for plane in mask])
+
+
+def bone_mask(ct_hu: np.ndarray, spacing_mm: Iterable[float], keep_hu: float = 150.0,
+              max_marrow_ml: float = 60.0, max_marrow_mm2: float = 2500.0) -> np.ndarray:
+    """Voxels that are bone: HU > ``keep_hu``, plus the marrow that cortex encloses (vertebral bodies' marrow is
+    often below the threshold): cavities closed in 3D up to ``max_marrow_ml``, and holes closed in an axial
+    slice up to ``max_marrow_mm2`` (a vertebral body is ~1,000-2,000 mm^2, a lung ~20,000). ``ct_hu`` is
+    ``[k, j, i]``; ``spacing_mm`` is (i, j, k)."""
+    spacing = [float(s) for s in spacing_mm]
     dense = ct_hu > keep_hu
-    image = sitk.GetImageFromArray(dense.astype(np.uint8))
-    image.SetSpacing([float(s) for s in spacing_mm])
-    filled = sitk.GetArrayFromImage(sitk.BinaryFillhole(image, fullyConnected=False)).astype(bool)
-    holes = filled & ~dense
-    if not holes.any():
-        return dense
-    hole_image = sitk.GetImageFromArray(holes.astype(np.uint8))
-    components = sitk.GetArrayFromImage(sitk.ConnectedComponent(hole_image))
-    voxel_ml = float(np.prod(list(spacing_mm))) / 1000.0
-    sizes = np.bincount(components.ravel())
-    small = sizes * voxel_ml <= max_marrow_ml
-    small[0] = False
-    return dense | small[components]
+    return (dense | _small_holes(dense, spacing, max_marrow_ml, per_slice=False)
+            | _small_holes(dense, spacing, max_marrow_mm2, per_slice=True))
 
 
 def refine_labels(labels: np.ndarray, ct_hu: np.ndarray, spacing_mm: Iterable[float], keep_hu: float = 150.0,
-                  grow_mm: float = 3.0, allowed: np.ndarray | None = None) -> np.ndarray:
+                  grow_mm: float = 3.0, allowed: np.ndarray | None = None, marrow_hu: float | None = None,
+                  interior_mm: float = 3.0) -> np.ndarray:
     """Keep ``labels`` only on bone, then give unlabelled bone within ``grow_mm`` the nearest label.
 
+    ``marrow_hu``: also keep a label deeper than ``interior_mm`` inside its own registered region where HU >
+    ``marrow_hu`` (marrow that thin cortex does not enclose); the edges still need bone HU.
     ``allowed`` (bool, same shape) limits the growth, e.g. to the atlas's field of view mapped onto the target.
     """
     import SimpleITK as sitk
 
     spacing = [float(s) for s in spacing_mm]
     bone = bone_mask(ct_hu, spacing, keep_hu)
-    kept = np.where(bone, labels, 0).astype(labels.dtype)
+    keep = bone
+    if marrow_hu is not None and labels.any():
+        registered = sitk.GetImageFromArray(labels.astype(np.uint16))
+        radius = [max(1, int(round(interior_mm / s))) for s in spacing]
+        interior = sitk.GetArrayFromImage(sitk.LabelSetErode(registered, radius, useImageSpacing=False)) > 0
+        keep = bone | (interior & (ct_hu > marrow_hu))
+    kept = np.where(keep, labels, 0).astype(labels.dtype)
     if grow_mm <= 0 or not kept.any():
         return kept
     image = sitk.GetImageFromArray(kept.astype(np.uint16))
