@@ -167,3 +167,31 @@ def test_slicer_sample_data_sources_point_at_checked_files_that_load():
     logic.SetMRMLScene(scene)
     assert logic.ImportLabelmapToSegmentationNode(labels, segmentation)
     assert segmentation.GetSegmentation().GetNumberOfSegments() >= 40
+
+
+def test_a_built_sample_is_reused_only_when_its_recipe_and_files_match(tmp_path):
+    import SimpleITK as sitk
+
+    from XraySegSimLib.label_transfer import TransferResult, write_transfer_outputs
+    from XraySegSimLib.labelled_samples import _recipe, built_sample_paths, labelled_sample_is_cached
+
+    name = "chest-full-ct-labelled"
+    assert not labelled_sample_is_cached(name, tmp_path)
+    paths = built_sample_paths(name, tmp_path)
+    assert paths["ct"] == tmp_path / "chest-full-ct" / "example_ct.nii.gz"
+    labels = sitk.GetImageFromArray(np.arange(24, dtype=np.uint8).reshape(2, 3, 4) % 3)
+    labels.SetSpacing((5.0, 5.0, 5.0))  # 8 voxels of each value: 1 ml
+    paths["names"].parent.mkdir(parents=True)
+    shutil.copyfile(REPO / "XraySegSim/XraySegSimLib/data/totalsegmentator_v1.csv", paths["names"])
+    result = TransferResult(labels, {"recipe": _recipe(tmp_path)})
+    written = write_transfer_outputs(result, paths["labels"].parent, names_path=paths["names"])
+    assert written["labels"] == paths["labels"] and labelled_sample_is_cached(name, tmp_path)
+    report = json.loads(paths["transfer_report"].read_text())
+    assert report["label_volumes_ml"] == {"spleen": 1.0, "kidney_right": 1.0}
+    sitk.WriteImage(labels * 2, str(paths["labels"]))  # another result under the same name
+    assert not labelled_sample_is_cached(name, tmp_path)
+    sitk.WriteImage(labels, str(paths["labels"]))
+    report["files_sha256"]["labels"] = sha256_file(paths["labels"])
+    report["recipe"]["settings"]["grow_mm"] = 99.0  # made by other settings
+    paths["transfer_report"].write_text(json.dumps(report))
+    assert not labelled_sample_is_cached(name, tmp_path)
