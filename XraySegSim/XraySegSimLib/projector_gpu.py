@@ -59,6 +59,7 @@ class GpuVolume:
         from numba import cuda
 
         self.packed = cuda.to_device(packed)
+        self.flat = self.packed.reshape(packed.size)  # the same device memory, raveled
         self.material_lut = cuda.to_device(np.ascontiguousarray(material_lut))
 
     def trace(self, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull,
@@ -74,7 +75,7 @@ class GpuVolume:
         small = [cuda.to_device(np.ascontiguousarray(a, np.float64))
                  for a in (source, origin, column_step, row_step, metric, *hull)]
         grid = ((cols + BLOCK[0] - 1) // BLOCK[0], (rows + BLOCK[1] - 1) // BLOCK[1])
-        _kernel(materials.shape[0] > 0)[grid, BLOCK](self.packed, float(mu_scale), float(mu_offset), *small,
+        _kernel(materials.shape[0] > 0)[grid, BLOCK](self.packed, self.flat, float(mu_scale), float(mu_offset), *small,
                                d_line, d_thickness, self.material_lut, d_materials, int(soft_only_below))
         d_line.copy_to_host(line_integral)
         if thickness.size:
