@@ -25,6 +25,8 @@ ISOCENTER_MODES = ("CT centre", "Markup point", "Segment centre")
 PHYSICS_PRESETS = ("chest-pa", "wrist-pa", "wrist-lateral", "lumbar-lateral", "pelvis-ap", "hip-ap")
 PREVIEW_PHYSICS = ("auto",) + PHYSICS_PRESETS
 EXPORT_PHYSICS = ("none", "auto") + PHYSICS_PRESETS
+# = XraySegSimLib.domain_randomisation.LEVELS (a test checks it).
+DOMAIN_RANDOMISATION = ("none", "light", "strong")
 
 
 class XraySegSim(ScriptedLoadableModule):
@@ -94,6 +96,11 @@ class XraySegSimParameterNode:
     exportTestFraction: Annotated[float, WithinRange(0.0, 1.0)] = 0.2
     exportWorkers: Annotated[int, WithinRange(1, 64)] = 1
     exportResume: bool = False
+    exportVirtualPatients: Annotated[int, WithinRange(0, 10000)] = 0  # xrayseg export --virtual-patients
+    exportDomainRandomisation: Annotated[str, Choice(DOMAIN_RANDOMISATION)] = "none"
+    # Labels for an unlabelled CT: the atlas of "Transfer labels from atlas" (no atlas CT: the chest-ct sample).
+    atlasVolume: Optional[vtkMRMLScalarVolumeNode]
+    atlasLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
 
 
 class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -115,6 +122,8 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._settingUp = False  # changes the widget makes itself (defaults, presets) do not render
         self._export = None  # the running background export (XraySegSimLib.export_process.ExportProcess)
         self._exportRoot = None
+        self._labelJob = None  # "Label bones in CT" / "Transfer labels from atlas" (XraySegSimLib.label_jobs)
+        self._ctModelProblem = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -144,6 +153,14 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportDatasetButton.connect("clicked(bool)", self.onExportDataset)
         self.ui.cancelExportButton.connect("clicked(bool)", self.onCancelExport)
         self.ui.openExportFolderButton.connect("clicked(bool)", self.onOpenExportFolder)
+        self.labelJobTimer = self._timer(self.EXPORT_POLL_MS, self._pollLabelJob, singleShot=False)
+        self.ui.labelBonesButton.connect("clicked(bool)", self.onLabelBones)
+        self.ui.transferLabelsButton.connect("clicked(bool)", self.onTransferLabels)
+        self.ui.cancelLabelsButton.connect("clicked(bool)", self.onCancelLabels)
+        self.ui.cancelLabelsButton.enabled = False  # until a run starts
+        self._ctModelProblem = self.logic.ctModelProblem()  # no bundled 3D model: the button says why
+        if self._ctModelProblem:
+            self.ui.labelBonesButton.toolTip = self._ctModelProblem
         self.initializeParameterNode()
 
     def _timer(self, delay_ms, callback, singleShot=True):
@@ -169,6 +186,8 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._rigTags, self._rigNodes = [], None
         if self._export is not None:
             self._export.cancel()  # the module goes away: leave no worker behind
+        if self._labelJob is not None:
+            self._labelJob.cancel()
 
     def enter(self) -> None:
         if self.logic is not None:
@@ -178,6 +197,8 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._labelJob is not None:  # its CT goes with the scene
+            self.onCancelLabels()
         self.setParameterNode(None)
         self._rigTags, self._rigNodes, self._observedMarkup = [], None, None  # the markups go with the scene
 
@@ -212,6 +233,9 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.renderButton.enabled = ready and not exporting
         self.ui.physicsPresetComboBox.enabled = bool(p and p.realisticPhysics)
         self.ui.exportDatasetButton.enabled = ready and not exporting and chosenFolder(p.exportFolder) is not None
+        labelling = self._labelJob is not None
+        self.ui.labelBonesButton.enabled = ready and not labelling and not self._ctModelProblem
+        self.ui.transferLabelsButton.enabled = ready and not labelling
         if p and self._updateIsocenterWidgets(p):
             return  # it chose a segment: the change comes back here once more
         if not ready:
@@ -393,6 +417,67 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onOpenExportFolder(self) -> None:
         if self._exportRoot:
             qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(self._exportRoot))
+
+    # ---- labels for an unlabelled CT: a background process, polled by a timer ----
+    def onLabelBones(self) -> None:
+        self._startLabelJob(lambda p: self.logic.startCtLabelling(p.inputVolume), _("Labelling the CT..."))
+
+    def onTransferLabels(self) -> None:
+        self._startLabelJob(lambda p: self.logic.startLabelTransfer(p.inputVolume, p.atlasVolume, p.atlasLabels),
+                            _("Transferring the atlas labels..."))
+
+    def _startLabelJob(self, start, text) -> None:
+        if self._labelJob is not None or not self._parameterNode:
+            return
+        self.ui.labelsStatusLabel.text = text
+        self._labelJob = self._try(_("Failed to start the labelling."), lambda: start(self._parameterNode),
+                                   waitCursor=True)
+        if self._labelJob is None:
+            self.ui.labelsStatusLabel.text = _("Nothing was started.")
+            return
+        self.ui.labelsProgressBar.maximum, self.ui.labelsProgressBar.value = 0, 0  # busy until it reports
+        self.ui.cancelLabelsButton.enabled = True
+        self.onParametersChanged()
+        self.labelJobTimer.start()
+
+    def _pollLabelJob(self) -> None:
+        status = self._labelJob.poll()
+        if not status.finished:
+            if status.fraction is not None:
+                self.ui.labelsProgressBar.maximum = 100
+                self.ui.labelsProgressBar.value = int(round(100 * status.fraction))
+            self.ui.labelsStatusLabel.text = status.message
+            return
+        job = self._endLabelJob()
+        if status.state != "succeeded":
+            job.close()
+            self.ui.labelsStatusLabel.text = status.message
+            if status.state == "failed":
+                slicer.util.errorDisplay(_("Labelling failed: {message}").format(message=status.message))
+            return
+        node = self._try(_("Failed to load the labels."), lambda: job.finish(self.logic.sim.scene), waitCursor=True)
+        if node is None:
+            self.ui.labelsStatusLabel.text = _("The labels could not be loaded; nothing was added.")
+            return
+        self.ui.labelsProgressBar.value = self.ui.labelsProgressBar.maximum
+        self.ui.labelsStatusLabel.text = _("{name}: {count} segments, now the bone labels").format(
+            name=node.GetName(), count=node.GetSegmentation().GetNumberOfSegments())
+        if self._parameterNode:
+            self._parameterNode.inputLabels = node
+
+    def _endLabelJob(self):
+        job, self._labelJob = self._labelJob, None
+        self.labelJobTimer.stop()
+        self.ui.cancelLabelsButton.enabled = False
+        self.ui.labelsProgressBar.maximum, self.ui.labelsProgressBar.value = 100, 0
+        self.onParametersChanged()
+        return job
+
+    def onCancelLabels(self) -> None:
+        if self._labelJob is not None:
+            self._labelJob.cancel()  # kills the worker at once: nothing is added, no file is left
+            self._endLabelJob()
+            self.ui.labelsStatusLabel.text = _("Cancelled; nothing was added.")
 
     def onSaveGeometry(self) -> None:
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save X-ray geometry"), "geometry.json",

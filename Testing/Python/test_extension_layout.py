@@ -169,14 +169,16 @@ def test_sim_parameter_node_and_ui():
               "exportViewsPerCtSpinBox": "exportViewsPerCt", "exportSizeSpinBox": "exportSize",
               "exportPhysicsComboBox": "exportPhysics", "exportSeedSpinBox": "exportSeed",
               "exportTestFractionSpinBox": "exportTestFraction", "exportWorkersSpinBox": "exportWorkers",
-              "exportResumeCheckBox": "exportResume"}
+              "exportResumeCheckBox": "exportResume", "exportVirtualPatientsSpinBox": "exportVirtualPatients",
+              "exportDomainRandomisationComboBox": "exportDomainRandomisation"}
+    atlas = {"atlasVolumeSelector": "atlasVolume", "atlasLabelsSelector": "atlasLabels"}
     assert set(annotated_fields(cls)) == {"inputVolume", "inputLabels", "viewPreset", "detectorSize",
                                           "isocenterSegment", *set_up.values(), *isocentre.values(),
-                                          *physics.values(), *export.values()}
+                                          *physics.values(), *export.values(), *atlas.values()}
     root = ui_tree("XraySegSim")
     assert ui_parameter_names(root) == {"inputVolumeSelector": "inputVolume", "inputLabelsSelector": "inputLabels",
                                         "viewPresetComboBox": "viewPreset", "detectorSizeSpinBox": "detectorSize",
-                                        **set_up, **isocentre, **physics, **export}
+                                        **set_up, **isocentre, **physics, **export, **atlas}
     # Node combo boxes get the scene from the module widget, as in Slicer's template.
     combos = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
     connected = {c.findtext("receiver") for c in root.iter("connection")
@@ -197,6 +199,19 @@ def test_view_preset_choices_match_library():
     combo = next(w for w in ui_tree("XraySegSim").iter("widget") if w.get("name") == "viewPresetComboBox")
     items = tuple(i.findtext("./property[@name='text']/string") for i in combo.findall("item"))
     assert items == views.PRESET_NAMES
+
+
+def test_domain_randomisation_choices_match_library():
+    """The export panel's randomisation levels are the library's (the module repeats them to import light)."""
+    from XraySegSimLib.domain_randomisation import LEVELS
+
+    tree = parse_module("XraySegSim")
+    assigned = [n for n in tree.body if isinstance(n, ast.Assign) and any(
+        isinstance(t, ast.Name) and t.id == "DOMAIN_RANDOMISATION" for t in n.targets)]
+    assert assigned and tuple(ast.literal_eval(assigned[0].value)) == tuple(LEVELS)
+    combo = next(w for w in ui_tree("XraySegSim").iter("widget")
+                 if w.get("name") == "exportDomainRandomisationComboBox")
+    assert tuple(i.findtext("./property[@name='text']/string") for i in combo.findall("item")) == tuple(LEVELS)
 
 
 @pytest.mark.parametrize("icon", ["XraySegSim/Resources/Icons/XraySegSim.png",

@@ -52,10 +52,13 @@ class ClassEntry:
 
 
 def ct_model_dirs() -> list[Path]:
-    """Where the bundled 3D model may be: ``$XRAYSEG_MODELS/femur``, the installed module's
-    ``Resources/Models/femur``, the source checkout's ``Resources/Models/femur``."""
+    """Where the 3D model may be: ``$XRAYSEG_CT_MODEL`` alone when set (a user's own package), else
+    ``$XRAYSEG_MODELS/femur``, the installed module's ``Resources/Models/femur``, the source checkout's
+    ``Resources/Models/femur``."""
     import os
 
+    if os.environ.get("XRAYSEG_CT_MODEL"):
+        return [Path(os.environ["XRAYSEG_CT_MODEL"])]
     here = Path(__file__).resolve().parents[1]
     dirs = [Path(os.environ["XRAYSEG_MODELS"]) / CT_MODEL_NAME] if os.environ.get("XRAYSEG_MODELS") else []
     return dirs + [here / "Resources" / "Models" / CT_MODEL_NAME, here.parent / "Resources" / "Models" / CT_MODEL_NAME]

@@ -133,10 +133,12 @@ def prepare_scene_export(scene, ct_node, labels_node, out: str | Path, view: str
                          views_per_ct: int = 10, size: int = 512, physics: str = "auto", seed: int = 0,
                          test_fraction: float = 0.2, workers: int = 1, resume: bool = False,
                          dataset_id: int = 501, dataset_name: str = "XraySeg",
-                         keep_inputs: bool = False) -> SceneExportJob:
+                         keep_inputs: bool = False, virtual_patients: int = 0,
+                         domain_randomisation: str = "none") -> SceneExportJob:
     """Check the options and inputs and write the CT and labels as NRRD into the dataset's ``.work`` (see
-    :func:`export_training_set`); returns the job. Refused (InputError): as :func:`export_training_set`, with
-    nothing left behind."""
+    :func:`export_training_set`); returns the job. ``virtual_patients`` and ``domain_randomisation`` are
+    ``xrayseg export``'s ``--virtual-patients`` and ``--domain-randomisation``. Refused (InputError): as
+    :func:`export_training_set`, with nothing left behind."""
     import shutil
 
     from . import views as views_module
@@ -177,7 +179,13 @@ def prepare_scene_export(scene, ct_node, labels_node, out: str | Path, view: str
                            spec={"slicer_scene": {"labels": labels_node.GetName(), "classes": names}})
     config = ExportConfig(out=str(out), dataset_id=int(dataset_id), dataset_name=dataset_name, view=view,
                           views_per_ct=int(views_per_ct), size=int(size), physics=physics, seed=int(seed),
-                          test_fraction=float(test_fraction))
+                          test_fraction=float(test_fraction), virtual_patients=int(virtual_patients),
+                          domain_randomisation=str(domain_randomisation))
+    if config.virtual_patients < 0:
+        raise InputError(f"virtual patients: {config.virtual_patients}; give 0 (the CT as it is) or a positive count")
+    from .domain_randomisation import check_level
+
+    check_level(config.domain_randomisation)  # none, light or strong
     layout = DatasetLayout.create(out, config.dataset_id, config.dataset_name)
     if layout.config.is_file() and not resume:
         raise InputError(f"{layout.root} already holds an export: tick 'Resume' to continue it, or choose another "
@@ -221,7 +229,8 @@ def export_training_set(scene, ct_node, labels_node, out: str | Path, view: str 
                         test_fraction: float = 0.2, workers: int = 1, resume: bool = False,
                         progress: Callable[[int, int, str], None] | None = None,
                         cancel: Callable[[], bool] | None = None, dataset_id: int = 501,
-                        dataset_name: str = "XraySeg", keep_inputs: bool = False):
+                        dataset_name: str = "XraySeg", keep_inputs: bool = False, virtual_patients: int = 0,
+                        domain_randomisation: str = "none"):
     """Batch-export randomised views of the scene's CT with its labels (``export.run_export``, nnU-Net v2
     layout under ``<out>/Dataset<ID>_<Name>``); returns its ``ExportReport``.
 
@@ -238,5 +247,6 @@ def export_training_set(scene, ct_node, labels_node, out: str | Path, view: str 
     view or physics preset, fewer than 1 view or 8 pixels, an existing export in the folder without
     ``resume``."""
     job = prepare_scene_export(scene, ct_node, labels_node, out, view, views_per_ct, size, physics, seed,
-                               test_fraction, workers, resume, dataset_id, dataset_name, keep_inputs)
+                               test_fraction, workers, resume, dataset_id, dataset_name, keep_inputs,
+                               virtual_patients, domain_randomisation)
     return job.run(progress=progress, cancel=cancel)

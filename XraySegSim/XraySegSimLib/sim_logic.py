@@ -86,7 +86,9 @@ class SimLogic:
             raise InputError("choose an output folder for the training set")
         return dict(view=p.exportViewPreset, views_per_ct=p.exportViewsPerCt, size=p.exportSize,
                     physics=p.exportPhysics, seed=p.exportSeed, test_fraction=p.exportTestFraction,
-                    workers=p.exportWorkers, resume=p.exportResume, out=folder)
+                    workers=p.exportWorkers, resume=p.exportResume, out=folder,
+                    virtual_patients=getattr(p, "exportVirtualPatients", 0),
+                    domain_randomisation=getattr(p, "exportDomainRandomisation", "none"))
 
     def exportTrainingSet(self, p, progress=None, cancel=None):
         """Batch-export randomised views of ``p.inputVolume`` with ``p.inputLabels`` in this process, one CT
@@ -108,6 +110,24 @@ class SimLogic:
         options = self._exportOptions(p)
         job = prepare_scene_export(self.sim.scene, p.inputVolume, p.inputLabels, options.pop("out"), **options)
         return ExportProcess.start(job)
+
+    @staticmethod
+    def ctModelProblem():
+        """Why "Label bones in CT" cannot run (no bundled 3D model, an unreadable card), or None."""
+        from .label_jobs import bundled_ct_model, ct_model_problem
+        return ct_model_problem(bundled_ct_model())
+
+    def startCtLabelling(self, ctNode, modelDir=None):
+        """Label ``ctNode`` with the bundled 3D model (``xrayseg ct-segment``) in a background process; returns
+        the ``XraySegSimLib.label_jobs.LabelJob`` (``poll()``, ``cancel()``, ``finish(scene)`` -> segmentation)."""
+        from .label_jobs import start_ct_labelling
+        return start_ct_labelling(self.sim.scene, ctNode, modelDir)
+
+    def startLabelTransfer(self, ctNode, atlasCtNode=None, atlasLabelsNode=None):
+        """Transfer the atlas's labels onto ``ctNode`` (``xrayseg label-transfer``) in a background process; no
+        atlas: the chest-ct sample. Returns the ``LabelJob``."""
+        from .label_jobs import start_label_transfer
+        return start_label_transfer(self.sim.scene, ctNode, atlasCtNode, atlasLabelsNode)
 
     def render(self, ctNode, labelsNode=None, viewPreset=None, size=512, preview=False, isocenter=None):
         """Render ``ctNode`` (HU) with optional labels (segmentation or label map) into the "X-ray DRR" and
