@@ -198,3 +198,24 @@ def test_label_transfer_real_run_from_a_scene_atlas(app, tmp_path):
         got, want = volume.array == value, atlas.array == value
         dice = 2 * (got & want).sum() / (got.sum() + want.sum())
         assert dice >= 0.8, (value, dice)
+
+
+def test_sample_atlas_is_fetched_first_where_it_is_not_cached(app, tmp_path):
+    """No atlas in the scene: the chest-ct sample, fetched by a first stage into the cache the transfer reads."""
+    hu, _ = phantom_arrays()
+    ct = add_volume(app.scene, hu, ct_ijk_to_ras(), "CT")
+    job = start_label_transfer(app.scene, ct, cache_dir=tmp_path / "cache")
+    try:
+        fetch, transfer = job.run.stages
+        assert fetch[3:5] == ["fetch-sample", "chest-ct"]
+        assert job.run.env["XRAYSEG_CACHE"] == str((tmp_path / "cache").resolve())
+        atlas_ct = transfer[transfer.index("--atlas-ct") + 1]
+        assert atlas_ct.startswith(str((tmp_path / "cache").resolve())) and atlas_ct.endswith("cxr.nii.gz")
+        assert "--labels" not in transfer  # the atlas's bones, by its TotalSegmentator values
+        femur = next(e for e in job.classes if e.value == 75)
+        assert femur.name == "femur_left" and "SCT^71341001^Femur" in femur.terminology
+    finally:
+        assert job.cancel().state == "cancelled"
+    assert not job.work.exists() and list(tmp_path.glob(".*partial*")) == []
+    with pytest.raises(InputError, match="both the atlas CT and its labels"):
+        start_label_transfer(app.scene, ct, atlas_ct=ct)
