@@ -165,7 +165,7 @@ a1, a2 = types.Array(f64, 1, "C"), types.Array(f64, 2, "C")
 img, stack = types.Array(f32, 2, "C"), types.Array(f32, 3, "C")
 for with_materials in (False, True):
     kernel = make_kernel(with_materials)
-    signature = (types.Array(types.uint32, 3, "C"), types.Array(types.uint32, 1, "C"), f64, f64, a1, a1, a1, a1,
+    signature = (types.Array(types.uint32, 3, "C"), types.Array(types.uint32, 1, "C"), a1, f64, f64, a1, a1, a1, a1,
                  a2, a2, a1, a1, img, stack, img, stack, types.int64)
     compiled = compiler.compile_cuda(kernel.py_func, types.void, signature, cc=(9, 0))
     assert "define" in compiled.library.get_llvm_str()

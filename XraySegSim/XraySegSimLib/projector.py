@@ -37,7 +37,7 @@ from .errors import GeometryError, InputError
 from .geometry import XrayGeometry
 from .labels import LabelClasses, unknown_label_values
 from .materials import MAX_MATERIALS, SOFT_BONE_KNEE_HU, MaterialModel
-from .projector_kernels import box_hull, matter_hull, pack_voxels, trace_rays_cpu
+from .projector_kernels import attenuation_table, box_hull, matter_hull, pack_voxels, trace_rays_cpu
 from .volume import Volume
 
 MU_WATER_60KEV_PER_MM = 0.0206
@@ -135,6 +135,7 @@ class DrrProjector:
         # Empty-space skipping: rays start and end on a polytope around the voxels with attenuation or a label.
         self.hull = matter_hull(self.packed) if skip_empty else box_hull(self.packed.shape)
         self._gpu = None  # device copy of the packed volume, made on the first CUDA render
+        self.mu_lut = attenuation_table(self.mu_water_per_mm / 1000.0, self.mu_water_per_mm)  # 512 KB
 
     def _prepare_labels(self, ct, labels, classes, names_table) -> tuple[np.ndarray, np.ndarray]:
         if not labels.same_grid_as(ct):
@@ -194,7 +195,7 @@ class DrrProjector:
             from .projector_gpu import GpuVolume
 
             if self._gpu is None:
-                self._gpu = GpuVolume(self.packed, self.material_lut)
+                self._gpu = GpuVolume(self.packed, self.mu_lut, self.material_lut)
             self._gpu.trace(*args, line_integral, thickness, material_g_cm2, SOFT_ONLY_BELOW_HU)
         else:
             # A fixed shuffle of rows balances threads (edge rows miss the body and are cheap).
@@ -205,7 +206,7 @@ class DrrProjector:
             try:
                 # Small dynamic chunks of rows: on a loaded machine a descheduled thread's rows go to the others.
                 with numba.parallel_chunksize(4):
-                    trace_rays_cpu(self.packed, *args, row_order, line_integral, thickness,
+                    trace_rays_cpu(self.packed, self.mu_lut, *args, row_order, line_integral, thickness,
                                    self.material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU)
             finally:
                 numba.set_num_threads(previous_threads)

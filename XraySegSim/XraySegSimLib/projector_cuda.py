@@ -13,7 +13,7 @@ def make_kernel(with_materials: bool):
     trace = cuda.jit(device=True)(make_trace_ray(with_materials))
 
     @cuda.jit
-    def trace_rays_cuda(packed, flat, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
+    def trace_rays_cuda(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                         hull_directions, hull_lower, hull_upper, line_integral, thickness, material_lut,
                         materials, soft_only_below):  # pragma: no cover - compiled
         col, row = cuda.grid(2)
@@ -24,7 +24,7 @@ def make_kernel(with_materials: bool):
                 thickness[c, row, col] = 0.0
             for m in range(materials.shape[0]):
                 materials[m, row, col] = 0.0
-            trace(packed, flat, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
+            trace(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                   hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness, material_lut,
                   materials, soft_only_below)
 

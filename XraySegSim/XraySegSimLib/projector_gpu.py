@@ -55,11 +55,12 @@ def _kernel(with_materials: bool):
 class GpuVolume:
     """The packed volume and material table on the GPU, uploaded once per projector."""
 
-    def __init__(self, packed: np.ndarray, material_lut: np.ndarray) -> None:
+    def __init__(self, packed: np.ndarray, mu_lut: np.ndarray, material_lut: np.ndarray) -> None:
         from numba import cuda
 
         self.packed = cuda.to_device(packed)
         self.flat = self.packed.reshape(packed.size)  # the same device memory, raveled
+        self.mu_lut = cuda.to_device(np.ascontiguousarray(mu_lut, np.float64))
         self.material_lut = cuda.to_device(np.ascontiguousarray(material_lut))
 
     def trace(self, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull,
@@ -75,8 +76,9 @@ class GpuVolume:
         small = [cuda.to_device(np.ascontiguousarray(a, np.float64))
                  for a in (source, origin, column_step, row_step, metric, *hull)]
         grid = ((cols + BLOCK[0] - 1) // BLOCK[0], (rows + BLOCK[1] - 1) // BLOCK[1])
-        _kernel(materials.shape[0] > 0)[grid, BLOCK](self.packed, self.flat, float(mu_scale), float(mu_offset), *small,
-                               d_line, d_thickness, self.material_lut, d_materials, int(soft_only_below))
+        kernel = _kernel(materials.shape[0] > 0)
+        kernel[grid, BLOCK](self.packed, self.flat, self.mu_lut, float(mu_scale), float(mu_offset), *small, d_line,
+                            d_thickness, self.material_lut, d_materials, int(soft_only_below))
         d_line.copy_to_host(line_integral)
         if thickness.size:
             d_thickness.copy_to_host(thickness)

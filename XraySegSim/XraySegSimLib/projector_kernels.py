@@ -66,6 +66,13 @@ def _matter_row_extremes(packed):  # pragma: no cover - compiled
     return extremes
 
 
+def attenuation_table(mu_scale: float, mu_offset: float) -> np.ndarray:
+    """mu (1/mm) of every 16-bit HU code: max(0, mu_offset + mu_scale * HU) in float64, the very expression the
+    traversal used to evaluate per voxel step (a table lookup is cheaper, the values are the same bit for bit)."""
+    hu = np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.float64)
+    return np.maximum(0.0, mu_offset + mu_scale * hu)
+
+
 def box_hull(shape_kji: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The volume box as a polytope: (directions, lower, upper) for the three axes (no skipping)."""
     nk, nj, ni = shape_kji
@@ -106,9 +113,9 @@ def make_trace_ray(with_materials: bool):
     """``trace_ray``, specialised at compile time with or without the material channels (a test per step
     that is not there costs nothing)."""
 
-    def trace_ray(packed, flat, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull_directions,
-                  hull_lower, hull_upper, row, col, line_integral, thickness, material_lut, materials,
-                  soft_only_below):  # pragma: no cover - compiled
+    def trace_ray(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
+                  hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness, material_lut,
+                  materials, soft_only_below):  # pragma: no cover - compiled
         """Trace the ray from ``source`` to detector pixel (row, col) and write that pixel of every output.
 
         All points are in IJK shifted by +0.5, so voxel v spans [v, v+1); the ray is ``source + t * d`` with
@@ -180,8 +187,7 @@ def make_trace_ray(with_materials: bool):
             t_exit = t1 if t1 < t_exit else t_exit
             segment = t_exit - t
             hu_value = np.int16(word & 0xFFFF)  # the int16 in the low bits
-            mu = mu_offset + mu_scale * hu_value
-            total += segment * (mu if mu > 0.0 else 0.0)
+            total += segment * mu_lut[word & 0xFFFF]  # max(0, mu_offset + mu_scale * HU), one load
             if with_materials:
                 # Soft-tissue voxels (most of them) cost nothing here: their partial density is the mu
                 # integrand / mu_water, added from ``total`` at the end. Others correct that and add theirs.
@@ -242,21 +248,21 @@ _trace_ray_materials = numba.njit(inline="always", nogil=True, boundscheck=False
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def _trace_rays_plain(packed, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull_directions,
-                      hull_lower, hull_upper, row_order, line_integral, thickness, material_lut, materials,
-                      soft_only_below):  # pragma: no cover - compiled; covered through DrrProjector tests
+def _trace_rays_plain(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
+                      hull_directions, hull_lower, hull_upper, row_order, line_integral, thickness, material_lut,
+                      materials, soft_only_below):  # pragma: no cover - compiled; covered through DrrProjector tests
     n_rows, n_cols = line_integral.shape
     flat = packed.reshape(packed.size)
     for r in numba.prange(n_rows):
         row = row_order[r]
         for col in range(n_cols):
-            _trace_ray_plain(packed, flat, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
+            _trace_ray_plain(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                              hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness,
                              material_lut, materials, soft_only_below)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def _trace_rays_materials(packed, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
+def _trace_rays_materials(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                           hull_directions, hull_lower, hull_upper, row_order, line_integral, thickness,
                           material_lut, materials, soft_only_below):  # pragma: no cover - compiled
     n_rows, n_cols = line_integral.shape
@@ -264,15 +270,15 @@ def _trace_rays_materials(packed, mu_scale, mu_offset, source, origin, column_st
     for r in numba.prange(n_rows):
         row = row_order[r]
         for col in range(n_cols):
-            _trace_ray_materials(packed, flat, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
-                                 hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness,
+            _trace_ray_materials(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step,
+                                 metric, hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness,
                                  material_lut, materials, soft_only_below)
 
 
-def trace_rays_cpu(packed, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull, row_order,
-                   line_integral, thickness, material_lut, materials, soft_only_below) -> None:
+def trace_rays_cpu(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull,
+                   row_order, line_integral, thickness, material_lut, materials, soft_only_below) -> None:
     """Trace every detector pixel on the CPU threads (rows in ``row_order``, which balances the threads);
     ``hull`` = (directions, lower, upper) from ``matter_hull`` or ``box_hull``."""
     kernel = _trace_rays_materials if materials.shape[0] > 0 else _trace_rays_plain
-    kernel(packed, mu_scale, mu_offset, source, origin, column_step, row_step, metric, *hull, row_order,
+    kernel(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric, *hull, row_order,
            line_integral, thickness, material_lut, materials, soft_only_below)
