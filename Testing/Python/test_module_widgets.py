@@ -85,6 +85,7 @@ def test_sim_widget_first_clicks(app, monkeypatch, tmp_path):
     assert ui.exportStatusLabel.text.startswith("3 samples") and ui.openExportFolderButton.enabled
     assert ui.renderButton.enabled and shown["errors"] == []
     assert len(list((tmp_path / "Dataset501_XraySeg" / "imagesTr").iterdir())) == 3
+    widget.cleanup()  # as Slicer does on exit: no observer outlives the widget
 
 
 @pytest.mark.slow
@@ -116,3 +117,4 @@ def test_infer_widget_keeps_its_model_after_scene_close_and_segments_in_backgrou
     assert output is not None and output.GetSegmentation().GetNumberOfSegments() == len(classes)
     assert "bones segmented" in ui.statusLabel.text and ui.runButton.enabled and shown["errors"] == []
     assert truth.shape[1:] == image.shape  # the phantom's truth is on the radiograph's own pixels
+    widget.cleanup()  # as Slicer does on exit: no observer outlives the widget
