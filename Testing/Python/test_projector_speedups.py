@@ -115,6 +115,8 @@ from XraySegSimLib import DrrProjector
 from XraySegSimLib.materials import MaterialModel
 volume, labels = body_in_air()
 projector = DrrProjector(volume, labels, materials=MaterialModel(), device="cuda")
+other = GEOMETRIES[(int(sys.argv[3]) + 1) % len(GEOMETRIES)]
+projector.render(geometry_for(volume, *other, size=(24, 20)))  # first another view: the buffers are reused
 view, lao, cranial = GEOMETRIES[int(sys.argv[3])]
 result = projector.render(geometry_for(volume, view, lao, cranial, size=(24, 20)))
 np.savez(sys.argv[2], line=result.line_integral, thickness=result.thickness_mm, materials=result.material_g_cm2)

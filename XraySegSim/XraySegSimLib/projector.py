@@ -195,7 +195,7 @@ class DrrProjector:
             from .projector_gpu import GpuVolume
 
             if self._gpu is None:
-                self._gpu = GpuVolume(self.packed, self.mu_lut, self.material_lut)
+                self._gpu = GpuVolume(self.packed, self.mu_lut, self.material_lut, self.hull)
             self._gpu.trace(*args, line_integral, thickness, material_g_cm2, SOFT_ONLY_BELOW_HU)
         else:
             # A fixed shuffle of rows balances threads (edge rows miss the body and are cheap).

@@ -53,31 +53,41 @@ def _kernel(with_materials: bool):
 
 
 class GpuVolume:
-    """The packed volume and material table on the GPU, uploaded once per projector."""
+    """The packed volume, tables and hull on the GPU, uploaded once per projector; output buffers are kept
+    per output shape, so a render costs one small upload (the view), the kernel and the copies back."""
 
-    def __init__(self, packed: np.ndarray, mu_lut: np.ndarray, material_lut: np.ndarray) -> None:
+    def __init__(self, packed: np.ndarray, mu_lut: np.ndarray, material_lut: np.ndarray, hull) -> None:
         from numba import cuda
 
         self.packed = cuda.to_device(packed)
         self.flat = self.packed.reshape(packed.size)  # the same device memory, raveled
         self.mu_lut = cuda.to_device(np.ascontiguousarray(mu_lut, np.float64))
         self.material_lut = cuda.to_device(np.ascontiguousarray(material_lut))
+        self.hull = [cuda.to_device(np.ascontiguousarray(a, np.float64)) for a in hull]
+        self._outputs: dict[tuple, tuple] = {}
+
+    def _buffers(self, line_integral, thickness, materials) -> tuple:
+        from numba import cuda
+
+        key = (line_integral.shape, thickness.shape, materials.shape)
+        if key not in self._outputs:
+            self._outputs = {key: tuple(cuda.device_array(shape, np.float32) for shape in key)}  # latest only
+        return self._outputs[key]
 
     def trace(self, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull,
               line_integral, thickness, materials, soft_only_below) -> None:
         """Fill the host arrays ``line_integral`` (rows, cols), ``thickness`` and ``materials``
-        (channels, rows, cols) like ``trace_rays_cpu`` does."""
+        (channels, rows, cols) like ``trace_rays_cpu`` does; ``hull`` must be the one given at construction."""
         from numba import cuda
 
         rows, cols = line_integral.shape
-        d_line = cuda.device_array(line_integral.shape, np.float32)
-        d_thickness = cuda.device_array(thickness.shape, np.float32)
-        d_materials = cuda.device_array(materials.shape, np.float32)
-        small = [cuda.to_device(np.ascontiguousarray(a, np.float64))
-                 for a in (source, origin, column_step, row_step, metric, *hull)]
+        d_line, d_thickness, d_materials = self._buffers(line_integral, thickness, materials)
+        view = cuda.to_device(np.concatenate([np.ravel(a) for a in (source, origin, column_step, row_step, metric)])
+                              .astype(np.float64))  # one upload: 4 points/vectors and the 3x3 metric
         grid = ((cols + BLOCK[0] - 1) // BLOCK[0], (rows + BLOCK[1] - 1) // BLOCK[1])
         kernel = _kernel(materials.shape[0] > 0)
-        kernel[grid, BLOCK](self.packed, self.flat, self.mu_lut, float(mu_scale), float(mu_offset), *small, d_line,
+        kernel[grid, BLOCK](self.packed, self.flat, self.mu_lut, float(mu_scale), float(mu_offset), view[0:3],
+                            view[3:6], view[6:9], view[9:12], view[12:21].reshape(3, 3), *self.hull, d_line,
                             d_thickness, self.material_lut, d_materials, int(soft_only_below))
         d_line.copy_to_host(line_integral)
         if thickness.size:
