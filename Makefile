@@ -11,7 +11,7 @@ APT_BENCH := plastimatch
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: setup demo test test-fast bench bench-quick train-sample train-wrist screenshots clean
+.PHONY: setup demo test test-fast bench bench-quick train-sample train-wrist train-lumbar train-femur screenshots clean
 
 setup: $(STAMP)
 
@@ -107,6 +107,16 @@ screenshots: $(BENCH_STAMP)
 		-k "test_slice_view_shows_the_drr_with_the_label_overlay or test_three_d_view_shows_bones_source_detector_with_drr_and_beam or test_slice_view_shows_the_radiograph_with_the_overlay or test_bundled_model_on_a_sample_ct_drr_through_the_scene"
 	$(PY) bench/bench_physics.py --figure
 	$(PY) tools/screenshots.py
+
+# The lumbar study (issue 14 A): a CT's virtual patients and lumbar phantoms, semantic vs instance-aware models trained
+# on one body and scored on the other, both ways; bundles Resources/Models/lumbar/. See tools/train-lumbar/train.py.
+train-lumbar: setup
+	$(PY) tools/train-lumbar/train.py --threads 2
+
+# The proximal-femur 3D V-Net demonstrator (issue 14 B): both femurs of the abdomen-pelvis sample CT, held out by
+# side both ways; bundles Resources/Models/femur/. See tools/train-femur/train.py.
+train-femur: setup
+	$(PY) tools/train-femur/train.py --threads 2
 
 clean:
 	rm -rf out bench-results Testing/Artifacts .pytest_cache

@@ -22,6 +22,8 @@ SUBCOMMAND_MODULES = (
     "XraySegSimLib.phantom_cli",  # phantom wrist
     "XraySegInferLib.cli",  # train, evaluate, infer
     "XraySegInferLib.transfer_cli",  # plausibility, lobo (transfer to other bodies and real images)
+    "XraySegInferLib.ct_cli",  # femur-data, ct-train, ct-segment, ct-evaluate (3D CT)
+    "XraySegInferLib.lumbar_cli",  # lumbar-compare (instance-aware vs semantic)
 )
 
 

@@ -18,8 +18,6 @@ random bowel-gas pockets in front of the spine, air outside. Same seed, same pha
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -246,23 +244,9 @@ def build_lumbar_phantom(params: LumbarParams) -> tuple[Volume, Volume, dict[int
 
 def write_lumbar_phantom(out: str | Path, params: LumbarParams) -> dict[str, Path]:
     """Build and write ``ct.nii.gz``, ``labels.nii.gz``, ``names.csv`` and ``phantom.json`` (staged, then moved)."""
-    import json
+    from .output import write_phantom_files
 
-    from .wrist import names_csv_text, write_volume
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ct, labels, names, report = build_lumbar_phantom(params)
-    files = {"ct": out / "ct.nii.gz", "labels": out / "labels.nii.gz", "names": out / "names.csv",
-             "json": out / "phantom.json"}
-    with tempfile.TemporaryDirectory(prefix=".phantom-", dir=out) as tmp:
-        staged = {key: Path(tmp) / path.name for key, path in files.items()}
-        write_volume(ct, staged["ct"])
-        write_volume(labels, staged["labels"])
-        staged["names"].write_text(names_csv_text(names))
-        record = {"format": "xrayseg-lumbar-phantom", "version": PHANTOM_VERSION, "params": asdict(params),
-                  "source": "pose2sim==0.3.7 (BSD-3-Clause) OpenSim lumbar, sacrum and pelvis meshes", **report}
-        staged["json"].write_text(json.dumps(record, indent=2) + "\n")
-        for key in ("ct", "labels", "names", "json"):  # the sidecar last: its presence means complete
-            os.replace(staged[key], files[key])
-    return files
+    record = {"format": "xrayseg-lumbar-phantom", "version": PHANTOM_VERSION, "params": asdict(params),
+              "source": "pose2sim==0.3.7 (BSD-3-Clause) OpenSim lumbar, sacrum and pelvis meshes", **report}
+    return write_phantom_files(out, ct, labels, names, record)

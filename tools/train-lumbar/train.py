@@ -1,0 +1,122 @@
+"""Reproduce the lumbar study and the bundled lumbar model (Resources/Models/lumbar/): `make train-lumbar`.
+
+Two bodies, never mixed between training and test:
+
+* "ct": the abdomen-pelvis CT of the TotalSegmentator sdist (`xrayseg fetch-sample abdomen-pelvis-ct`; its labels are
+  TotalSegmentator outputs), 12 virtual patients, 120 lateral views;
+* "phantom": 6 lumbar phantoms (`xrayseg phantom lumbar --seed 0..5`, OpenSim meshes), 2 virtual patients each,
+  120 lateral views.
+
+For each body, a per-level export (classes L1 ... L5, S1) and its one-class copy (vertebra) give the same images to
+both model families. Each family is trained on one body and scored on the other (`xrayseg lumbar-compare`), both
+ways. The bundled model is the instance-aware model trained on the CT, with the study's figures on its card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LEVELS = "".join(f"L{n} = vertebrae_L{n}\n" for n in range(1, 6)) + "S1 = vertebrae_S1\n"
+EXPORT = ["--view", "lumbar-lateral", "--size", "256", "--test-fraction", "0", "--domain-randomisation", "strong",
+          "--quiet"]
+TRAIN = ["--recipe", "chest-sample", "--mode", "multilabel", "--patch-size", "192", "--val-every", "500", "--quiet"]
+STEPS = {"ct": "2000", "phantom": "1500"}
+# SNOMED CT codes of the levels (as TotalSegmentator's Slicer terminology uses them); S1 has no code of its own
+# there, so it carries the sacrum's (S1 is the sacrum's first segment).
+LEVEL_SNOMED = {"L1": ("66794005", "L1 vertebra"), "L2": ("14293000", "L2 vertebra"), "L3": ("36470004", "L3 vertebra"),
+                "L4": ("11994002", "L4 vertebra"), "L5": ("49668003", "L5 vertebra"), "S1": ("54735007", "Sacrum")}
+
+
+def xrayseg(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "XraySegInferLib.entry", *map(str, args)], check=True)
+
+
+def export_bodies(out: Path, threads: str) -> dict[str, Path]:
+    from XraySegSimLib.sample_data import fetch_sample
+
+    levels = out / "levels.txt"
+    levels.write_text(LEVELS)
+    ct = fetch_sample("abdomen-pelvis-ct")
+    xrayseg("export", "--ct", ct["ct"], "--labels", ct["labels"], "--names", ct["names"], "--classes", levels,
+            "--virtual-patients", "12", "--views-per-ct", "120", "--seed", "0", "--threads", threads,
+            "--dataset-id", "721", "--dataset-name", "LumbarCT", "--out", out / "ct", *EXPORT)
+    rows = ["ct,labels,id,names"]
+    for seed in range(6):
+        folder = out / "phantoms" / f"p{seed}"
+        xrayseg("phantom", "lumbar", "--out", folder, "--seed", str(seed))
+        rows.append(f"phantoms/p{seed}/ct.nii.gz,phantoms/p{seed}/labels.nii.gz,phantom{seed},"
+                    f"phantoms/p{seed}/names.csv")
+    (out / "phantoms.csv").write_text("\n".join(rows) + "\n")
+    xrayseg("export", "--pairs", out / "phantoms.csv", "--classes", levels, "--virtual-patients", "2",
+            "--views-per-ct", "20", "--seed", "1", "--threads", threads, "--dataset-id", "722",
+            "--dataset-name", "LumbarPhantom", "--out", out / "phantom", *EXPORT)
+    return {"ct": out / "ct" / "Dataset721_LumbarCT", "phantom": out / "phantom" / "Dataset722_LumbarPhantom"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "lumbar")
+    parser.add_argument("--bundle", type=Path, default=REPO / "Resources" / "Models" / "lumbar")
+    parser.add_argument("--threads", default="2")
+    parser.add_argument("--reuse", action="store_true", help="keep exports and runs that are already complete")
+    args = parser.parse_args()
+
+    from XraySegInferLib.lumbar_study import semantic_dataset
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if args.reuse and all((out / b).is_dir() for b in ("ct", "phantom")):
+        datasets = {"ct": out / "ct" / "Dataset721_LumbarCT", "phantom": out / "phantom" / "Dataset722_LumbarPhantom"}
+    else:
+        datasets = export_bodies(out, args.threads)
+    semantic = {body: semantic_dataset(path, out / f"{body}-semantic") for body, path in datasets.items()}
+    runs = {}
+    for body in ("ct", "phantom"):
+        short = "ct" if body == "ct" else "ph"
+        for family, data in (("instance", datasets[body]), ("semantic", semantic[body])):
+            run = out / f"run-{short}-{family}"
+            if not (args.reuse and (run / "model" / "model.json").exists()):
+                shutil.rmtree(run, ignore_errors=True)
+                xrayseg("train", data, "--steps", STEPS[body], "--threads", args.threads, "--out", run, *TRAIN,
+                        "--name", f"Lumbar {'L1-L5+S1 (instance-aware' if family == 'instance' else 'vertebra (semantic'}"
+                                  f", trained on {body})")
+            runs[(body, family)] = run / "model"
+    study = {}
+    for train_body, test_body in (("ct", "phantom"), ("phantom", "ct")):
+        report = out / f"compare-{train_body}-to-{test_body}"
+        xrayseg("lumbar-compare", datasets[test_body], "--semantic", runs[(train_body, "semantic")],
+                "--instance", runs[(train_body, "instance")], "--split", "train", "--out", report)
+        study[f"trained_on_{train_body}_tested_on_{test_body}"] = json.loads((report / "lumbar.json").read_text())
+    (out / "study.json").write_text(json.dumps(study, indent=2))
+    bundle_model(runs[("ct", "instance")], args.bundle, study)
+    print(f"bundled -> {args.bundle}")
+    return 0
+
+
+def bundle_model(model: Path, bundle: Path, study: dict) -> None:
+    """Copy the instance-aware CT model, name its segments L1 ... S1 with SNOMED codes, store the study, seal it."""
+    from XraySegInferLib.package import CARD_FILE, seal_package
+
+    shutil.rmtree(bundle, ignore_errors=True)
+    shutil.copytree(model, bundle)
+    card = json.loads((bundle / CARD_FILE).read_text())
+    for entry in card.get("classes", []):
+        code, meaning = LEVEL_SNOMED[entry["name"]]
+        entry["snomed"] = {"category": {"CodeValue": "91723000", "CodingSchemeDesignator": "SCT",
+                                        "CodeMeaning": "Anatomical structure"},
+                           "type": {"CodeValue": code, "CodingSchemeDesignator": "SCT", "CodeMeaning": meaning}}
+    card["metrics"] = dict(card.get("metrics", {}), lumbar_study=study)
+    card["validated"] = ("lateral DRRs of a body never seen in training (lumbar phantoms for the CT-trained model); "
+                         "no real radiograph with masks was available, so real-image accuracy is NOT validated")
+    (bundle / CARD_FILE).write_text(json.dumps(card, indent=2))
+    seal_package(bundle)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
