@@ -44,6 +44,10 @@ def test_label_bones_is_off_without_a_model_and_cancel_adds_nothing(app, monkeyp
     assert widget._labelJob is None and ui.labelsStatusLabel.text.startswith("Cancelled")
     assert node_ids(app.scene) == before and not job.work.exists() and p.inputLabels is None
     assert ui.transferLabelsButton.enabled and shown["errors"] == []
+    ui.transferLabelsButton.click()  # closing the module (Slicer's exit) with a run going stops it
+    running = widget._labelJob
+    widget.cleanup()
+    assert running.poll().state == "cancelled" and not running.work.exists() and node_ids(app.scene) == before
 
 
 @pytest.mark.slow
@@ -62,6 +66,7 @@ def test_label_bones_sets_the_input_labels(app, monkeypatch, tmp_path):
     assert labels.GetSegmentation().GetNthSegment(0).GetName() == "femur_left"
     assert "1 segments, now the bone labels" in ui.labelsStatusLabel.text and ui.labelBonesButton.enabled
     assert widget.logic.segmentNames(labels) == ["femur_left"] and p.inputVolume is ct
+    widget.cleanup()  # as Slicer does on exit: no observer outlives the widget
 
 
 def test_export_panel_options_reach_the_background_job(app, monkeypatch, tmp_path):
@@ -85,3 +90,4 @@ def test_export_panel_options_reach_the_background_job(app, monkeypatch, tmp_pat
     with pytest.raises(InputError, match="virtual patients"):
         prepare_scene_export(app.scene, ct, bones, tmp_path / "bad", virtual_patients=-1)
     assert not (tmp_path / "bad").exists()
+    widget.cleanup()
