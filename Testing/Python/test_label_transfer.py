@@ -119,6 +119,7 @@ def test_transfer_recovers_labels_of_a_warped_phantom(tmp_path):
     assert min(scores.values()) >= 0.85, (scores, result.report["seconds"])
     assert steps[-1] == 1.0 and steps == sorted(steps)
     assert result.report["bone_coverage"] >= 0.95
+    assert result.report["moved_labels_on_bone"] > 0.8 and result.report["warnings"] == []
 
 
 @pytest.mark.slow

@@ -4,13 +4,17 @@ Steps (SimpleITK, all in physical space, so any orientation works):
 
 1. Working images at ``working_spacing_mm`` (smoothed, then resampled): a *tissue* image (HU clipped to
    [-1000, 1000]) for the global alignment and a *bone* image (0 below 100 HU, 1 above 600 HU) for the rest.
-2. Initial alignment: centres of mass of bone, then an exhaustive search of the head-foot shift, because the
-   two CTs may cover different lengths of the body (the atlas ``chest-ct`` ends at the clavicles, the
-   ``chest-full-ct`` goes from the neck to the upper abdomen).
-3. Affine registration (correlation, multi-resolution), then B-spline deformable registration on the bone
-   images. The metric only samples the atlas's field of view (the moving mask), so partial overlap is fine.
+2. Initial alignment: centres of mass of bone, then an exhaustive search of the head-foot shift on the tissue
+   images (lungs and shoulders are not periodic, vertebrae and ribs are), because the two CTs may cover
+   different lengths of the body (the atlas ``chest-ct`` ends at the clavicles, the ``chest-full-ct`` goes from
+   the neck to the upper abdomen).
+3. Affine registration (correlation, multi-resolution, tissue images), then B-spline deformable registration
+   (mean squares, bone images). The metric only samples the atlas's field of view (the moving mask, 12 mm
+   clear of its edge; scanner padding counts as air), so a truncated atlas is fine.
 4. Labels resampled nearest-neighbour onto the target grid, then refined by the target's HU
    (:func:`.label_refine.refine_labels`). Target voxels outside the atlas's field of view stay unlabelled.
+
+On ``chest-ct`` -> ``chest-full-ct`` (two shared CPU cores, ~8 min): T12 Dice 0.77 with the sdist's mask.
 
 The fixed image is the target and the moving image the atlas: ITK's transform maps target points to atlas
 points, which is what resampling the atlas labels onto the target grid needs.
@@ -213,6 +217,18 @@ def _bspline(fixed, moving, fixed_mask, moving_mask, affine, settings: TransferS
     return composite, float(method.GetMetricValue()), [list(mesh), list(optimised.GetTransformDomainMeshSize())]
 
 
+def _quality_warnings(report: dict) -> list[str]:
+    """Signs of a failed registration, for the user to read before using the labels."""
+    warnings = []
+    if report["target_fraction_in_atlas_view"] < 0.3:
+        warnings.append(f"the atlas covers only {100 * report['target_fraction_in_atlas_view']:.0f}% of the "
+                        "target: the CTs show different body regions; choose an atlas of the same region")
+    if report["moved_labels_on_bone"] < 0.25:
+        warnings.append(f"only {100 * report['moved_labels_on_bone']:.0f}% of the registered labels lie on bone "
+                        "(a good transfer has ~50% or more): the registration probably failed; check the labels")
+    return warnings
+
+
 def atlas_bone_values(atlas_labels: np.ndarray, names: dict[int, str] | None = None) -> list[int]:
     """The bone label values (TotalSegmentator bones of our names table) present in an atlas label map."""
     from .labels import LabelClasses
@@ -318,8 +334,11 @@ def transfer_labels(atlas_ct: Any, atlas_labels: Any, target_ct: Any, *, label_v
             refined, target_hu, settings.bone_hu, ~organs), 4),
         "bone_coverage_before_refinement": round(label_refine.bone_coverage(moved_array, target_hu,
                                                                             settings.bone_hu), 4),
+        "moved_labels_on_bone": round(float((target_hu[moved_array > 0] > settings.keep_hu).mean())
+                                      if moved_array.any() else 0.0, 4),
         "seconds": timings,
     }
+    report["warnings"] = _quality_warnings(report)
     if reference is not None and reference_value is not None:
         ref = sitk.Resample(_read(reference, "reference mask"), target_image, sitk.Transform(),
                             sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)

@@ -120,4 +120,6 @@ def run_label_transfer(args: argparse.Namespace) -> int:
           f"({100 * report['bone_coverage_in_atlas_view']:.1f}% inside the atlas's field of view)")
     if "reference_dice" in report:
         print(f"Dice with the reference: {report['reference_dice']['dice']:.3f}")
+    for warning in report.get("warnings", []):
+        print(f"xrayseg label-transfer: warning: {warning}", file=sys.stderr)
     return 0
