@@ -225,7 +225,8 @@ def _quality_warnings(report: dict) -> list[str]:
                         "target: the CTs show different body regions; choose an atlas of the same region")
     if report["moved_labels_on_bone"] < 0.25:
         warnings.append(f"only {100 * report['moved_labels_on_bone']:.0f}% of the registered labels lie on bone "
-                        "(42% on chest-ct -> chest-full-ct, a good transfer): the registration probably failed; check the labels")
+                        "(42% on chest-ct -> chest-full-ct, a good transfer): the registration probably "
+                        "failed; check the labels")
     return warnings
 
 
