@@ -111,11 +111,28 @@ def bundle_model(model: Path, bundle: Path, study: dict) -> None:
         entry["snomed"] = {"category": {"CodeValue": "91723000", "CodingSchemeDesignator": "SCT",
                                         "CodeMeaning": "Anatomical structure"},
                            "type": {"CodeValue": code, "CodingSchemeDesignator": "SCT", "CodeMeaning": meaning}}
+    card["name"] = "xrayseg-lumbar-vertebrae"
+    card["description"] = ("Lateral lumbar radiographs: L1-L5 and S1, each its own class (instance-aware, multi-label "
+                           "so overlaps survive); trained on DRRs of one abdomen-pelvis CT's virtual patients")
     card["metrics"] = dict(card.get("metrics", {}), lumbar_study=study)
     card["validated"] = ("lateral DRRs of a body never seen in training (lumbar phantoms for the CT-trained model); "
                          "no real radiograph with masks was available, so real-image accuracy is NOT validated")
     (bundle / CARD_FILE).write_text(json.dumps(card, indent=2))
     seal_package(bundle)
+    add_to_catalog(bundle, card)
+
+
+def add_to_catalog(bundle: Path, card: dict) -> None:
+    """Put the package in the Infer module's offline model catalog (Resources/models.json)."""
+    from XraySegInferLib.models import CATALOG_PATH
+
+    catalog = json.loads(CATALOG_PATH.read_text())
+    entry = {"id": "lumbar-vertebrae", "card_name": card["name"], "folder": bundle.name,
+             "version": card.get("version", "0.1.0"), "title": "Lumbar vertebrae L1-L5, S1 (lateral radiographs)",
+             "description": card["description"], "sha256": card["weights"]["sha256"],
+             "classes": [c["name"] for c in card["classes"]], "url": None}
+    catalog["models"] = [m for m in catalog["models"] if m.get("id") != entry["id"]] + [entry]
+    CATALOG_PATH.write_text(json.dumps(catalog, indent=2) + "\n")
 
 
 if __name__ == "__main__":
