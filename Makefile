@@ -49,28 +49,16 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(PY) bench/bench_drr.py --quick
 
-# The bundled chest model (issue 6, section 5): DRRs of the sample chest CT with realistic physics (chest-pa,
-# randomised), the chest-sample recipe (the settings of the bundled model), evaluation on held-out VIEWS of the
-# same CT (a second export with another seed: there is only one CT), then Resources/Models/chest/.
-# Magnification is kept >= 1.11 so that the detector plane stays in front of the anterior chest wall (at the
-# export's lower default the detector cut through the patient and hid the sternum).
+# The bundled chest model (issue 10 item 6): two bodies (the sample chest CT and the full chest CT with its
+# labels transferred by registration), virtual patients, the ignore label, strong image-domain randomisation,
+# chest-pa with small angle/magnification jitter; the chest-transfer recipe; leave-one-body-out side by side
+# with the final training; held-out plain views; the plausibility rules on the real chest CR RG1; then
+# Resources/Models/chest/. All in tools/train-sample/retrain.sh (GPU when torch sees one).
 SAMPLE := out/train-sample
-SAMPLE_CT := .cache/xrayseg/sample-chest-ct
-SAMPLE_EXPORT := --ct $(SAMPLE_CT)/cxr.nii.gz --labels $(SAMPLE_CT)/mask.nii.gz --classes tools/train-sample/classes.json \
-	--view chest-pa --physics chest-pa --range magnification_scale=1.02,1.12 --size 256 --threads 2 --quiet
 
 train-sample: setup
-	$(VENV)/bin/xrayseg fetch-sample
 	rm -rf $(SAMPLE)
-	$(VENV)/bin/xrayseg export $(SAMPLE_EXPORT) --views-per-ct 240 --seed 0 --test-fraction 0 \
-		--dataset-id 601 --dataset-name ChestSample --out $(SAMPLE)/train
-	$(VENV)/bin/xrayseg export $(SAMPLE_EXPORT) --views-per-ct 40 --seed 1 --test-fraction 0 \
-		--dataset-id 602 --dataset-name ChestSampleHeldout --out $(SAMPLE)/heldout
-	$(VENV)/bin/xrayseg train $(SAMPLE)/train/Dataset601_ChestSample --recipe chest-sample \
-		--threads 2 --out $(SAMPLE)/run
-	$(VENV)/bin/xrayseg evaluate $(SAMPLE)/heldout/Dataset602_ChestSampleHeldout --model $(SAMPLE)/run/model \
-		--split train --update-card --threads 2 --out $(SAMPLE)/eval
-	$(PY) tools/train-sample/bundle.py --run $(SAMPLE) --out Resources/Models/chest
+	OUT=$(SAMPLE) tools/train-sample/retrain.sh
 
 # The bundled wrist model (issue 13): 24 virtual wrists (xrayseg phantom wrist, seeds 0-23) and 6 unseen ones
 # (seeds 1000-1005); 10 views of each training wrist at any rotation about the forearm (lao -60..150 deg around

@@ -45,6 +45,31 @@ def test_bundled_package_is_small_and_documented(bundled):
     assert "SAME CT" in held_out["held_out"] and held_out["cases"] >= 20
     assert set(held_out["per_class"]) == set(bundled.class_names)
     assert (BUNDLED / "README.md").is_file()
+    # Transfer: leave-one-body-out over the two training bodies, and the rules on the real CR RG1.
+    lobo = card["metrics"]["leave_one_body_out"]
+    assert len(lobo["folds"]) == 2 and set(lobo["mean_dice_per_class"]) == set(bundled.class_names)
+    for fold in lobo["folds"]:
+        assert fold["body"] not in fold["train_bodies"] and fold["cases"] >= 20
+    assert card["validated"] and card["not_validated"]
+    previous = card["metrics"]["previous_model"]
+    transfer = previous["dice_on_plain_views_of_chest_full (a body it never saw)"]["mean_over_classes"]
+    new_fold = next(f for f in lobo["folds"] if f["body"] != "cxr")  # held out: the full chest CT
+    assert new_fold["mean_dice"] > transfer  # replaced only because it transfers better
+    assert card["metrics"]["rg1_plausibility"]["rules_passed"] > previous["rg1_plausibility"]["rules_passed"]
+
+
+def test_rg1_rules_are_what_the_card_says(bundled, tmp_path):
+    """``xrayseg plausibility`` (default input: the real chest CR RG1) with the bundled model gives the rule
+    results stored on the card, rule by rule."""
+    from XraySegInferLib.entry import main
+
+    assert main(["plausibility", "--out", str(tmp_path), "--threads", "1"]) == 0
+    result = json.loads((tmp_path / "plausibility.json").read_text())
+    stored = bundled.card["metrics"]["rg1_plausibility"]
+    assert result["rules_passed"] == stored["rules_passed"] and result["rules_failed"] == stored["rules_failed"]
+    for rule in result["rules"]:
+        assert rule["passed"] == stored["rules"][rule["name"]]["passed"], rule
+        assert rule["value"] == pytest.approx(stored["rules"][rule["name"]]["value"], abs=0.02), rule
 
 
 def test_round_trip_on_a_new_view_of_the_sample_ct(bundled, sample_chest_ct):

@@ -74,10 +74,10 @@ def _card_config(config: TrainConfig) -> dict:
     return json.loads(json.dumps({k: v for k, v in asdict(config).items() if k not in NOT_IN_CARD}))
 
 
-def test_chest_sample_recipe_is_what_trained_the_bundled_model(tmp_path, monkeypatch):
-    """``--recipe chest-sample`` (what ``make train-sample`` runs) gives exactly the bundled card's training config,
-    and the recipe spells out every field the card stores, so that neither a TrainConfig default nor the recipe
-    can drift from the bundled model."""
+def test_chest_transfer_recipe_is_what_trained_the_bundled_model(tmp_path, monkeypatch):
+    """``--recipe chest-transfer`` (what ``make train-sample`` runs, in tools/train-sample/retrain.sh) gives exactly
+    the bundled card's training config, and the recipe spells out every field the card stores, so that neither a
+    TrainConfig default nor the recipe can drift from the bundled model."""
     from XraySegInferLib.entry import main
 
     from XraySegInferLib import training
@@ -85,14 +85,14 @@ def test_chest_sample_recipe_is_what_trained_the_bundled_model(tmp_path, monkeyp
     from XraySegInferLib.transforms import AugmentConfig
 
     card = json.loads(BUNDLED_CARD.read_text())["training"]["config"]
-    recipe = RECIPES["chest-sample"]
+    recipe = RECIPES["chest-transfer"]
     assert set(recipe) == set(card), "the recipe must set every field the card stores, no more"
     assert set(recipe["augment"]) == set(AugmentConfig().to_dict())
     assert _card_config(TrainConfig.from_dict(json.loads(json.dumps(recipe)))) == card
-    # through the command line, as the Makefile's train-sample target calls it (no --config)
-    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
-    command = re.search(r"xrayseg train \$\(SAMPLE\)(?:\\\n|[^\n])*", makefile).group(0)  # with continuations
-    assert "--recipe chest-sample" in command and "--config" not in command, command
+    # through the command line, as retrain.sh calls it for the final model (no --config)
+    script = (Path(__file__).resolve().parents[2] / "tools" / "train-sample" / "retrain.sh").read_text()
+    command = re.search(r"\$X train (?:\\\n|[^\n])*", script).group(0)  # with continuations
+    assert "--recipe chest-transfer" in command and "--config" not in command, command
     seen = {}
 
     def fake_train(dataset, out, config, **_):
@@ -100,9 +100,10 @@ def test_chest_sample_recipe_is_what_trained_the_bundled_model(tmp_path, monkeyp
         return SimpleNamespace(package=Path(out) / "model")
 
     monkeypatch.setattr(training, "train", fake_train)
-    argv = shlex.split(command.replace("\\\n", " ").replace("$(SAMPLE)", str(tmp_path)))[1:]
+    words = shlex.split(command.replace("\\\n", " ").replace("$OUT", str(tmp_path)).replace("$THREADS", "1"))
+    argv = words[1: words.index(">")]
     assert main(argv) == 0
-    assert _card_config(seen["config"]) == card and seen["config"].threads == 2
+    assert _card_config(seen["config"]) == card and seen["config"].threads == 1
 
 
 @pytest.mark.slow

@@ -115,12 +115,39 @@ def _otsu(values: np.ndarray) -> float:
     return float(centers[np.argmax(w0 * w1 * (mu0 - mu1) ** 2)])
 
 
+# Landmarks are found on an image of at most this many pixels on its longer side (a 2k CR in seconds, not minutes);
+# the lung fields are tens of centimetres wide, so ~1 mm pixels lose nothing the rules use.
+LANDMARK_SIZE = 512
+
+
 def chest_landmarks(normalized: np.ndarray) -> ChestLandmarks | None:
     """Lung fields, midline, thorax width and heart region of a normalised [0, 1] MONOCHROME2 PA chest
-    (dense = bright); None when two lung fields cannot be found."""
+    (dense = bright); None when two lung fields cannot be found. Coordinates are those of ``normalized``."""
+    image = np.asarray(normalized, np.float32)
+    factor = int(np.ceil(max(image.shape) / LANDMARK_SIZE))
+    if factor <= 1:
+        return _landmarks(image)
+    rows, cols = image.shape
+    padded = np.pad(image, ((0, (-rows) % factor), (0, (-cols) % factor)), mode="edge")
+    small = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).mean((1, 3))
+    found = _landmarks(small)
+    if found is None:
+        return None
+
+    def up(mask: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(mask, factor, 0), factor, 1)[:rows, :cols]
+
+    def scale(value: float) -> float:  # centre of a block of pixels in the full image
+        return value * factor + (factor - 1) / 2
+
+    return ChestLandmarks(up(found.lung_image_left), up(found.lung_image_right), up(found.heart),
+                          scale(found.midline_col), found.thorax_width_px * factor, scale(found.lung_top_row),
+                          scale(found.lung_bottom_row))
+
+
+def _landmarks(image: np.ndarray) -> ChestLandmarks | None:
     from scipy import ndimage
 
-    image = np.asarray(normalized, np.float32)
     rows, cols = image.shape
     size = max(rows, cols)
     smooth = ndimage.gaussian_filter(image, 0.01 * size)
