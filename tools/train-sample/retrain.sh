@@ -10,7 +10,8 @@
 # Then: the final model on both bodies (recipe chest-transfer), leave-one-body-out with the same recipe (one
 # process per held-out body, run side by side with the final training), evaluation of the final model on the
 # plain views, the plausibility rules on the real chest CR RG1, and tools/train-sample/bundle.py.
-# Uses a GPU when torch sees one (--device auto). On 2 free CPU cores: about 30-40 min.
+# Uses a GPU when torch sees one (--device auto). Measured: about 65 min on the 2-core machine shared with seven
+# other jobs (plus 15 min for the label transfer on first use); not measured on free cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 X=.venv/bin/xrayseg
