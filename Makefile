@@ -64,7 +64,8 @@ train-sample: setup
 # (seeds 1000-1005); 10 views of each training wrist at any rotation about the forearm (lao -60..150 deg around
 # wrist-pa covers PA, both obliques and the lateral), the carpals kept in the field of view (isocentre 15-35 mm
 # distal of the labels' centroid, 0.6-0.7 mm pixels); one test export per view preset; training in two phases
-# (tools/train-wrist/config.json: 1500 steps, then a warm restart resumed to 3500 steps with config-phase2.json;
+# (tools/train-wrist/config.json: 1500 steps, then warm restarts resumed to 3500 steps with config-phase2.json
+# and to 5500 steps with config-phase3.json;
 # one thread: on the loaded, shared 2-core machine two torch threads stalled, ~20 s per step); Dice per bone and per view
 # into the card; Resources/Models/wrist/; then the README's wrist pictures.
 WRIST := out/train-wrist
@@ -84,6 +85,8 @@ train-wrist: setup
 	$(VENV)/bin/xrayseg train $(WRIST)/train/Dataset611_WristPhantoms --config tools/train-wrist/config.json \
 		--threads 1 --out $(WRIST)/run
 	$(VENV)/bin/xrayseg train $(WRIST)/train/Dataset611_WristPhantoms --config tools/train-wrist/config-phase2.json \
+		--resume --threads 1 --out $(WRIST)/run
+	$(VENV)/bin/xrayseg train $(WRIST)/train/Dataset611_WristPhantoms --config tools/train-wrist/config-phase3.json \
 		--resume --threads 1 --out $(WRIST)/run
 	$(PY) tools/train-wrist/bundle.py --run $(WRIST) --out Resources/Models/wrist
 	$(PY) tools/train-wrist/figures.py --model Resources/Models/wrist

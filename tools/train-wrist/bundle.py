@@ -98,8 +98,9 @@ def amend_card(card: dict, run: Path, per_view: dict) -> dict:
         "class_mapping": "tools/train-wrist/classes.json (the 10 bones; metacarpals and phalanges not predicted)",
         "train_export": {k: train_export.get(k) for k in ("view", "views_per_ct", "size", "physics",
                                                           "randomize_physics", "seed", "ranges")},
-        "recipe": "make train-wrist (xrayseg train --config tools/train-wrist/config.json: 1500 steps; then a warm "
-                  "restart, xrayseg train --resume --config tools/train-wrist/config-phase2.json, to 3500 steps)",
+        "recipe": "make train-wrist (xrayseg train --config tools/train-wrist/config.json: 1500 steps; then warm "
+                  "restarts, xrayseg train --resume with config-phase2.json to 3500 steps and config-phase3.json "
+                  "to 5500 steps)",
     }
     card["limitations"] = LIMITATIONS
     card["intended_use"] = "research and software testing; not for clinical use"
