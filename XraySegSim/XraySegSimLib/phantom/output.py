@@ -2,20 +2,44 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from ..volume import Volume
+
+
+def write_volume(volume: Volume, path: Path) -> None:
+    """NIfTI/NRRD via SimpleITK (which stores LPS); callers write into a staging folder (see below)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(volume.array)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    spacing = volume.spacing
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((lps @ volume.ijk_to_ras[:3, :3] / spacing).flatten().tolist())
+    image.SetOrigin((lps @ volume.ijk_to_ras[:3, 3]).tolist())
+    sitk.WriteImage(image, str(path), True)
+
+
+def names_csv_text(names: dict[int, str]) -> str:
+    """The ``value,name`` table with its header row."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["value", "name"])
+    writer.writerows(sorted(names.items()))
+    return text.getvalue()
 
 
 def write_phantom_files(out: str | Path, ct: Volume, labels: Volume, names: dict[int, str],
                         record: dict) -> dict[str, Path]:
     """Write the four files into ``out``; everything is written in a temporary folder next to them first, and
     ``phantom.json`` is moved in last, so its presence means the phantom is complete."""
-    from .wrist import names_csv_text, write_volume
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"ct": out / "ct.nii.gz", "labels": out / "labels.nii.gz", "names": out / "names.csv",

@@ -16,11 +16,6 @@ Everything random comes from ``numpy.random.default_rng(seed)``: the same seed g
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -220,44 +215,12 @@ def build_wrist_phantom(params: WristParams) -> tuple[Volume, Volume, dict[int, 
     return ct_volume, label_volume, names, report
 
 
-def write_volume(volume: Volume, path: Path) -> None:
-    """NIfTI/NRRD via SimpleITK (which stores LPS), written to a temporary name and renamed."""
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(volume.array)
-    lps = np.diag([-1.0, -1.0, 1.0])
-    spacing = volume.spacing
-    image.SetSpacing(spacing.tolist())
-    image.SetDirection((lps @ volume.ijk_to_ras[:3, :3] / spacing).flatten().tolist())
-    image.SetOrigin((lps @ volume.ijk_to_ras[:3, 3]).tolist())
-    sitk.WriteImage(image, str(path), True)
-
-
-def names_csv_text(names: dict[int, str]) -> str:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["value", "name"])
-    writer.writerows(sorted(names.items()))
-    return text.getvalue()
-
-
 def write_wrist_phantom(out: str | Path, params: WristParams) -> dict[str, Path]:
     """Build the phantom and write ``ct.nii.gz``, ``labels.nii.gz``, ``names.csv`` and ``phantom.json`` into
     ``out`` (all files are written into a temporary folder next to it, then moved in)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from .output import write_phantom_files
+
     ct, labels, names, report = build_wrist_phantom(params)
-    files = {"ct": out / "ct.nii.gz", "labels": out / "labels.nii.gz", "names": out / "names.csv",
-             "json": out / "phantom.json"}
-    with tempfile.TemporaryDirectory(prefix=".phantom-", dir=out) as tmp:
-        staged = {key: Path(tmp) / path.name for key, path in files.items()}
-        write_volume(ct, staged["ct"])
-        write_volume(labels, staged["labels"])
-        staged["names"].write_text(names_csv_text(names))
-        record = {"format": "xrayseg-wrist-phantom", "version": PHANTOM_VERSION, "params": asdict(params),
-                  "hu": HU, "source": "pose2sim==0.3.7 (BSD-3-Clause) OpenSim hand and forearm meshes",
-                  **report}
-        staged["json"].write_text(json.dumps(record, indent=2) + "\n")
-        for key in ("ct", "labels", "names", "json"):  # the sidecar last: its presence means complete
-            os.replace(staged[key], files[key])
-    return files
+    record = {"format": "xrayseg-wrist-phantom", "version": PHANTOM_VERSION, "params": asdict(params),
+              "hu": HU, "source": "pose2sim==0.3.7 (BSD-3-Clause) OpenSim hand and forearm meshes", **report}
+    return write_phantom_files(out, ct, labels, names, record)
