@@ -32,6 +32,7 @@ import numpy as np
 
 from .errors import InputError
 from .io import atomic_path, write_json
+from .projector_kernels import row_extremes
 
 FILE_ENDING = ".nrrd"
 MANIFEST_FIELDS = ["case", "ct_id", "split", "view", "view_index", "status", "message"]
@@ -431,28 +432,6 @@ def _labelled_index_sums(packed):  # pragma: no cover - compiled
     return partial.sum(axis=0)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _body_row_extremes(packed, hu_min):  # pragma: no cover - compiled
-    """(nk, nj, 2) first and last i of each voxel row (k, j) that is body (HU > hu_min) or labelled; -1: none."""
-    nk, nj, ni = packed.shape
-    out = np.full((nk, nj, 2), -1, np.int32)
-    for k in numba.prange(nk):
-        for j in range(nj):
-            for i in range(ni):
-                word = np.int64(packed[k, j, i])
-                if np.int16(word & 0xFFFF) > hu_min or word >> 16 != 0:
-                    out[k, j, 0] = i
-                    break
-            if out[k, j, 0] < 0:
-                continue
-            for i in range(ni - 1, -1, -1):
-                word = np.int64(packed[k, j, i])
-                if np.int16(word & 0xFFFF) > hu_min or word >> 16 != 0:
-                    out[k, j, 1] = i
-                    break
-    return out
-
-
 BODY_HU = -500  # voxels above this (or labelled) are "body" for the detector placement
 
 
@@ -460,7 +439,7 @@ def body_points_ras(packed: np.ndarray, ijk_to_ras: np.ndarray, hu_min: int = BO
     """(3, N) RAS centres of the first and last body voxel of every voxel row along i (body: HU > ``hu_min``
     or labelled). Their convex hull is the body's (voxel centres), so the largest value of any linear function
     over the body, e.g. the depth along a ray, is their largest: one pass over the CT, then O(rows) per view."""
-    extremes = _body_row_extremes(packed, np.int64(hu_min))
+    extremes = row_extremes(packed, np.int64(hu_min))
     k, j = np.nonzero(extremes[:, :, 0] >= 0)
     if not len(k):
         return np.zeros((3, 0))

@@ -45,25 +45,27 @@ def pack_voxels(hu, labels, class_lut, has_labels, packed):  # pragma: no cover 
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _matter_row_extremes(packed):  # pragma: no cover - compiled
-    """First and last i of a non-empty voxel (HU > -1000 or labelled) in every (k, j) row; -1 where none."""
+def row_extremes(packed, hu_min):  # pragma: no cover - compiled
+    """(nk, nj, 2) first and last i of the voxels of each row (k, j) with HU > ``hu_min`` or a label; -1 where
+    none. With ``hu_min`` = AIR_HU these are the non-empty voxels (the hull below); the exporter uses it with its
+    body threshold to place the detector."""
     nk, nj, ni = packed.shape
-    extremes = np.full((nk, nj, 2), -1, np.int64)
+    out = np.full((nk, nj, 2), -1, np.int32)
     for k in numba.prange(nk):
         for j in range(nj):
             for i in range(ni):
                 word = np.int64(packed[k, j, i])
-                if np.int16(word & 0xFFFF) > AIR_HU or word >> 16 != 0:
-                    extremes[k, j, 0] = i
+                if np.int16(word & 0xFFFF) > hu_min or word >> 16 != 0:
+                    out[k, j, 0] = i
                     break
-            if extremes[k, j, 0] < 0:
+            if out[k, j, 0] < 0:
                 continue
             for i in range(ni - 1, -1, -1):
                 word = np.int64(packed[k, j, i])
-                if np.int16(word & 0xFFFF) > AIR_HU or word >> 16 != 0:
-                    extremes[k, j, 1] = i
+                if np.int16(word & 0xFFFF) > hu_min or word >> 16 != 0:
+                    out[k, j, 1] = i
                     break
-    return extremes
+    return out
 
 
 def attenuation_table(mu_scale: float, mu_offset: float) -> np.ndarray:
@@ -105,7 +107,7 @@ def _hull_bounds(extremes, directions):  # pragma: no cover - compiled
 def matter_hull(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(directions, lower, upper): the tightest 13-direction polytope (in IJK + 0.5, voxel v = [v, v+1))
     holding every non-empty voxel; an empty polytope (lower > upper) when all voxels are empty."""
-    lower, upper = _hull_bounds(_matter_row_extremes(packed), HULL_DIRECTIONS)
+    lower, upper = _hull_bounds(row_extremes(packed, np.int64(AIR_HU)), HULL_DIRECTIONS)
     return HULL_DIRECTIONS.copy(), lower, upper
 
 
