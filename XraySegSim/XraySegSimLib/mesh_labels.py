@@ -117,18 +117,60 @@ def mesh_volume_mm3(poly) -> float:
     return float(props.GetVolume())
 
 
-def open_edge_count(poly) -> int:
-    """Boundary plus non-manifold edges: 0 for a closed (watertight) surface."""
+def edge_count(poly, boundary: bool = True, non_manifold: bool = True) -> int:
+    """Number of boundary and/or non-manifold edges of ``poly``."""
     import vtk
 
     edges = vtk.vtkFeatureEdges()
     edges.SetInputData(poly)
-    edges.BoundaryEdgesOn()
-    edges.NonManifoldEdgesOn()
+    edges.SetBoundaryEdges(boundary)
+    edges.SetNonManifoldEdges(non_manifold)
     edges.FeatureEdgesOff()
     edges.ManifoldEdgesOff()
     edges.Update()
     return int(edges.GetOutput().GetNumberOfCells())
+
+
+def open_edge_count(poly) -> int:
+    """Boundary plus non-manifold edges: 0 for a closed (watertight) surface."""
+    return edge_count(poly)
+
+
+def triangle_polydata(points: np.ndarray, cells: np.ndarray):
+    """``vtkPolyData`` of triangles from points (N, 3) and vertex indices (M, 3) (deep copies)."""
+    import vtk
+    from vtk.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray
+
+    poly = vtk.vtkPolyData()
+    vtk_points = vtk.vtkPoints()
+    vtk_points.SetData(numpy_to_vtk(np.ascontiguousarray(points), deep=True))
+    poly.SetPoints(vtk_points)
+    polys = vtk.vtkCellArray()
+    offsets = np.arange(0, 3 * len(cells) + 1, 3, dtype=np.int64)
+    polys.SetData(numpy_to_vtkIdTypeArray(offsets, deep=True),
+                  numpy_to_vtkIdTypeArray(np.ascontiguousarray(cells.ravel()), deep=True))
+    poly.SetPolys(polys)
+    return poly
+
+
+def oriented_closed(poly, hole_size: float):
+    """``vtkPolyDataNormals`` (updated) of ``poly`` cleaned, holes up to ``hole_size`` filled, triangulated and
+    consistently oriented: the common first stage before subdividing a coarse model mesh."""
+    import vtk
+
+    clean = vtk.vtkCleanPolyData()
+    clean.SetInputData(poly)
+    fill = vtk.vtkFillHolesFilter()
+    fill.SetInputConnection(clean.GetOutputPort())
+    fill.SetHoleSize(hole_size)
+    tri = vtk.vtkTriangleFilter()
+    tri.SetInputConnection(fill.GetOutputPort())
+    normals = vtk.vtkPolyDataNormals()
+    normals.SetInputConnection(tri.GetOutputPort())
+    normals.ConsistencyOn()
+    normals.SplittingOff()
+    normals.Update()
+    return normals
 
 
 def inside_block(poly, reference: Volume) -> tuple[tuple[slice, slice, slice], np.ndarray]:

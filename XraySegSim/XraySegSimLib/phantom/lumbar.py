@@ -108,21 +108,10 @@ def _smoothed(poly):
     """Holes filled, consistently oriented, Loop-subdivided once (the model meshes have ~200 vertices)."""
     import vtk
 
-    clean = vtk.vtkCleanPolyData()
-    clean.SetInputData(poly)
-    fill = vtk.vtkFillHolesFilter()
-    fill.SetInputConnection(clean.GetOutputPort())
-    fill.SetHoleSize(1e6)
-    tri = vtk.vtkTriangleFilter()
-    tri.SetInputConnection(fill.GetOutputPort())
-    normals = vtk.vtkPolyDataNormals()
-    normals.SetInputConnection(tri.GetOutputPort())
-    normals.ConsistencyOn()
-    normals.SplittingOff()
-    normals.Update()
-    from .wrist_pose import _non_manifold_edges
+    from ..mesh_labels import edge_count, oriented_closed
 
-    if _non_manifold_edges(normals.GetOutput()):  # the hip meshes: Loop subdivision needs a manifold
+    normals = oriented_closed(poly, hole_size=1e6)
+    if edge_count(normals.GetOutput(), boundary=False):  # the hip meshes: Loop subdivision needs a manifold
         return normals.GetOutput()
     loop = vtk.vtkLoopSubdivisionFilter()
     loop.SetNumberOfSubdivisions(1)

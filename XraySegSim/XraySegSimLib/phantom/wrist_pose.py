@@ -66,33 +66,16 @@ def _rot(axis: str, degrees: float) -> np.ndarray:
 def smoothed_meshes(subdivisions: int = 2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The model meshes, holes filled and Loop-subdivided (the coarse 34-400 vertex meshes become smooth)."""
     import vtk
-    from vtk.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray, vtk_to_numpy
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    from ..mesh_labels import edge_count, oriented_closed, triangle_polydata
 
     out = {}
     for bone, (points, cells) in load_hand_meshes().items():
         points, cells = _repaired(points, cells)
-        poly = vtk.vtkPolyData()
-        vtk_points = vtk.vtkPoints()
-        vtk_points.SetData(numpy_to_vtk(np.ascontiguousarray(points), deep=True))
-        poly.SetPoints(vtk_points)
-        polys = vtk.vtkCellArray()
-        offsets = np.arange(0, 3 * len(cells) + 1, 3, dtype=np.int64)
-        polys.SetData(numpy_to_vtkIdTypeArray(offsets, deep=True),
-                      numpy_to_vtkIdTypeArray(np.ascontiguousarray(cells.ravel()), deep=True))
-        poly.SetPolys(polys)
-        clean = vtk.vtkCleanPolyData()
-        clean.SetInputData(poly)
-        fill = vtk.vtkFillHolesFilter()  # a few model meshes have small holes (2-4 open edges)
-        fill.SetInputConnection(clean.GetOutputPort())
-        fill.SetHoleSize(50.0)
-        tri = vtk.vtkTriangleFilter()
-        tri.SetInputConnection(fill.GetOutputPort())
-        normals = vtk.vtkPolyDataNormals()  # consistent orientation before subdividing
-        normals.SetInputConnection(tri.GetOutputPort())
-        normals.ConsistencyOn()
-        normals.SplittingOff()
-        normals.Update()
-        if _non_manifold_edges(normals.GetOutput()) == 0:
+        # A few model meshes have small holes (2-4 open edges); consistent orientation before subdividing.
+        normals = oriented_closed(triangle_polydata(points, cells), hole_size=50.0)
+        if edge_count(normals.GetOutput(), boundary=False) == 0:
             smoother = vtk.vtkLoopSubdivisionFilter()
             smoother.SetNumberOfSubdivisions(subdivisions)
             smoother.SetInputConnection(normals.GetOutputPort())
@@ -162,19 +145,6 @@ def _closed(points: np.ndarray, cells: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(new_points), np.concatenate(new_cells).astype(np.int64)
 
 
-def _non_manifold_edges(poly) -> int:
-    import vtk
-
-    edges = vtk.vtkFeatureEdges()
-    edges.SetInputData(poly)
-    edges.NonManifoldEdgesOn()
-    edges.BoundaryEdgesOff()
-    edges.FeatureEdgesOff()
-    edges.ManifoldEdgesOff()
-    edges.Update()
-    return int(edges.GetOutput().GetNumberOfCells())
-
-
 def _axis(points: np.ndarray, away_from: np.ndarray) -> np.ndarray:
     """Principal axis of a bone's vertices, pointing away from ``away_from``."""
     centred = points - points.mean(0)
@@ -232,21 +202,10 @@ def posed_points(pose: WristPose) -> dict[str, np.ndarray]:
 
 def posed_polydata(pose: WristPose) -> dict[str, object]:
     """{bone: vtkPolyData in RAS mm} for ``pose``, in :data:`BONE_NAMES` order."""
-    import vtk
-    from vtk.util.numpy_support import numpy_to_vtk, numpy_to_vtkIdTypeArray
+    from ..mesh_labels import triangle_polydata
 
     meshes = smoothed_meshes()
     out = {}
     for bone, points in posed_points(pose).items():
-        cells = meshes[bone][1]
-        poly = vtk.vtkPolyData()
-        vtk_points = vtk.vtkPoints()
-        vtk_points.SetData(numpy_to_vtk(np.ascontiguousarray(points), deep=True))
-        poly.SetPoints(vtk_points)
-        polys = vtk.vtkCellArray()
-        offsets = np.arange(0, 3 * len(cells) + 1, 3, dtype=np.int64)
-        polys.SetData(numpy_to_vtkIdTypeArray(offsets, deep=True),
-                      numpy_to_vtkIdTypeArray(np.ascontiguousarray(cells.ravel()), deep=True))
-        poly.SetPolys(polys)
-        out[bone] = poly
+        out[bone] = triangle_polydata(points, meshes[bone][1])
     return {bone: out[bone] for bone in BONE_NAMES}
