@@ -15,17 +15,8 @@ import numpy as np
 
 from .ct_data import load_case, normalise_hu, read_ct_dataset, read_image, resample
 from .ct_package import CtModel
+from .metrics import largest_component
 from .volume_metrics import score_case, summarise
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    labelled, count = ndimage.label(mask)
-    if count <= 1:
-        return mask.astype(bool)
-    sizes = np.bincount(labelled.ravel())[1:]
-    return labelled == (int(np.argmax(sizes)) + 1)
 
 
 def predict_on_grid(model: CtModel, ct_image) -> np.ndarray:

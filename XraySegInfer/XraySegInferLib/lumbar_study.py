@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import confusion_matrix, connected_components, fcn_scores
+from .metrics import confusion_matrix, connected_components, fcn_scores, largest_component
 
 LEVELS = ("L1", "L2", "L3", "L4", "L5", "S1")
 MIN_COMPONENT_FRACTION = 0.2
@@ -34,14 +34,6 @@ def level_of(name: str) -> str | None:
     """'vertebrae_L3' / 'L3' -> 'L3'; None for anything else."""
     tail = name.rsplit("_", 1)[-1].upper()
     return tail if tail in LEVELS else None
-
-
-def _largest(mask: np.ndarray) -> np.ndarray:
-    components, count = connected_components(mask)
-    if count <= 1:
-        return mask.astype(bool)
-    sizes = np.bincount(components.ravel())[1:]
-    return components == int(np.argmax(sizes)) + 1
 
 
 def semantic_instances(mask: np.ndarray, first_level: str) -> dict[str, np.ndarray]:
@@ -63,7 +55,7 @@ def multilabel_instances(masks: np.ndarray, class_names: list[str]) -> dict[str,
     for mask, name in zip(masks, class_names):
         level = level_of(name)
         if level and mask.any():
-            out[level] = _largest(mask.astype(bool))
+            out[level] = largest_component(mask.astype(bool), np.ones((3, 3), int))  # 8-connected, as semantic_instances
     return out
 
 

@@ -97,6 +97,18 @@ def connected_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels, int(count)
 
 
+def largest_component(mask: np.ndarray, structure: np.ndarray | None = None) -> np.ndarray:
+    """The largest connected component of ``mask`` (2D or 3D; ``structure`` as in ``scipy.ndimage.label``, face
+    neighbours by default); the mask itself when it has at most one component."""
+    from scipy import ndimage
+
+    labelled, count = ndimage.label(mask, structure=structure)
+    if count <= 1:
+        return np.asarray(mask, bool)
+    sizes = np.bincount(labelled.ravel())[1:]
+    return labelled == int(np.argmax(sizes)) + 1
+
+
 def vertebra_recognition(pred: np.ndarray, ref: np.ndarray, class_names: list[str],
                          iou_threshold: float = 0.5) -> dict[str, object]:
     """{'recognised': [...levels], 'missed': [...], 'rate': float or NaN} over the vertebra classes present in
