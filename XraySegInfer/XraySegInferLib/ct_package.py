@@ -1,13 +1,13 @@
 """3D CT model packages (``model.safetensors`` + ``model.json`` card) and whole-volume sliding-window prediction.
 
-The card names the architecture, the structure, the voxel spacing the network works at, the patch size, and the
-SHA-256 of the weights *and of the card's own content* (without that field), so neither an edited card nor swapped
-weights load silently. Weights are safetensors (no pickle); float16 on disk, float32 in memory.
+The card names the architecture, the structure, the voxel spacing the network works at, the patch size and the
+SHA-256 of the weights. ``manifest.json`` seals the card and the weights as for the 2D packages
+(``package.write_manifest`` / ``verify_manifest``), so neither an edited card nor swapped weights load silently.
+Weights are safetensors (no pickle); float16 on disk, float32 in memory.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,23 +16,17 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelPackageError
+from .package import CARD_FILE, WEIGHTS_FILE
 
 CT_CARD_FORMAT = "xrayseg-ct-model/1"
-CARD_FILE = "model.json"
-WEIGHTS_FILE = "model.safetensors"
-
-
-def _card_digest(card: dict[str, Any]) -> str:
-    content = {k: v for k, v in card.items() if k != "card_sha256"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def save_ct_package(folder: str | Path, network, card: dict[str, Any]) -> Path:
-    """Write the weights (float16) then the card with both digests; returns the folder."""
+    """Write the weights (float16), the card, then the manifest that seals both; returns the folder."""
     from safetensors.torch import save_file
     from XraySegSimLib.io import atomic_path, write_json
 
-    from .package import sha256_file
+    from .package import sha256_file, write_manifest
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,8 +38,8 @@ def save_ct_package(folder: str | Path, network, card: dict[str, Any]) -> Path:
     card = dict(card, format=CT_CARD_FORMAT)
     card["weights"] = {"file": WEIGHTS_FILE, "sha256": sha256_file(weights), "bytes": weights.stat().st_size,
                        "parameters": int(sum(v.numel() for v in state.values()))}
-    card["card_sha256"] = _card_digest(card)
     write_json(folder / CARD_FILE, card)
+    write_manifest(folder)
     return folder
 
 
@@ -83,7 +77,7 @@ def load_ct_package(path: str | Path, device: str = "cpu") -> CtModel:
     from safetensors.torch import load_file
 
     from .ct_networks import build_ct_network
-    from .package import sha256_file
+    from .package import sha256_file, verify_manifest
 
     folder = Path(path)
     card_path = folder / CARD_FILE if folder.is_dir() else folder
@@ -95,9 +89,7 @@ def load_ct_package(path: str | Path, device: str = "cpu") -> CtModel:
     if card.get("format") != CT_CARD_FORMAT:
         raise ModelPackageError(f"{card_path} is not a 3D CT model card (format {card.get('format')!r}); 2D "
                                 "radiograph models are used by 'xrayseg infer'")
-    if card.get("card_sha256") != _card_digest(card):
-        raise ModelPackageError(f"{card_path} was edited after the model was saved (its checksum does not match); "
-                                "restore the original card")
+    verify_manifest(folder, card)
     weights = folder / card["weights"]["file"]
     if not weights.exists() or sha256_file(weights) != card["weights"]["sha256"]:
         raise ModelPackageError(f"{weights} is missing or is not the file the card describes (SHA-256 mismatch)")
@@ -115,8 +107,10 @@ def update_card(folder: str | Path, **fields: Any) -> dict[str, Any]:
     """Store ``fields`` (e.g. metrics=...) in a package's card and re-sign it; the weights are checked first."""
     from XraySegSimLib.io import write_json
 
+    from .package import write_manifest
+
     model = load_ct_package(folder)
     card = dict(model.card, **fields)
-    card["card_sha256"] = _card_digest(card)
     write_json(Path(folder) / CARD_FILE, card)
+    write_manifest(folder)
     return card
