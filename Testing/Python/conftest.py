@@ -21,6 +21,16 @@ def artifacts_dir() -> Path:
     return ARTIFACTS
 
 
+@pytest.fixture()
+def app():
+    """A headless Slicer application on a fresh scene (slicer-core); modules that use it skip without slicer."""
+    from slicer_headless import HeadlessSlicer
+
+    headless = HeadlessSlicer()
+    yield headless
+    headless.close()
+
+
 @pytest.fixture(scope="session")
 def sample_chest_ct():
     """The real chest CT with TotalSegmentator labels (see XraySegSimLib.sample_data)."""

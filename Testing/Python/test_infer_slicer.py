@@ -25,7 +25,6 @@ slicer = pytest.importorskip("slicer")
 torch = pytest.importorskip("torch")
 import vtk  # noqa: E402
 
-from slicer_headless import HeadlessSlicer  # noqa: E402
 from XraySegInferLib.errors import ModelPackageError  # noqa: E402
 from XraySegInferLib.inference import Predictor  # noqa: E402
 from XraySegInferLib.synthetic import CLASS_NAMES, COLORS, phantom_ct, render_views  # noqa: E402
@@ -88,13 +87,6 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def predictor(tiny_model):
     return Predictor.from_package(tiny_model, "cpu")
-
-
-@pytest.fixture()
-def app():
-    headless = HeadlessSlicer()
-    yield headless
-    headless.close()
 
 
 def phantom_drr(size=64, angles=(12.0, -6.0), seed=1234):

@@ -17,20 +17,12 @@ slicer = pytest.importorskip("slicer")
 import vtk  # noqa: E402
 
 from conftest import write_image  # noqa: E402
-from slicer_headless import HeadlessSlicer  # noqa: E402
 from test_mrml_adapter import add_segmentation, add_volume, ct_ijk_to_ras, node_ids, phantom_arrays  # noqa: E402
 from XraySegSimLib.cli_process import parse_fraction  # noqa: E402
 from XraySegSimLib.errors import InputError, XraySegError  # noqa: E402
 from XraySegSimLib.label_jobs import (  # noqa: E402
     ClassEntry, ct_model_problem, load_labels_result, start_ct_labelling, start_label_transfer, structure_entry)
 from XraySegSimLib.scene_inputs import labels_from_segmentation, segment_ids  # noqa: E402
-
-
-@pytest.fixture()
-def app():
-    headless = HeadlessSlicer()
-    yield headless
-    headless.close()
 
 
 def tiny_ct_model(folder, structure="femur_left"):

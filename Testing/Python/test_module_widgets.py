@@ -14,17 +14,9 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 import fake_qt  # noqa: E402
-from slicer_headless import HeadlessSlicer  # noqa: E402
 from slicer_module_stubs import load_module  # noqa: E402
 from test_infer_slicer import add_radiograph, phantom_drr, tiny_model  # noqa: E402,F401
 from test_mrml_adapter import add_segmentation, add_volume, ct_ijk_to_ras, phantom_arrays  # noqa: E402
-
-
-@pytest.fixture()
-def app():
-    headless = HeadlessSlicer()
-    yield headless
-    headless.close()
 
 
 def open_module(name, app, monkeypatch, cache_path=None):

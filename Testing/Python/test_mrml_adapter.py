@@ -12,7 +12,6 @@ import pytest
 slicer = pytest.importorskip("slicer")
 import vtk  # noqa: E402
 
-from slicer_headless import HeadlessSlicer  # noqa: E402
 from XraySegSimLib import GeometryError, InputError, LabelClasses, views  # noqa: E402
 from XraySegSimLib.mrml_adapter import (  # noqa: E402
     XraySimScene, _image_data, array_from_vtk_matrix, volume_from_node, vtk_matrix_from_array)
@@ -76,13 +75,6 @@ def segment_array(segmentation_node, index) -> np.ndarray:
     from vtk.util import numpy_support
     array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
     return array == segment.GetLabelValue()
-
-
-@pytest.fixture()
-def app():
-    headless = HeadlessSlicer()
-    yield headless
-    headless.close()
 
 
 @pytest.fixture()

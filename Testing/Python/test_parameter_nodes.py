@@ -14,17 +14,9 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 import parameter_node_rules as rules  # noqa: E402
-from slicer_headless import HeadlessSlicer  # noqa: E402
 from slicer_module_stubs import ROOT, load_module  # noqa: E402
 
 CLASSES = [("XraySegSim", "XraySegSimParameterNode"), ("XraySegInfer", "XraySegInferParameterNode")]
-
-
-@pytest.fixture()
-def app():
-    headless = HeadlessSlicer()
-    yield headless
-    headless.close()
 
 
 def declared(module_name: str, class_name: str, monkeypatch):

@@ -12,16 +12,8 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from slicer_headless import HeadlessSlicer  # noqa: E402
 from test_mrml_adapter import add_segmentation, add_volume, carm, ct_ijk_to_ras, node_ids, phantom_arrays  # noqa: E402
 from XraySegSimLib.mrml_adapter import RENDER_LOCK, RenderBusy, XraySimScene  # noqa: E402
-
-
-@pytest.fixture()
-def app():
-    headless = HeadlessSlicer()
-    yield headless
-    headless.close()
 
 
 def test_two_threads_rendering_at_once_match_single_renders(app):

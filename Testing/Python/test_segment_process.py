@@ -13,7 +13,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from test_infer_slicer import add_radiograph, app, node_ids, phantom_drr, segment_arrays, tiny_model  # noqa: E402,F401
+from test_infer_slicer import add_radiograph, node_ids, phantom_drr, segment_arrays, tiny_model  # noqa: E402,F401
 from XraySegInferLib.background import RunState  # noqa: E402
 from XraySegInferLib.errors import XraySegError  # noqa: E402
 from XraySegInferLib.models import import_model, load_entry  # noqa: E402

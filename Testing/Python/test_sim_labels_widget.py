@@ -11,7 +11,7 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 from test_label_jobs import tiny_ct_model  # noqa: E402
-from test_module_widgets import app, fire_until, open_module  # noqa: E402,F401
+from test_module_widgets import fire_until, open_module  # noqa: E402,F401
 from test_mrml_adapter import add_segmentation, add_volume, ct_ijk_to_ras, node_ids, phantom_arrays  # noqa: E402
 from XraySegSimLib import InputError  # noqa: E402
 from XraySegSimLib.mrml_adapter import prepare_scene_export  # noqa: E402

@@ -15,20 +15,12 @@ import pytest
 slicer = pytest.importorskip("slicer")
 import vtk  # noqa: E402
 
-from slicer_headless import HeadlessSlicer  # noqa: E402
 from slicer_module_stubs import load_module  # noqa: E402
 from test_mrml_adapter import add_segmentation, add_volume, carm, ct_ijk_to_ras, node_ids, phantom_arrays  # noqa: E402
 from XraySegSimLib import InputError  # noqa: E402
 from XraySegSimLib.export_process import ExportProcess  # noqa: E402
 from XraySegSimLib.mrml_adapter import SegmentNameCache, XraySimScene, isocenter_ras, prepare_scene_export  # noqa: E402
 from XraySegSimLib.slicer_version import MINIMUM_SLICER, slicer_version_problem  # noqa: E402
-
-
-@pytest.fixture()
-def app():
-    headless = HeadlessSlicer()
-    yield headless
-    headless.close()
 
 
 @pytest.fixture()
