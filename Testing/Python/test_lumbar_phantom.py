@@ -47,18 +47,11 @@ def test_levels_are_stacked_top_down_with_totalsegmentator_values(coarse_phantom
 
 
 def test_semantic_copy_of_a_dataset_is_the_union_of_its_classes(tmp_path):
+    from test_lumbar_study import export_lumbar_phantom
     from XraySegInferLib.dataset import read_dataset
     from XraySegInferLib.lumbar_study import semantic_dataset
-    from XraySegInferLib.entry import main
-    from XraySegSimLib.phantom.lumbar import random_params, write_lumbar_phantom
 
-    files = write_lumbar_phantom(tmp_path / "p", dataclasses.replace(random_params(1), voxel_mm=3.0))
-    levels = tmp_path / "levels.txt"
-    levels.write_text("".join(f"L{n} = vertebrae_L{n}\n" for n in range(1, 6)) + "S1 = vertebrae_S1\n")
-    assert main(["export", "--ct", str(files["ct"]), "--labels", str(files["labels"]), "--names",
-                 str(files["names"]), "--classes", str(levels), "--view", "lumbar-lateral", "--views-per-ct", "2",
-                 "--size", "96", "--test-fraction", "0", "--quiet", "--out", str(tmp_path / "x")]) == 0
-    levels_set = read_dataset(tmp_path / "x")
+    levels_set = read_dataset(export_lumbar_phantom(tmp_path, seed=1, voxel_mm=3.0, views=2, size=96))
     merged = read_dataset(semantic_dataset(tmp_path / "x", tmp_path / "y"))
     assert merged.class_names == ["vertebra"] and len(merged.cases) == len(levels_set.cases) == 2
     for a, b in zip(levels_set.cases, merged.cases):

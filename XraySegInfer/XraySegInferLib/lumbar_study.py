@@ -26,6 +26,8 @@ import numpy as np
 from .metrics import confusion_matrix, connected_components, fcn_scores, largest_component
 
 LEVELS = ("L1", "L2", "L3", "L4", "L5", "S1")
+# ``--classes`` spec of a per-level export from TotalSegmentator names (the CTs and the lumbar phantom use them).
+LEVEL_CLASSES = "".join(f"{level} = vertebrae_{level}\n" for level in LEVELS)
 MIN_COMPONENT_FRACTION = 0.2
 IOU_THRESHOLD = 0.5
 

@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-LEVELS = "".join(f"L{n} = vertebrae_L{n}\n" for n in range(1, 6)) + "S1 = vertebrae_S1\n"
 EXPORT = ["--view", "lumbar-lateral", "--size", "256", "--test-fraction", "0", "--domain-randomisation", "strong",
           "--quiet"]
 TRAIN = ["--recipe", "chest-sample", "--mode", "multilabel", "--patch-size", "192", "--val-every", "500", "--quiet"]
@@ -38,10 +37,11 @@ def xrayseg(*args: str) -> None:
 
 
 def export_bodies(out: Path, threads: str) -> dict[str, Path]:
+    from XraySegInferLib.lumbar_study import LEVEL_CLASSES
     from XraySegSimLib.sample_data import fetch_sample
 
     levels = out / "levels.txt"
-    levels.write_text(LEVELS)
+    levels.write_text(LEVEL_CLASSES)
     ct = fetch_sample("abdomen-pelvis-ct")
     xrayseg("export", "--ct", ct["ct"], "--labels", ct["labels"], "--names", ct["names"], "--classes", levels,
             "--virtual-patients", "12", "--views-per-ct", "120", "--seed", "0", "--threads", threads,
