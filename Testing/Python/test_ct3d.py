@@ -176,7 +176,8 @@ def test_bundled_femur_model_scores_its_held_out_femur_as_its_card_says(tmp_path
     reports, measured again, and above a floor that a broken model or pipeline would not reach."""
     from XraySegInferLib.ct_package import load_ct_package
     from XraySegInferLib.ct_segment import evaluate_ct_dataset
-    from XraySegInferLib.femur_data import read_names_csv, write_femur_dataset
+    from XraySegInferLib.femur_data import write_femur_dataset
+    from XraySegSimLib.export_inputs import names_table
     from XraySegSimLib.sample_data import fetch_sample
 
     from conftest import REPO
@@ -184,7 +185,7 @@ def test_bundled_femur_model_scores_its_held_out_femur_as_its_card_says(tmp_path
     bundle = REPO / "Resources" / "Models" / "femur"
     model = load_ct_package(bundle)
     sample = fetch_sample("abdomen-pelvis-ct")
-    data = write_femur_dataset(sample["ct"], sample["labels"], read_names_csv(sample["names"]), tmp_path,
+    data = write_femur_dataset(sample["ct"], sample["labels"], names_table(sample["names"]), tmp_path,
                                train_side="right", dataset_id=712)
     scores = evaluate_ct_dataset(data, model, "test")
     card = model.card["metrics"]["held_out_by_side"]["right"]["summary"]

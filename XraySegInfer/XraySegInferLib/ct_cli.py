@@ -85,9 +85,11 @@ def _load(args):
 
 
 def run_femur_data(args) -> int:
-    from .femur_data import read_names_csv, write_femur_dataset
+    from XraySegSimLib.export_inputs import names_table
 
-    root = write_femur_dataset(args.ct, args.labels, read_names_csv(args.names), args.out, args.train_side,
+    from .femur_data import write_femur_dataset
+
+    root = write_femur_dataset(args.ct, args.labels, names_table(args.names), args.out, args.train_side,
                                args.dataset_id, case_prefix=args.case_prefix)
     print(f"wrote {root} (train side {args.train_side}; the other side mirrored in imagesTs)")
     return 0

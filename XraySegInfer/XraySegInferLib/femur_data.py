@@ -110,16 +110,3 @@ def write_femur_dataset(ct_path: str | Path, labels_path: str | Path, names: dic
                                       "rule": {"above_head_mm": ABOVE_HEAD_MM, "below_head_mm": BELOW_HEAD_MM,
                                                "margin_mm": MARGIN_MM}})
     return root
-
-
-def read_names_csv(path: str | Path) -> dict[int, str]:
-    """``value,name`` rows (a header row is allowed)."""
-    names = {}
-    for line in Path(path).read_text().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) >= 2 and parts[0].isdigit():
-            names[int(parts[0])] = parts[1]
-    if not names:
-        raise DatasetError(f"{path} has no 'value,name' rows")
-    return names
-

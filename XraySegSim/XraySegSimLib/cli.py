@@ -18,8 +18,9 @@ import numpy as np
 
 from . import views
 from .errors import GeometryError, InputError, XraySegError
+from .export_inputs import names_table
 from .geometry import XrayGeometry
-from .labels import LabelClasses, parse_group_spec, read_names_table
+from .labels import LabelClasses, parse_group_spec
 from .materials import MaterialModel
 from .projector import MU_WATER_60KEV_PER_MM, DrrProjector
 from .volume import Volume, read_volume
@@ -120,8 +121,7 @@ def _done(_result: object) -> int:
 def _names_table(option: str) -> dict[int, str] | None:
     if option == "none":
         return None
-    table = read_names_table(None if option == "totalsegmentator" else option)
-    return {value: name for value, (name, _) in table.items()}
+    return names_table(option)
 
 
 def _classes(option: str, names_option: str, names: dict[int, str] | None) -> LabelClasses | None:

@@ -369,9 +369,9 @@ def write_transfer_outputs(result: TransferResult, out_dir: str | Path, names_pa
         sitk.WriteImage(result.labels, str(tmp.with_suffix(".nii.gz")), useCompression=True)
         tmp.with_suffix(".nii.gz").replace(tmp)  # SimpleITK picks the format from the suffix
     if names is None:
-        from .labels import read_names_table
+        from .export_inputs import names_table
 
-        names = {v: n for v, (n, _) in read_names_table(names_path).items()}
+        names = names_table(names_path)
     array = sitk.GetArrayViewFromImage(result.labels)
     report = dict(result.report)
     report["label_volumes_ml"] = label_volumes_ml(array, result.labels.GetSpacing(), names)

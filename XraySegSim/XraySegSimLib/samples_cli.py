@@ -92,9 +92,9 @@ def run_label_transfer(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .label_transfer import TransferSettings, transfer_labels, write_transfer_outputs
-    from .labels import read_names_table
+    from .export_inputs import names_table
 
-    names = {v: n for v, (n, _) in read_names_table(args.names).items()}
+    names = names_table(args.names)
     values = None
     if args.labels:
         try:
