@@ -102,7 +102,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     seal.set_defaults(handler=run_seal_model)
 
 
-def _threads(args) -> None:
+def set_torch_threads(args) -> None:
+    """Apply ``--threads`` to torch (one line and exit 2 when it is below 1)."""
     if getattr(args, "threads", None) is not None and args.threads < 1:
         from .errors import InputError
 
@@ -191,7 +192,7 @@ def load_predictor(model: Path | None, device: str = "auto", trust_pickle: bool 
 def run_evaluate(args) -> int:
     from .evaluate import evaluate_dataset
 
-    _threads(args)
+    set_torch_threads(args)
     predictor = load_predictor(args.model, args.device, args.trust_pickle)
     report = evaluate_dataset(predictor, args.dataset, args.out, args.split, hd95=not args.no_hd95, progress=True)
     summary = report.summary()
@@ -213,7 +214,7 @@ def run_infer(args) -> int:
     from .errors import InputError
     from .inference import write_prediction
 
-    _threads(args)
+    set_torch_threads(args)
     kwargs = {}
     if args.tta is not None:
         kwargs["flip_tta"] = args.tta

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from .cli import set_torch_threads
+
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser(
@@ -66,13 +68,6 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=run_ct_evaluate)
 
 
-def _threads(args) -> None:
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
 def _load(args):
     from .ct_package import load_ct_package
     from .ct_training import _device
@@ -99,7 +94,7 @@ def run_ct_train(args) -> int:
     from .ct_networks import DEFAULT_ARCHITECTURE
     from .ct_training import CtTrainConfig, train_ct
 
-    _threads(args)
+    set_torch_threads(args)
     config = CtTrainConfig(steps=args.steps, batch_size=args.batch_size, patch_size=tuple(args.patch_size),
                            spacing_mm=tuple(args.spacing), learning_rate=args.lr, l2_weight=args.l2,
                            architecture={"name": "vnet"} if args.full_vnet else dict(DEFAULT_ARCHITECTURE),
@@ -117,7 +112,7 @@ def run_ct_train(args) -> int:
 def run_ct_segment(args) -> int:
     from .ct_segment import segment_ct
 
-    _threads(args)
+    set_torch_threads(args)
     summary = segment_ct(args.ct, _load(args), args.out)
     print(f"{args.ct}: {summary['structure']} {summary['volume_ml']:.1f} ml -> {args.out}")
     return 0
@@ -127,7 +122,7 @@ def run_ct_evaluate(args) -> int:
     from .ct_package import update_card
     from .ct_segment import evaluate_ct_dataset
 
-    _threads(args)
+    set_torch_threads(args)
     result = evaluate_ct_dataset(args.dataset, _load(args), args.split)
     print(json.dumps(result, indent=2))
     if args.out:

@@ -77,11 +77,11 @@ def run_plausibility(args) -> int:
 
     from XraySegSimLib.io import atomic_path, write_json, write_png
 
-    from .cli import _threads, load_predictor
+    from .cli import load_predictor, set_torch_threads
     from .plausibility import check_prediction, landmarks_overlay
     from .reader import SpacingWarning, read_radiograph
 
-    _threads(args)
+    set_torch_threads(args)
     path = args.radiograph or _rg1()
     predictor = load_predictor(args.model, args.device)
     with warnings.catch_warnings():
