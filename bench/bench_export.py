@@ -58,7 +58,8 @@ sys.path.insert(0, str(REPO / "XraySegSim"))
 def engine_rate(size: int, workers: int, cts: int, views: int) -> tuple[float, float]:
     """(samples/s of ``workers`` engines, CPU ms of one render), over the export's own geometries."""
     from XraySegSimLib import DrrProjector
-    from XraySegSimLib.export import ExportConfig, available_cores, random_geometry, sample_rng
+    from XraySegSimLib.export import ExportConfig, available_cores
+    from XraySegSimLib.export_geometry import random_geometry, sample_rng
     from XraySegSimLib.export_inputs import CaseInput, load_case, load_mapping
     from XraySegSimLib.sample_data import fetch_sample_chest_ct
 

@@ -20,7 +20,7 @@ SIZE = 320
 
 def _setup():
     from XraySegSimLib import DrrProjector, LabelClasses, read_volume, views
-    from XraySegSimLib.export_layout import labelled_centroid_ras
+    from XraySegSimLib.export_geometry import labelled_centroid_ras
     from XraySegSimLib.materials import MaterialModel
     from XraySegSimLib.sample_data import fetch_sample_chest_ct
 

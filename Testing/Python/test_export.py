@@ -19,11 +19,14 @@ import SimpleITK as sitk
 
 from conftest import grid_volume, voxel_centers_ras, write_image
 from XraySegSimLib.errors import InputError
-from XraySegSimLib.export import (DETECTOR_CLEARANCE_MM, ExportConfig, keep_detector_beyond_body, random_geometry,
-                                  run_export, sample_rng)
+from XraySegSimLib.export import ExportConfig, run_export
+from XraySegSimLib.export_geometry import (DETECTOR_CLEARANCE_MM, body_points_ras, keep_detector_beyond_body,
+                                           random_geometry, sample_rng)
 from XraySegSimLib.export_inputs import (CaseInput, discover_folder, load_mapping, read_pairs_csv)
-from XraySegSimLib.export_layout import (atom_table, body_points_ras, combination_codes, gzip_runs, preview_rgb,
-                                         sample_masks, write_png_fast)
+from XraySegSimLib.export_gzip import gzip_runs
+from XraySegSimLib.export_layout import atom_table
+from XraySegSimLib.export_masks import combination_codes, sample_masks
+from XraySegSimLib.export_preview import preview_rgb, write_png_fast
 from XraySegSimLib.seg_nrrd import read_seg_nrrd
 
 REPO = Path(__file__).resolve().parents[2]

@@ -271,7 +271,7 @@ def setup_patient(base_projector, ranges: VirtualPatientRanges, seed: int, ct_id
                   aim_at_labels: bool = True, body_hull: bool = True, cut_faces: bool = True,
                   threads: int | None = None) -> PatientSetup:
     """Draw virtual patient ``index`` of CT ``ct_id`` and build everything the export renders it with."""
-    from .export_layout import body_points_ras, labelled_centroid_ras
+    from .export_geometry import body_points_ras, labelled_centroid_ras
     from .truncation import CutFaces
 
     values = draw_patient(ranges, patient_rng(seed, ct_id, index), index)

@@ -1,0 +1,170 @@
+"""Run-length gzip of mask stacks and label images (standard gzip streams, ~4x faster than zlib level 1)."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+# Run-length gzip: masks and labels are long runs of a few values. zlib level 1 spends ~1 ns per byte on them
+# (a 63-class 512^2 mask stack is 16.5 MB); coding each run as a literal and distance-1 matches in one
+# fixed-Huffman block, with the CRC of zero runs advanced in O(log n) (GF(2) matrix powers), is ~4x faster.
+
+
+def _crc_table() -> np.ndarray:
+    t = np.zeros(256, np.uint32)
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (0xEDB88320 ^ (c >> 1)) if c & 1 else c >> 1
+        t[n] = c
+    return t
+
+
+CRC_TABLE = _crc_table()
+
+
+def _zero_operators(levels: int = 40) -> np.ndarray:
+    """ops[k]: the 32 columns of the GF(2) matrix that advances the (inverted) CRC state over 2**k zero bytes."""
+    ops = np.zeros((levels, 32), np.uint32)
+    for i in range(32):
+        c = 1 << i
+        ops[0, i] = int(CRC_TABLE[c & 0xFF]) ^ (c >> 8)
+    for k in range(1, levels):
+        for i in range(32):
+            v, r, j = int(ops[k - 1, i]), 0, 0
+            while v:
+                if v & 1:
+                    r ^= int(ops[k - 1, j])
+                v >>= 1
+                j += 1
+            ops[k, i] = r
+    return ops
+
+
+ZERO_OPS = _zero_operators()  # runs up to 2**40 bytes
+
+
+def _fixed_codes() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(value, bits) of each literal/length symbol and of each match length 3..258 (symbol + extra bits),
+    LSB-first as deflate writes them (Huffman codes bit-reversed)."""
+    def rev(code, n):
+        r = 0
+        for _ in range(n):
+            r = (r << 1) | (code & 1)
+            code >>= 1
+        return r
+    lit_val, lit_len = np.zeros(288, np.uint64), np.zeros(288, np.int64)
+    for s in range(288):
+        if s < 144:
+            code, n = 0x30 + s, 8
+        elif s < 256:
+            code, n = 0x190 + s - 144, 9
+        elif s < 280:
+            code, n = s - 256, 7
+        else:
+            code, n = 0xC0 + s - 280, 8
+        lit_val[s], lit_len[s] = rev(code, n), n
+    base = [3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163,
+            195, 227, 258]
+    extra = [0] * 8 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4 + [5] * 4 + [0]
+    len_val, len_len = np.zeros(259, np.uint64), np.zeros(259, np.int64)
+    for length in range(3, 259):
+        i = max(i for i in range(29) if base[i] <= length) if length < 258 else 28
+        s = 257 + i
+        len_val[length] = int(lit_val[s]) | ((length - base[i]) << int(lit_len[s]))
+        len_len[length] = lit_len[s] + extra[i]
+    return lit_val, lit_len, len_val, len_len
+
+
+LIT_VAL, LIT_LEN, LEN_VAL, LEN_LEN = _fixed_codes()
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _deflate_runs(data, words, out, crc_table, zero_ops, lit_val, lit_len, len_val, len_len):  # pragma: no cover
+    """One fixed-Huffman deflate block of ``data`` coded as runs (a literal, then distance-1 matches of the
+    repeats); returns (bytes written to out, CRC-32 of data). ``words``: data viewed as uint64 (len // 8)."""
+    n = data.size
+    acc = np.uint64(3)  # BFINAL=1, BTYPE=01 (fixed Huffman)
+    nacc = 3
+    pos = 0
+    crc = np.uint32(0xFFFFFFFF)
+    i = 0
+    while i < n:
+        b = data[i]
+        j = i + 1
+        # run end: bytewise to a word boundary, then 8 bytes at a time
+        while j < n and (j & 7) != 0 and data[j] == b:
+            j += 1
+        if j < n and (j & 7) == 0 and data[j] == b:
+            pattern = np.uint64(b) * np.uint64(0x0101010101010101)
+            w = j >> 3
+            while w < words.size and words[w] == pattern:
+                w += 1
+            j = w << 3
+            while j < n and data[j] == b:
+                j += 1
+        run = j - i
+        # CRC of the run
+        if b == 0 and run >= 32:
+            m = run
+            k = 0
+            while m:
+                if m & 1:
+                    v = crc
+                    r = np.uint32(0)
+                    col = 0
+                    while v:
+                        if v & np.uint32(1):
+                            r ^= zero_ops[k, col]
+                        v >>= np.uint32(1)
+                        col += 1
+                    crc = r
+                m >>= 1
+                k += 1
+        else:
+            for _ in range(run):
+                crc = crc_table[(crc ^ np.uint32(b)) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
+        # code: literal b, then matches of distance 1 (distance code 0: 5 zero bits)
+        acc |= lit_val[b] << np.uint64(nacc)
+        nacc += lit_len[b]
+        rest = run - 1
+        while rest > 0:
+            if rest >= 3:
+                length = 258 if rest >= 258 + 3 or rest == 258 else (rest if rest < 258 else rest - 3)
+                acc |= len_val[length] << np.uint64(nacc)
+                nacc += len_len[length] + 5
+                rest -= length
+            else:
+                acc |= lit_val[b] << np.uint64(nacc)
+                nacc += lit_len[b]
+                rest -= 1
+            while nacc >= 8:
+                out[pos] = np.uint8(acc & np.uint64(0xFF))
+                pos += 1
+                acc >>= np.uint64(8)
+                nacc -= 8
+        while nacc >= 8:
+            out[pos] = np.uint8(acc & np.uint64(0xFF))
+            pos += 1
+            acc >>= np.uint64(8)
+            nacc -= 8
+        i = j
+    nacc += 7  # end of block (symbol 256: seven 0 bits)
+    while nacc > 0:
+        out[pos] = np.uint8(acc & np.uint64(0xFF))
+        pos += 1
+        acc >>= np.uint64(8)
+        nacc -= 8
+    return pos, crc ^ np.uint32(0xFFFFFFFF)
+
+
+def gzip_runs(array: np.ndarray) -> bytes:
+    """gzip stream (RFC 1952, mtime 0) of the array's bytes, coded as byte runs: ~4x faster than zlib level 1 on
+    binary masks and label images (mostly long runs), ~25 % larger. Any inflater reads it."""
+    data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    words = data[: data.size // 8 * 8].view(np.uint64)
+    out = np.empty(data.size * 9 // 8 + 64, np.uint8)
+    n, crc = _deflate_runs(data, words, out, CRC_TABLE, ZERO_OPS, LIT_VAL, LIT_LEN, LEN_VAL, LEN_LEN)
+    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + out[:n].tobytes() + int(crc).to_bytes(4, "little")
+            + (data.size & 0xFFFFFFFF).to_bytes(4, "little"))

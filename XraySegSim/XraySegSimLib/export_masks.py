@@ -1,0 +1,132 @@
+"""Per-sample masks and the combination codes of overlapping classes, from a render's per-class path lengths
+(fused numba kernels, exactly ``DrrResult.masks`` + :func:`combination_codes`)."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .errors import InputError
+
+
+def combination_codes(masks: np.ndarray) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """(H, W) uint16 index into the returned list of class combinations (1-based class indices, sorted); the
+    empty combination () is index 0 when present. ``masks``: (C, H, W) bool/uint8."""
+    n_classes, rows, cols = masks.shape
+    if n_classes == 0:
+        return np.zeros((rows, cols), np.uint16), [()]
+    flat = masks.reshape(n_classes, -1).astype(bool)
+    if n_classes <= 64:
+        bits = np.zeros(flat.shape[1], np.uint64)
+        for c in np.flatnonzero(flat.any(axis=1)):
+            bits |= flat[c].astype(np.uint64) << np.uint64(c)
+        keys, inverse = np.unique(bits, return_inverse=True)
+        combos = [tuple(int(c) + 1 for c in range(n_classes) if (int(k) >> c) & 1) for k in keys]
+    else:
+        packed = np.packbits(flat, axis=0).T  # (pixels, bytes)
+        keys, inverse = np.unique(packed, axis=0, return_inverse=True)
+        unpacked = np.unpackbits(keys, axis=1)[:, :n_classes]
+        combos = [tuple(int(c) + 1 for c in np.flatnonzero(row)) for row in unpacked]
+    if len(combos) > 65535:
+        raise InputError("more than 65535 class combinations in one image")
+    return inverse.reshape(rows, cols).astype(np.uint16), combos
+
+
+# Fused per-sample kernels. Masks, combination codes, the preview's label image and per-class pixel counts
+# come from one pass over the path lengths; they give exactly what ``DrrResult.masks``, ``combination_codes``
+# and the combination LUT gave (tested). Serial and nogil: they run in each worker's writer thread while its
+# next render uses the numba threads, so they never oversubscribe the cores.
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _masks_bits_kernel(thickness, threshold, local_to_global, absent, masks, bits, top, counts):  # pragma: no cover
+    n_local, rows, cols = thickness.shape
+    for g in absent:
+        masks[g] = 0
+    bits[:] = 0
+    top[:] = 0
+    for c in range(n_local):
+        g = local_to_global[c]
+        bit = np.uint64(1) << np.uint64(g)
+        label = np.uint8(g + 1)
+        count = 0
+        for r in range(rows):
+            for col in range(cols):  # branch-free: vectorises
+                v = thickness[c, r, col]
+                inside = (v >= threshold) & (v > 0)  # float32 compare, as DrrResult.masks (NumPy 2 weak scalars)
+                masks[g, r, col] = np.uint8(inside)
+                bits[r, col] |= bit * np.uint64(inside)
+                top[r, col] = max(top[r, col], label * np.uint8(inside))
+                count += inside
+        counts[c] = count
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _unique_codes_kernel(bits, codes):  # pragma: no cover - compiled
+    """codes[i] = rank of bits[i] among the sorted unique values (= np.unique(..., return_inverse=True));
+    returns the sorted unique values."""
+    n = bits.size
+    index = numba.typed.Dict.empty(key_type=numba.types.uint64, value_type=numba.types.int64)
+    found = np.empty(min(n, 65536) + 1, np.uint64)
+    n_found = 0
+    last_key, last_id = np.uint64(0), -1
+    for i in range(n):
+        key = bits[i]
+        if last_id < 0 or key != last_key:
+            if key in index:
+                last_id = index[key]
+            else:
+                if n_found >= found.size:
+                    return found[:0], False
+                last_id = n_found
+                index[key] = n_found
+                found[n_found] = key
+                n_found += 1
+            last_key = key
+        codes[i] = last_id
+    keys = np.sort(found[:n_found])
+    rank = np.empty(n_found, np.int64)
+    for j in range(n_found):
+        rank[index[keys[j]]] = j
+    for i in range(n):
+        codes[i] = rank[codes[i]]
+    return keys, True
+
+
+def _combos_of_keys(keys: np.ndarray, n_classes: int) -> list[tuple[int, ...]]:
+    """Bit-set keys (uint64) -> sorted tuples of their 1-based class indices."""
+    held = (keys[:, None] >> np.arange(n_classes, dtype=np.uint64)) & np.uint64(1) != 0
+    which, classes = np.nonzero(held)
+    per_key = np.split(classes + 1, np.cumsum(held.sum(axis=1))[:-1])
+    return [tuple(c.tolist()) for c in per_key]
+
+
+def sample_masks(thickness: np.ndarray, threshold: float, local_to_global: np.ndarray, n_classes: int):
+    """From a render's per-class path lengths (L, H, W) to the dataset's masks and codes in one pass.
+
+    Returns ``(masks, codes, combos, top, counts, bits)``: ``masks`` (C, H, W) uint8 in dataset order (the local class
+    ``l`` goes to plane ``local_to_global[l]``; others are 0), ``codes``/``combos`` as :func:`combination_codes`
+    of ``masks``, ``top`` (H, W) the highest 1-based class index of each pixel (0: none), ``counts`` (L,) the
+    pixels of each local class, ``bits`` (H, W) uint64 each pixel's classes as bits (None beyond 64 classes)."""
+    n_local, rows, cols = thickness.shape
+    local_to_global = np.ascontiguousarray(local_to_global, np.int64)
+    if n_classes > 64 or n_local == 0:
+        masks = np.zeros((n_classes, rows, cols), np.uint8)
+        local = (thickness >= np.float32(threshold)) & (thickness > 0)
+        masks[local_to_global] = local
+        codes, combos = combination_codes(masks)
+        top = np.array([c[-1] if c else 0 for c in combos], np.uint16 if n_classes > 254 else np.uint8)[codes]
+        counts = local.reshape(n_local, -1).sum(axis=1) if n_local else np.zeros(0, np.int64)
+        return masks, codes, combos, top, counts, None
+    masks = np.empty((n_classes, rows, cols), np.uint8)
+    bits = np.empty((rows, cols), np.uint64)
+    top = np.empty((rows, cols), np.uint8)
+    counts = np.zeros(n_local, np.int64)
+    absent = np.setdiff1d(np.arange(n_classes), local_to_global).astype(np.int64)
+    _masks_bits_kernel(np.ascontiguousarray(thickness, np.float32), np.float32(threshold), local_to_global,
+                       absent, masks, bits, top, counts)
+    codes = np.empty(rows * cols, np.uint16)
+    keys, ok = _unique_codes_kernel(bits.reshape(-1), codes)
+    if not ok:
+        raise InputError("more than 65535 class combinations in one image")
+    return masks, codes.reshape(rows, cols), _combos_of_keys(keys, n_classes), top, counts, bits

@@ -1,0 +1,114 @@
+"""The overlay previews of an exported dataset: one-pass overlay kernels and a fast PNG writer."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import numba
+import numpy as np
+
+from .io import atomic_path
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _blend(out, r, col, value, label, colors, keep, alpha):  # pragma: no cover - compiled
+    if label > 0:
+        for k in range(3):
+            v = keep * value + alpha * colors[label - 1, k]
+            out[r, col, k] = np.uint8(min(max(v, np.float32(0)), np.float32(255)))
+    else:
+        g8 = np.uint8(min(max(value, np.float32(0)), np.float32(255)))
+        out[r, col, 0] = g8
+        out[r, col, 1] = g8
+        out[r, col, 2] = g8
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _outline_color(out, r, col, g, colors):  # pragma: no cover - compiled
+    for k in range(3):
+        out[r, col, k] = np.uint8(min(max(colors[g, k], np.float32(0)), np.float32(255)))
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _overlay_bits_kernel(gray, bits, top, colors, keep, alpha, out):  # pragma: no cover - compiled
+    """<= 64 classes: ``bits`` holds each pixel's classes, so its outlines are ``bits & ~(4 neighbours' bits)``
+    and the highest such class is drawn (the last outline drawn wins in ``overlay_rgb``)."""
+    rows, cols = gray.shape
+    zero = np.uint64(0)
+    for r in range(rows):
+        for col in range(cols):
+            b = bits[r, col]
+            if b != zero:
+                inner = zero
+                if r > 0 and r < rows - 1 and col > 0 and col < cols - 1:
+                    inner = bits[r - 1, col] & bits[r + 1, col] & bits[r, col - 1] & bits[r, col + 1]
+                edge = b & ~inner
+                if edge != zero:
+                    g = 63
+                    while (edge >> np.uint64(g)) & np.uint64(1) == zero:
+                        g -= 1
+                    _outline_color(out, r, col, g, colors)
+                    continue
+            _blend(out, r, col, np.float32(gray[r, col]), top[r, col], colors, keep, alpha)
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _overlay_planes_kernel(gray, masks, top, colors, order, keep, alpha, out):  # pragma: no cover - compiled
+    rows, cols = gray.shape
+    for r in range(rows):
+        for col in range(cols):
+            done = False
+            for g in order:  # classes with pixels, highest index first: the last outline drawn wins
+                if masks[g, r, col]:
+                    interior = (r > 0 and r < rows - 1 and col > 0 and col < cols - 1 and masks[g, r - 1, col] != 0
+                                and masks[g, r + 1, col] != 0 and masks[g, r, col - 1] != 0
+                                and masks[g, r, col + 1] != 0)
+                    if not interior:
+                        _outline_color(out, r, col, g, colors)
+                        done = True
+                        break
+            if not done:
+                _blend(out, r, col, np.float32(gray[r, col]), top[r, col], colors, keep, alpha)
+
+
+def preview_rgb(gray: np.ndarray, masks: np.ndarray, top: np.ndarray, colors_rgb01: Sequence[Sequence[float]],
+                present: Sequence[int], bits: np.ndarray | None = None, fill_alpha: float = 0.35) -> np.ndarray:
+    """Exactly ``overlay.overlay_rgb(gray, masks.astype(bool), top, classes)`` (float32 blend, 4-neighbour
+    outlines, later classes on top), in one pass. ``present``: 1-based indices of the classes with pixels;
+    ``bits``: the per-pixel class bit sets of :func:`sample_masks` (<= 64 classes), faster than the planes."""
+    colors = np.array(list(colors_rgb01) or [(0, 0, 0)], np.float32) * 255
+    out = np.empty(gray.shape + (3,), np.uint8)
+    gray = np.ascontiguousarray(gray, np.uint8)
+    top = np.ascontiguousarray(top)
+    # NumPy 2 (NEP 50): ``(1 - a) * rgb`` and ``a * tint`` are float32 products with float32(1 - a), float32(a)
+    keep, alpha = np.float32(1 - fill_alpha), np.float32(fill_alpha)
+    if bits is not None:
+        _overlay_bits_kernel(gray, bits, top, colors, keep, alpha, out)
+    else:
+        order = np.array(sorted((int(c) - 1 for c in present), reverse=True), np.int64)
+        _overlay_planes_kernel(gray, masks, top, colors, order, keep, alpha, out)
+    return out
+
+
+def write_png_fast(path: Path, rgb: np.ndarray, level: int = 1) -> None:
+    """8-bit gray or RGB PNG: filter none and zlib level 1 (~10x faster than PIL's default; ~40 % larger)."""
+    import struct
+
+    array = np.ascontiguousarray(rgb, np.uint8)
+    rows, cols = array.shape[:2]
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    raw = np.empty((rows, 1 + cols * channels), np.uint8)
+    raw[:, 0] = 0
+    raw[:, 1:] = array.reshape(rows, -1)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    color_type = {1: 0, 3: 2, 4: 6}[channels]
+    header = struct.pack(">IIBBBBB", cols, rows, 8, color_type, 0, 0, 0)
+    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, level))
+            + chunk(b"IEND", b""))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

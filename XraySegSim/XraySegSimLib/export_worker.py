@@ -1,0 +1,295 @@
+"""The export's worker: one CT, all its pending views (``process_ct``), each rendered, then finished (image,
+masks, codes, preview, sidecar) by a writer thread while the next view renders."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .domain_randomisation import add_devices, apply as apply_domain, clear_collimated_labels
+from .domain_randomisation import domain_rng, draw_plan
+from .errors import InputError, XraySegError
+from .export_config import FORMAT_VERSION, CtTask, ExportConfig, SampleOutcome, to_jsonable
+from .export_geometry import (body_points_ras, keep_detector_beyond_body, labelled_centroid_ras, random_geometry,
+                              sample_rng)
+from .export_inputs import CaseInput, ClassMapping, load_case
+from .export_layout import DatasetLayout, case_name
+from .export_masks import sample_masks
+from .export_nrrd import write_image_2d, write_mask_stack
+from .export_preview import preview_rgb, write_png_fast
+from .io import atomic_path, write_json
+from .truncation import IGNORE_MASK_VALUE, IGNORE_RULE, CutFaces
+from .virtual_patient import VirtualPatientRanges, patient_of_view, setup_patient
+
+
+def _physics_draw(config: ExportConfig, rng: np.random.Generator):
+    from . import physics
+
+    name = config.physics_preset()
+    if name is None:
+        return None, None
+    params = physics.randomized(name, rng) if config.randomize_physics else physics.preset(name)
+    return name, params
+
+
+def _image(result, params, rng) -> np.ndarray:
+    from . import physics
+
+    if params is None:
+        body = result.line_integral > 1e-3
+        return physics.normalize_radiograph(result.line_integral, "MONOCHROME2", mask=body if body.any() else None)
+    return physics.simulate_radiograph(result, params, rng).image
+
+
+@dataclass
+class _SampleJob:
+    """What the writer thread needs to finish one rendered sample (everything after the render)."""
+
+    case: str
+    split: str
+    view: int
+    result: Any  # DrrResult
+    geometry: Any
+    values: dict
+    physics_name: str | None
+    params: Any
+    rng: np.random.Generator  # after the geometry and physics draws: the noise comes next
+    render_ms: float
+    patient: dict | None = None  # the virtual patient's values, None for the CT as it is
+
+
+@dataclass
+class _CtContext:
+    """Per-CT constants of the writer thread."""
+
+    layout: DatasetLayout
+    case_in: CaseInput
+    config: ExportConfig
+    mapping: ClassMapping
+    ct_grid: Any
+    local_to_global: np.ndarray
+    cut_faces: Any = None  # truncation.CutFaces of the CT, or None (no ignore label)
+
+
+def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
+    """Image, masks, combination codes, preview, sidecar; all files written atomically, the sidecar last.
+
+    Runs in the CT's writer thread while the next view renders (the projector releases the GIL); its kernels
+    are serial and release the GIL too."""
+    layout, config, mapping, case_in = ctx.layout, ctx.config, ctx.mapping, ctx.case_in
+    result, geometry, case, split, params = job.result, job.geometry, job.case, job.split, job.params
+    # Domain randomisation: its own generator, so switching it on changes no other draw.
+    plan = draw_plan(config.domain_randomisation, domain_rng(config.seed, case_in.ct_id, job.view),
+                     result.line_integral.shape)
+    add_devices(result, plan)  # metal before the physics
+    image = apply_domain(_image(result, params, job.rng), plan)
+    collimated = clear_collimated_labels(result, plan)  # nothing is seen behind the collimator
+    masks, codes, combos, top, counts, bits = sample_masks(result.thickness_mm, result.min_mask_thickness_mm,
+                                                           ctx.local_to_global, len(mapping))
+    present_local = np.flatnonzero(counts)
+    present = [int(ctx.local_to_global[c]) + 1 for c in present_local]
+    projected = np.zeros(len(mapping), np.int64)
+    projected[ctx.local_to_global] = counts
+    spacing = geometry.spacing
+    write_image_2d(layout.image(case, split), image.astype(np.float32), spacing)
+    ignored = ctx.cut_faces.mask(geometry) if ctx.cut_faces is not None else np.zeros(codes.shape, bool)
+    n_ignored = int(ignored.sum())
+    stack = masks
+    if n_ignored:  # unknown pixels: IGNORE_MASK_VALUE in every class plane (masks stays 0/1 for the preview)
+        stack = masks.copy()
+        stack[:, ignored] = IGNORE_MASK_VALUE
+    write_mask_stack(layout.masks(case, split), stack, spacing, mapping.names)
+    with atomic_path(layout.codes(case)) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, codes=codes, combos=np.array(json.dumps([list(c) for c in combos])),
+                     ignored=np.packbits(ignored))
+    if config.previews:
+        gray = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+        # Tint: the highest class index of each pixel's combination; outlines show the others.
+        rgb = preview_rgb(gray, masks, top, mapping.colors, present, bits)
+        if n_ignored:  # unknown pixels: magenta hatching
+            rows, cols = np.indices(ignored.shape)
+            rgb[ignored & ((rows + cols) % 8 < 2)] = (255, 0, 255)
+        write_png_fast(layout.preview(case), rgb)
+    sidecar = {
+        "format_version": FORMAT_VERSION,
+        "case": case, "ct_id": case_in.ct_id, "split": split, "view_index": job.view,
+        "inputs": case_in.to_dict(), "ct_grid": ctx.ct_grid,
+        "view_preset": config.view, "seed": config.seed,
+        "rng": {"entropy": [int(config.seed), zlib.crc32(case_in.ct_id.encode()), int(job.view)],
+                "order": "geometry draws (sorted names), physics.randomized, noise"},
+        "randomization": job.values,
+        "geometry": geometry.to_dict(),
+        "spacing_mm": list(geometry.spacing), "size": list(geometry.size),
+        "physics": None if params is None else {"preset": job.physics_name, "randomized":
+                                                config.randomize_physics,
+                                                "params": to_jsonable(params)},
+        "image": {"quantity": "processed radiograph in [0, 1], MONOCHROME2 (dense = bright)"
+                  if params is not None else "naive DRR line integral normalised with "
+                  "physics.normalize_radiograph (0.5-99.5 % over the body), MONOCHROME2",
+                  "dtype": "float32"},
+        "classes": mapping.names,
+        "classes_present": present,
+        "projected_pixels": projected.tolist(),
+        "combinations": [list(c) for c in combos if c],
+        "mask_rule": f"path length through the class >= {result.min_mask_thickness_mm:.3g} mm",
+        "ignored_pixels": n_ignored,
+        "virtual_patient": job.patient,
+        "domain_randomisation": plan,
+        "collimated_pixels": collimated,
+        "ignore_rule": IGNORE_RULE if ctx.cut_faces is not None else None,
+        "unknown_label_values_ignored": list(result.unknown_label_values),
+        "render_ms": round(job.render_ms, 1),
+        "files": {k: str(p.relative_to(layout.root)) for k, p in {
+            "image": layout.image(case, split), "label": layout.label(case, split),
+            "masks": layout.masks(case, split), "preview": layout.preview(case)}.items()},
+    }
+    write_json(layout.sidecar(case), sidecar)  # last: the sample is complete
+
+
+# Rows per chunk of the render's parallel loop: chunks are handed out dynamically, so when the writer thread
+# takes a core for a moment the other render threads take over its rows (the default, static split waits for
+# the slowest thread). The rows are independent: the output does not depend on the scheduling.
+RENDER_CHUNK_ROWS = 4
+
+
+def _set_chunksize(rows: int) -> int:
+    """numba's parallel chunk size of the calling thread (its previous value is returned)."""
+    try:
+        import numba
+
+        previous = numba.get_parallel_chunksize()
+        numba.set_parallel_chunksize(rows)
+        return previous
+    except Exception:  # pragma: no cover - old numba: static scheduling
+        return 0
+
+
+def _set_numba_threads(threads: int | None) -> None:
+    """numba's thread count is per calling thread: set it in every thread that runs kernels."""
+    if threads:
+        try:
+            import numba
+
+            numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        except Exception:  # pragma: no cover - numba missing is caught elsewhere
+            pass
+
+
+def process_ct(task: CtTask) -> dict[str, Any]:
+    """Render and write every pending view of one CT. Never raises for a bad CT: returns its error."""
+    started = time.perf_counter()
+    layout = DatasetLayout(Path(task.root))
+    outcomes: list[dict] = []
+    report: dict[str, Any] = {"ct_id": task.case.ct_id, "error": None, "samples": outcomes, "notes": [],
+                              "unknown_label_values": []}
+    _set_numba_threads(task.threads)
+    previous_chunk = _set_chunksize(RENDER_CHUNK_ROWS)
+    try:
+        return _process_ct(task, started, layout, outcomes, report)
+    finally:
+        _set_chunksize(previous_chunk)
+
+
+def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: list[dict],
+                report: dict[str, Any]) -> dict[str, Any]:
+    from .labels import LabelClasses
+    from .materials import MaterialModel
+    from .projector import DrrProjector
+
+    case_in, config, mapping = task.case, task.config, task.mapping
+    try:
+        loaded = load_case(case_in, mapping)
+        classes_ct = mapping.classes_for(loaded.names) if loaded.labels is not None else LabelClasses(())
+        physics_on = config.physics_preset() is not None
+        projector = DrrProjector(loaded.ct, loaded.labels, classes_ct if loaded.labels is not None else None,
+                                 threads=task.threads, names_table=loaded.names,
+                                 materials=MaterialModel() if physics_on else None, device=task.device)
+        if config.isocenter == "labels" and len(projector.classes):
+            base_iso = labelled_centroid_ras(projector.packed, loaded.ct.ijk_to_ras)
+            if base_iso is None:
+                raise InputError(f"{loaded.ct.name or 'volume'}: the mask is empty, it has no centroid")
+        else:
+            base_iso = loaded.ct.center_ras
+        ct_grid = loaded.ct.describe_grid()
+        body_ras = body_points_ras(projector.packed, projector.ct.ijk_to_ras) if config.detector_beyond_body \
+            else None
+        voxel_axes = projector.ct.ijk_to_ras[:3, :3]
+        cut_faces = CutFaces(projector.packed, projector.ct.ras_to_ijk) if config.ignore_truncated else None
+        del loaded.ct.array, loaded  # the projector keeps its packed copy only
+        report["notes"] = []
+        report["unknown_label_values"] = list(projector.unknown_values)
+    except (XraySegError, OSError, ValueError, MemoryError) as error:
+        report["error"] = f"{type(error).__name__}: {error}" if not isinstance(error, XraySegError) else str(error)
+        return report
+    global_index = {name: i for i, name in enumerate(mapping.names)}
+    local_to_global = np.array([global_index[c.name] for c in projector.classes.classes], np.int64)
+    ctx = _CtContext(layout, case_in, config, mapping, ct_grid, local_to_global, cut_faces)
+    # One writer thread finishes each sample (image, masks, codes, preview, files) while the next view renders.
+    writer = cf.ThreadPoolExecutor(1, initializer=_set_numba_threads, initargs=(task.threads,))
+    pending: list[tuple[cf.Future, int]] = []  # (future, index of its row in outcomes)
+
+    def settle(future: cf.Future, row: int) -> None:
+        try:
+            future.result()
+        except (XraySegError, ValueError, OSError) as error:
+            outcomes[row] = dict(outcomes[row], status="failed", message=str(error))
+
+    try:
+        base_projector, current_patient = projector, None
+        n_patients = config.virtual_patients
+        # Views grouped by virtual patient, so each one is built once per task.
+        for view in sorted(task.views, key=lambda v: (patient_of_view(v, n_patients), v) if n_patients else v):
+            case = case_name(case_in.ct_id, view)
+            if n_patients and not layout.cancel_flag.exists() and (
+                    current_patient is None or current_patient.values["index"] != patient_of_view(view, n_patients)):
+                projector = current_patient = None  # free the previous body before building the next
+                try:
+                    current_patient = setup_patient(
+                        base_projector, VirtualPatientRanges.from_dict(config.virtual_patient_ranges), config.seed,
+                        case_in.ct_id, patient_of_view(view, n_patients), config.isocenter == "labels",
+                        config.detector_beyond_body, config.ignore_truncated, task.threads)
+                except (XraySegError, ValueError, MemoryError) as error:
+                    outcomes.append(SampleOutcome(case, case_in.ct_id, task.split, view, "failed", str(error)).row())
+                    continue
+                projector, base_iso = current_patient.projector, current_patient.isocenter
+                body_ras, voxel_axes = current_patient.body_ras, current_patient.voxel_axes
+                ctx = dataclasses.replace(ctx, cut_faces=current_patient.cut_faces)
+            if layout.cancel_flag.exists():
+                outcomes.append(SampleOutcome(case, case_in.ct_id, task.split, view, "cancelled").row())
+                continue
+            try:
+                rng = sample_rng(config.seed, case_in.ct_id, view)
+                geometry, values = random_geometry(config, base_iso, rng)
+                if config.detector_beyond_body:
+                    geometry, values = keep_detector_beyond_body(geometry, values, body_ras, voxel_axes)
+                physics_name, params = _physics_draw(config, rng)
+                t0 = time.perf_counter()
+                result = projector.render(geometry)
+                render_ms = (time.perf_counter() - t0) * 1000
+            except (XraySegError, ValueError, OSError) as error:
+                outcomes.append(SampleOutcome(case, case_in.ct_id, task.split, view, "failed", str(error)).row())
+                continue
+            # Bounded overlap: at most one sample waits to be finished while the next one renders.
+            while len(pending) >= 2:
+                settle(*pending.pop(0))
+            job = _SampleJob(case, task.split, view, result, geometry, values, physics_name, params, rng, render_ms,
+                             current_patient.values if current_patient is not None else None)
+            del result
+            outcomes.append(SampleOutcome(case, case_in.ct_id, task.split, view, "ok").row())
+            pending.append((writer.submit(_finish_sample, ctx, job), len(outcomes) - 1))
+            del job
+        for item in pending:
+            settle(*item)
+    finally:
+        writer.shutdown(wait=True)
+    report["elapsed_s"] = time.perf_counter() - started
+    return report
