@@ -50,6 +50,12 @@ SNOMED_BONES: list[tuple[str, str, str]] = [
     (r"(vertebra|vertebrae)[_ ]?T\d+|thoracic[_ ]?(spine|vertebra)", "35769007", "Bone structure of thoracic vertebra"),
     (r"(vertebra|vertebrae)[_ ]?L\d+|lumbar[_ ]?(spine|vertebra)", "73903008", "Bone structure of lumbar vertebra"),
     (r"spine|vertebra", "421060004", "Structure of vertebral column"),
+    # Wrist (issue 13): code and meaning as in DICOM PS3.16 (pydicom 3.0.2 sr/_concepts_dict.py: RadiusBone and
+    # Ulna in CID 7304, Scaphoid in CIDs 1000/1001/1006). The other carpals have no code verified here: they
+    # get the generic "Bone" type.
+    (r"radius", "62413002", "Radius"),
+    (r"ulna", "23416004", "Ulna"),
+    (r"scaphoid", "30518006", "Scaphoid"),
 ]
 
 

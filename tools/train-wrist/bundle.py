@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "XraySegSim"), str(ROOT / "XraySegInfer")]
 
-from XraySegInferLib.package import CARD_FILE, WEIGHTS_FILE, load_package, sha256_file, write_manifest  # noqa: E402
+from XraySegInferLib.package import (CARD_FILE, WEIGHTS_FILE, load_package, sha256_file, snomed_for,  # noqa: E402
+                                     write_manifest)
 from XraySegSimLib.io import atomic_path, write_json  # noqa: E402
 
 VIEWS = ("wrist-pa", "wrist-oblique-pronated", "wrist-lateral", "wrist-oblique-supinated")
@@ -76,6 +77,9 @@ def amend_card(card: dict, run: Path, per_view: dict) -> dict:
     colors = {c["name"]: c["color_rgb"] for c in json.loads((train_root / "classes.json").read_text())["classes"]}
     for entry in card["classes"]:
         entry["color"] = [float(v) for v in colors.get(entry["name"], entry["color"])]
+        code = snomed_for(entry["name"])  # radius, ulna, scaphoid; the other carpals stay uncoded
+        if code and "snomed" not in entry:
+            entry["snomed"] = code
     card.get("metrics", {}).pop("train", None)
     means = [v["mean_dice"] for v in per_view.values()]
     card.setdefault("metrics", {})["held_out_phantoms"] = {
