@@ -14,7 +14,9 @@ from slicer.util import VTKObservationMixin
 
 import qt
 
+from XraySegSimLib.module_selftest import SimSelfTest
 from XraySegSimLib.sim_logic import SimLogic, chosen_folder  # Qt-free and light: no numba, no physics
+from XraySegSimLib.widget_sections import ExportSection, IsocenterSection, LabelJobSection
 
 # = XraySegSimLib.views.PRESET_NAMES (a test checks it), repeated so importing this module stays light.
 VIEW_PRESETS = ("chest-pa", "chest-lateral", "chest-ap", "wrist-pa", "wrist-lateral", "wrist-oblique-pronated",
@@ -103,7 +105,8 @@ class XraySegSimParameterNode:
     atlasLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]
 
 
-class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class XraySegSimWidget(IsocenterSection, ExportSection, LabelJobSection, ScriptedLoadableModuleWidget,
+                       VTKObservationMixin):
     """Binds the .ui to the parameter node and calls Logic; live preview is throttled with two timers. Nothing
     renders until the user changes the set-up or clicks Render; the training-set export runs in a background
     process (progress, cancel), during which Render and the live preview are off."""
@@ -256,54 +259,6 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observeRig()
         self._scheduleRender()
 
-    def _updateIsocenterWidgets(self, p) -> bool:
-        """Enable the markup or segment chooser of the isocentre mode; list the segments of the labels (scanned
-        again only when the labels change). Returns True when it changed the parameter node (the first segment
-        is chosen for a new label set)."""
-        self.ui.isocenterMarkupSelector.enabled = p.isocenterMode == "Markup point"
-        self.ui.isocenterSegmentComboBox.enabled = p.isocenterMode == "Segment centre"
-        try:
-            names = self.logic.segmentNames(p.inputLabels)
-        except Exception:  # noqa: BLE001 - unreadable labels: the render reports why
-            names = []
-        combo = self.ui.isocenterSegmentComboBox
-        if [combo.itemText(i) for i in range(combo.count)] != names:
-            wasBlocked = combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names)
-            combo.blockSignals(wasBlocked)
-        if names and p.isocenterSegment not in names:
-            p.isocenterSegment = names[0]
-            return True
-        wasBlocked = combo.blockSignals(True)
-        combo.currentIndex = names.index(p.isocenterSegment) if p.isocenterSegment in names else -1
-        combo.blockSignals(wasBlocked)
-        self._observeIsocenterMarkup(p.isocenterMarkup if p.isocenterMode == "Markup point" else None)
-        return False
-
-    def onIsocenterSegmentChanged(self, index) -> None:
-        if self._parameterNode and index >= 0:
-            self._parameterNode.isocenterSegment = self.ui.isocenterSegmentComboBox.itemText(index)
-
-    def _observeIsocenterMarkup(self, markup) -> None:
-        """Moving the isocentre point re-aims the view (throttled like the sliders)."""
-        if markup is self._observedMarkup:
-            return
-        events = (slicer.vtkMRMLMarkupsNode.PointModifiedEvent, slicer.vtkMRMLMarkupsNode.PointAddedEvent,
-                  slicer.vtkMRMLMarkupsNode.PointRemovedEvent, slicer.vtkMRMLTransformableNode.TransformModifiedEvent)
-        if self._observedMarkup is not None:
-            for event in events:
-                self.removeObserver(self._observedMarkup, event, self.onIsocenterMarkupMoved)
-        self._observedMarkup = markup
-        if markup is not None:
-            for event in events:
-                self.addObserver(markup, event, self.onIsocenterMarkupMoved)
-
-    def onIsocenterMarkupMoved(self, caller=None, event=None) -> None:
-        if self.logic.sim.placing:  # our own placement of the rig moved it (the rig's markup is refused anyway)
-            return
-        self.onParametersChanged()
-
     def _observeRig(self) -> None:
         """Dragging the source point or the detector plane on their own re-renders, throttled like the pose."""
         nodes = (self.logic.sim.node("source"), self.logic.sim.node("detector"))
@@ -368,117 +323,6 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     folder, p.inputVolume, p.inputLabels, size=p.detectorSize), waitCursor=True) is not None:
                 slicer.util.showStatusMessage(_("Exported to {folder}").format(folder=folder), 5000)
 
-    # ---- export training set: a background process, polled by a timer ----
-    def _setExporting(self, exporting: bool) -> None:
-        self.ui.cancelExportButton.enabled = exporting
-        self.onParametersChanged()  # Render, Export and the live preview follow self._export
-
-    def onCancelExport(self) -> None:
-        if self._export is not None:  # the worker stops after the sample in flight; the timer sees it end
-            self._export.request_cancel()
-            self.ui.cancelExportButton.enabled = False
-            self.ui.exportStatusLabel.text = _("Cancelling after the samples in flight...")
-
-    def onExportDataset(self) -> None:
-        if self._export is not None:
-            return
-        self._exportRoot = None
-        self.ui.openExportFolderButton.enabled = False
-        self.ui.exportProgressBar.value = 0
-        self.ui.exportStatusLabel.text = _("Writing the CT and labels for the export...")
-        self._export = self._try(_("Failed to start the export."),
-                                 lambda: self.logic.startExport(self._parameterNode), waitCursor=True)
-        if self._export is None:
-            self.ui.exportStatusLabel.text = _("Export failed: nothing was exported.")
-            return
-        self._setExporting(True)
-        self.exportTimer.start()
-
-    def _pollExport(self) -> None:
-        status = self._export.poll()
-        if not status.finished:
-            self.ui.exportProgressBar.maximum = max(1, status.total)
-            self.ui.exportProgressBar.value = status.done
-            self.ui.exportStatusLabel.text = status.message
-            return
-        self._finishExport(status)
-
-    def _finishExport(self, status) -> None:
-        self.exportTimer.stop()
-        self._export = None
-        self._setExporting(False)
-        self.ui.exportStatusLabel.text = status.message
-        if status.root is not None:
-            self._exportRoot = str(status.root)
-            self.ui.openExportFolderButton.enabled = True
-        if status.state == "failed":
-            slicer.util.errorDisplay(_("Export failed: {message}").format(message=status.message))
-
-    def onOpenExportFolder(self) -> None:
-        if self._exportRoot:
-            qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(self._exportRoot))
-
-    # ---- labels for an unlabelled CT: a background process, polled by a timer ----
-    def onLabelBones(self) -> None:
-        self._startLabelJob(lambda p: self.logic.startCtLabelling(p.inputVolume), _("Labelling the CT..."))
-
-    def onTransferLabels(self) -> None:
-        self._startLabelJob(lambda p: self.logic.startLabelTransfer(p.inputVolume, p.atlasVolume, p.atlasLabels),
-                            _("Transferring the atlas labels..."))
-
-    def _startLabelJob(self, start, text) -> None:
-        if self._labelJob is not None or not self._parameterNode:
-            return
-        self.ui.labelsStatusLabel.text = text
-        self._labelJob = self._try(_("Failed to start the labelling."), lambda: start(self._parameterNode),
-                                   waitCursor=True)
-        if self._labelJob is None:
-            self.ui.labelsStatusLabel.text = _("Nothing was started.")
-            return
-        self.ui.labelsProgressBar.maximum, self.ui.labelsProgressBar.value = 0, 0  # busy until it reports
-        self.ui.cancelLabelsButton.enabled = True
-        self.onParametersChanged()
-        self.labelJobTimer.start()
-
-    def _pollLabelJob(self) -> None:
-        status = self._labelJob.poll()
-        if not status.finished:
-            if status.fraction is not None:
-                self.ui.labelsProgressBar.maximum = 100
-                self.ui.labelsProgressBar.value = int(round(100 * status.fraction))
-            self.ui.labelsStatusLabel.text = status.message
-            return
-        job = self._endLabelJob()
-        if status.state != "succeeded":
-            job.close()
-            self.ui.labelsStatusLabel.text = status.message
-            if status.state == "failed":
-                slicer.util.errorDisplay(_("Labelling failed: {message}").format(message=status.message))
-            return
-        node = self._try(_("Failed to load the labels."), lambda: job.finish(self.logic.sim.scene), waitCursor=True)
-        if node is None:
-            self.ui.labelsStatusLabel.text = _("The labels could not be loaded; nothing was added.")
-            return
-        self.ui.labelsProgressBar.value = self.ui.labelsProgressBar.maximum
-        self.ui.labelsStatusLabel.text = _("{name}: {count} segments, now the bone labels").format(
-            name=node.GetName(), count=node.GetSegmentation().GetNumberOfSegments())
-        if self._parameterNode:
-            self._parameterNode.inputLabels = node
-
-    def _endLabelJob(self):
-        job, self._labelJob = self._labelJob, None
-        self.labelJobTimer.stop()
-        self.ui.cancelLabelsButton.enabled = False
-        self.ui.labelsProgressBar.maximum, self.ui.labelsProgressBar.value = 100, 0
-        self.onParametersChanged()
-        return job
-
-    def onCancelLabels(self) -> None:
-        if self._labelJob is not None:
-            self._labelJob.cancel()  # kills the worker at once: nothing is added, no file is left
-            self._endLabelJob()
-            self.ui.labelsStatusLabel.text = _("Cancelled; nothing was added.")
-
     def onSaveGeometry(self) -> None:
         path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save X-ray geometry"), "geometry.json",
                                               "Geometry (*.json);;Projection matrix (*.txt)")
@@ -492,6 +336,7 @@ class XraySegSimWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._observePose()
             self._observeRig()
             self._scheduleRender()
+
 
 class XraySegSimLogic(ScriptedLoadableModuleLogic, SimLogic):
     """``XraySegSimLib.sim_logic.SimLogic`` (the Qt-free logic: set-up, renders, export) as Slicer's module
@@ -516,96 +361,6 @@ class XraySegSimLogic(ScriptedLoadableModuleLogic, SimLogic):
         sliceLogic.GetSliceNode().SetSliceVisible(True)  # the DRR on the detector in 3D too
 
 
-class XraySegSimTest(ScriptedLoadableModuleTest):
-    def setUp(self):
-        """Each test starts from an empty scene (ctest runs each test_* on its own)."""
-        slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        self.setUp()
-        self.test_render_synthetic_ct()
-        self.setUp()
-        self.test_isocenter_on_segment_and_point()
-
-    FEMUR_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical "
-                         "Structure~SCT^71341001^Femur~SCT^7771000^Left~Anatomic codes - DICOM master list~^^~^^")
-
-    def _syntheticInputs(self):
-        """A 64^3 water box (air around it) with a bone block, and a segmentation "femur" of the block."""
-        hu = np.full((64, 64, 64), -1000, np.int16)  # air
-        hu[8:56, 8:56, 8:56] = 0  # water box
-        hu[24:40, 24:40, 20:32] = 1000  # bone-like block
-        ctNode = slicer.util.addVolumeFromArray(hu, name="SyntheticCT")
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Bones")
-        segmentation.CreateDefaultDisplayNodes()
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
-        segmentId = segmentation.GetSegmentation().AddEmptySegment("femur", "femur", (0.9, 0.2, 0.1))
-        slicer.util.updateSegmentBinaryLabelmapFromArray((hu == 1000).astype(np.uint8), segmentation, segmentId,
-                                                         ctNode)
-        segmentation.GetSegmentation().GetSegment(segmentId).SetTerminology(self.FEMUR_TERMINOLOGY)
-        return hu, ctNode, segmentation
-
-    def _assertOnPrincipalRay(self, geometry, point):
-        """``point`` projects to the principal point (where the ray perpendicular to the detector meets it)."""
-        P = geometry.projection_matrix()
-        principal = np.array([P[0, :3] @ P[2, :3], P[1, :3] @ P[2, :3]])
-        error = np.abs(geometry.project(np.asarray(point)) - principal).max()
-        self.assertLess(error, 0.01, f"the isocentre projects {error:.4f} px off the principal point")
-
-    def test_isocenter_on_segment_and_point(self):
-        from XraySegSimLib.mrml_adapter import volume_from_node
-        hu, ctNode, segmentation = self._syntheticInputs()
-        logic = XraySegSimLogic()
-        p = logic.getParameterNode()
-        p.inputVolume, p.inputLabels = ctNode, segmentation
-        p.viewPreset, p.detectorSize, p.laoAngle, p.craAngle = "carm-ap", 64, 30.0, -15.0
-        logic.applyPresetDefaults(p)
-        # Isocentre on the centre of the "femur" segment: the block's voxel centroid.
-        p.isocenterMode, p.isocenterSegment = "Segment centre", "femur"
-        block = volume_from_node(ctNode).centroid_ras(hu == 1000)
-        np.testing.assert_allclose(logic.isocenter(p), block, atol=1e-6)
-        logic.updateGeometry(p)
-        geometry = logic.sim.geometry()
-        np.testing.assert_allclose(geometry.isocenter, block, atol=1e-6)
-        self._assertOnPrincipalRay(geometry, block)
-        result = logic.renderView(p)
-        rows, cols = result.line_integral.shape
-        centre = np.argwhere(result.masks()[0]).mean(0)  # (row, column) of the projected block
-        self.assertLess(np.abs(centre - [(rows - 1) / 2, (cols - 1) / 2]).max(), 2.0)
-        output = logic.sim.node("labels").GetSegmentation().GetNthSegment(0)
-        self.assertEqual(output.GetName(), "femur")
-        self.assertEqual(output.GetTerminology(), self.FEMUR_TERMINOLOGY)
-        # Isocentre on a markup point.
-        markup = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "Aim")
-        markup.AddControlPoint(vtk.vtkVector3d(-12.0, 7.5, 20.0), "aim")
-        p.isocenterMode, p.isocenterMarkup = "Markup point", markup
-        logic.updateGeometry(p)
-        np.testing.assert_allclose(logic.sim.geometry().isocenter, (-12.0, 7.5, 20.0), atol=1e-9)
-        self._assertOnPrincipalRay(logic.sim.geometry(), (-12.0, 7.5, 20.0))
-        self.assertAlmostEqual(logic.sim.geometry().source_to_isocenter_distance, p.sourceToIsocenter, places=6)
-
-    def test_render_synthetic_ct(self):
-        from XraySegSimLib.mrml_adapter import array_from_vtk_matrix, volume_from_node
-        hu, ctNode, segmentation = self._syntheticInputs()
-        logic = XraySegSimLogic()
-        result = logic.render(ctNode, segmentation, "carm-ap", 64)
-        image = result.line_integral
-        self.assertGreater(image[32, 34], image[32, 4])  # the block is denser than the water around it
-        drr = logic.sim.node("drr")
-        matrix = vtk.vtkMatrix4x4()
-        drr.GetIJKToRASMatrix(matrix)
-        np.testing.assert_allclose(array_from_vtk_matrix(matrix), result.geometry.detector_ijk_to_ras(), atol=1e-6)
-        labels = logic.sim.node("labels").GetSegmentation()
-        self.assertEqual(labels.GetNthSegment(0).GetName(), "femur")
-        np.testing.assert_allclose(labels.GetNthSegment(0).GetColor(), (0.9, 0.2, 0.1), atol=1e-6)
-        self.assertGreater(int(result.masks()[0].sum()), 20)
-        # Dragging the C-arm 10 mm along the detector columns moves the block against it.
-        drag = np.eye(4)
-        drag[:3, 3] = 10 * result.geometry.column_axis
-        logic.sim.set_pose_matrix(drag)
-        moved = logic.render(ctNode, segmentation)
-        shift = np.argwhere(moved.masks()[0])[:, 1].mean() - np.argwhere(result.masks()[0])[:, 1].mean()
-        block = volume_from_node(ctNode).centroid_ras(hu == 1000)
-        predicted = (moved.geometry.project(block) - result.geometry.project(block))[0]
-        self.assertAlmostEqual(shift, predicted, delta=1.0)
-        logic.showInSliceView("Red")
+class XraySegSimTest(SimSelfTest, ScriptedLoadableModuleTest):
+    """The module's self-test (XraySegSimLib.module_selftest) on this module's logic."""
+    logic_class = XraySegSimLogic

@@ -554,11 +554,13 @@ def test_module_imports_nothing_heavy_and_installs_nothing_at_import_time():
     top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
            for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
     assert not top & {"torch", "monai", "numpy", "PyTorchUtils"}
-    # The one Lib import at file scope is the Qt-free logic, which imports nothing heavy (test_slicer_startup.py
-    # imports it with torch, MONAI, numba... refused).
+    # The Lib imports at file scope are the Qt-free logic and the self-test mixin, which import nothing heavy
+    # (test_slicer_startup.py imports them with torch, MONAI, numba... refused).
     lib = [n.module for n in tree.body
            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("XraySegInferLib")]
-    assert lib == ["XraySegInferLib.infer_logic"]
+    assert lib == ["XraySegInferLib.infer_logic", "XraySegInferLib.module_selftest"]
+    selftest = ast.parse((MODULE_FILE.parent / "XraySegInferLib" / "module_selftest.py").read_text())
+    assert {a.name.split(".")[0] for n in selftest.body if isinstance(n, ast.Import) for a in n.names} <= {"pathlib"}
     calls = [n for n in tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)]
     assert not calls, "module-level calls"
     from XraySegInferLib.dependencies import DEVICES
