@@ -191,3 +191,85 @@ def test_bundled_femur_model_scores_its_held_out_femur_as_its_card_says(tmp_path
     card = model.card["metrics"]["held_out_by_side"]["right"]["summary"]
     assert scores["summary"]["dice"] == pytest.approx(card["dice"], abs=1e-3)
     assert scores["summary"]["dice"] > 0.7 and scores["summary"]["sensitivity"] > 0.9
+
+
+def test_oversampled_cases_are_drawn_that_much_more_often():
+    from XraySegInferLib.ct_training import case_weights
+    from XraySegInferLib.errors import InputError
+
+    ids = ["body0_right", "phantom_a_right", "phantom_a_left_mirrored", "phantom_b_right"]
+    assert case_weights(ids, []) == pytest.approx([0.25] * 4)
+    assert case_weights(ids, [["body0", 6]]) == pytest.approx([6 / 9, 1 / 9, 1 / 9, 1 / 9])
+    with pytest.raises(InputError, match="no training case"):
+        case_weights(ids, [["body9", 2]])
+
+
+def test_fine_tuning_starts_from_the_given_package(tmp_path):
+    """--init-from: a run of 0 steps is the source package's weights exactly; another architecture is refused."""
+    import torch
+    from safetensors.torch import load_file
+
+    from XraySegInferLib.ct_networks import build_ct_network
+    from XraySegInferLib.ct_package import save_ct_package
+    from XraySegInferLib.ct_training import train_ct
+    from XraySegInferLib.errors import InputError
+
+    config = _tiny_config(0)
+    torch.manual_seed(5)
+    source = save_ct_package(tmp_path / "source", build_ct_network(config.architecture, 2),
+                             {"name": "s", "structure": "sphere", "architecture": config.architecture,
+                              "spacing_mm": [2, 2, 2], "patch_size": [16, 16, 16]})
+    dataset = _sphere_dataset(tmp_path)
+    config.init_from = str(source)
+    tuned = train_ct(dataset, tmp_path / "tuned", config)
+    a, b = load_file(str(source / "model.safetensors")), load_file(str(tuned / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    config.architecture = dict(config.architecture, base_channels=8)
+    with pytest.raises(InputError, match="architecture"):
+        train_ct(dataset, tmp_path / "other", config)
+
+
+def test_instance_norm_networks_have_no_batch_statistics():
+    import torch
+
+    from XraySegInferLib.ct_networks import DEFAULT_ARCHITECTURE, build_ct_network
+
+    network = build_ct_network(DEFAULT_ARCHITECTURE, 2)
+    assert DEFAULT_ARCHITECTURE["norm"] == "instance"
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in network.modules())
+    assert not any("running_mean" in k for k in network.state_dict())
+    legacy = build_ct_network({k: v for k, v in DEFAULT_ARCHITECTURE.items() if k != "norm"}, 2)
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in legacy.modules())  # old cards load as they were
+    # Same parameter count: only the normalisation's statistics differ.
+    assert sum(p.numel() for p in network.parameters()) == sum(p.numel() for p in legacy.parameters())
+
+
+@pytest.mark.slow
+def test_3d_commands_fall_back_to_the_cpu_when_cuda_is_missing(tmp_path):
+    """ct-train and ct-segment with --device cuda on a machine without a GPU: a warning and a CPU run, as train
+    and infer do (inference.pick_device), not a refusal."""
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the fallback on a machine without a GPU")
+    dataset = _sphere_dataset(tmp_path)
+    entry = [sys.executable, "-m", "XraySegInferLib.entry"]
+    done = subprocess.run(entry + ["ct-train", str(dataset), "--out", str(tmp_path / "run"), "--steps", "2",
+                                   "--patch-size", "16", "16", "16", "--spacing", "2", "2", "2", "--quiet",
+                                   "--device", "cuda", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert "running on the CPU" in done.stderr
+    image = next((dataset / "imagesTs").glob("*.nii.gz"))
+    done = subprocess.run(entry + ["ct-segment", str(image), "--model", str(tmp_path / "run" / "model"),
+                                   "--out", str(tmp_path / "seg"), "--device", "cuda:0", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert "running on the CPU" in done.stderr and (tmp_path / "seg" / "labels.nii.gz").is_file()
+    done = subprocess.run(entry + ["ct-segment", str(image), "--model", str(tmp_path / "run" / "model"),
+                                   "--out", str(tmp_path / "seg2"), "--device", "tpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and not (tmp_path / "seg2").exists()

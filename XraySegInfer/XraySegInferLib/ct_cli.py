@@ -25,6 +25,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     data.add_argument("--train-side", choices=("left", "right"), default="left")
     data.add_argument("--dataset-id", type=int, default=701)
     data.add_argument("--case-prefix", default="body0", help="case name prefix (default body0)")
+    data.add_argument("--phantoms", type=Path, nargs="+", default=(), metavar="DIR",
+                      help="hip phantom folders ('xrayseg phantom hip'): both femurs of each go to imagesTr")
+    data.add_argument("--ct-test-only", action="store_true",
+                      help="both femurs of the CT go to imagesTs (train on the phantoms alone)")
     data.add_argument("--out", type=Path, required=True)
     data.set_defaults(handler=run_femur_data)
 
@@ -46,6 +50,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--name", default="Proximal femur (3D V-Net)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_last.*")
+    train.add_argument("--init-from", type=Path, help="start from this 3D model package's weights (fine-tuning)")
+    train.add_argument("--oversample", nargs=2, action="append", default=[], metavar=("TEXT", "FACTOR"),
+                       help="draw training cases whose id contains TEXT FACTOR times as often (repeatable)")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(handler=run_ct_train)
 
@@ -69,14 +76,15 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(args):
+    """The --model package on --device (a CUDA device this machine lacks falls back to the CPU with a warning)."""
     from .ct_package import load_ct_package
-    from .ct_training import _device
+    from .inference import pick_device
 
     if not args.model.exists():
         from .errors import InputError
 
         raise InputError(f"--model {args.model} does not exist; give a 3D model package folder")
-    return load_ct_package(args.model, str(_device(args.device)))
+    return load_ct_package(args.model, str(pick_device(args.device)))
 
 
 def run_femur_data(args) -> int:
@@ -84,9 +92,14 @@ def run_femur_data(args) -> int:
 
     from .femur_data import write_femur_dataset
 
+    if args.ct_test_only and not args.phantoms:
+        from .errors import InputError
+
+        raise InputError("--ct-test-only leaves nothing to train on; give --phantoms DIR ... as well")
     root = write_femur_dataset(args.ct, args.labels, names_table(args.names), args.out, args.train_side,
-                               args.dataset_id, case_prefix=args.case_prefix)
-    print(f"wrote {root} (train side {args.train_side}; the other side mirrored in imagesTs)")
+                               args.dataset_id, case_prefix=args.case_prefix, phantoms=args.phantoms,
+                               ct_test_only=args.ct_test_only)
+    print(f"wrote {root} (train side {args.train_side}; other sides mirrored to it)")
     return 0
 
 
@@ -98,7 +111,9 @@ def run_ct_train(args) -> int:
     config = CtTrainConfig(steps=args.steps, batch_size=args.batch_size, patch_size=tuple(args.patch_size),
                            spacing_mm=tuple(args.spacing), learning_rate=args.lr, l2_weight=args.l2,
                            architecture={"name": "vnet"} if args.full_vnet else dict(DEFAULT_ARCHITECTURE),
-                           seed=args.seed, device=args.device, name=args.name)
+                           seed=args.seed, device=args.device, name=args.name,
+                           oversample=[[text, _factor(factor)] for text, factor in args.oversample],
+                           init_from=str(args.init_from) if args.init_from else "")
 
     def progress(step: int, steps: int, loss: float) -> None:
         if not args.quiet and (step % 10 == 0 or step == steps):
@@ -107,6 +122,15 @@ def run_ct_train(args) -> int:
     package = train_ct(args.dataset, args.out, config, resume=args.resume, progress=progress)
     print(f"model -> {package}")
     return 0
+
+
+def _factor(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        from .errors import InputError
+
+        raise InputError(f"--oversample TEXT FACTOR: '{text}' is not a number; give e.g. --oversample body0 16") from None
 
 
 def run_ct_segment(args) -> int:

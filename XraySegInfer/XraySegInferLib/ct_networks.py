@@ -5,6 +5,11 @@ too big to bundle with the extension and slow on a CPU. ``CompactVNet`` keeps th
 (5x5x5 residual convolution stages, strided-convolution down-sampling, transposed-convolution up-sampling, PReLU/ELU,
 skip connections by concatenation), assembled from MONAI's ``InputTransition``/``DownTransition``/``UpTransition``/
 ``OutputTransition`` with a chosen base width and depth. The architecture dict in the model card says which.
+
+``norm``: MONAI's V-Net blocks use batch normalisation. At the batch sizes a CPU affords (2 patches), its running
+statistics do not describe whole-volume sliding windows: the first femur model scored 0.75 Dice on its own training
+femur in eval mode and 0.87 with batch statistics. ``"norm": "instance"`` swaps every BatchNorm3d for an affine
+InstanceNorm3d, which behaves the same in training and inference; cards without ``norm`` keep batch norm.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 # The bundled femur demonstrator: 8 channels at full resolution, 3 down-sampling stages (3.2 M parameters, stored as float16: 6.4 MB).
-DEFAULT_ARCHITECTURE: dict[str, Any] = {"name": "vnet-compact", "base_channels": 8, "depth": 3, "dropout": 0.2}
+DEFAULT_ARCHITECTURE: dict[str, Any] = {"name": "vnet-compact", "base_channels": 8, "depth": 3, "dropout": 0.2,
+                                         "norm": "instance"}
 
 
 def build_ct_network(architecture: dict[str, Any], out_channels: int):
@@ -21,13 +27,31 @@ def build_ct_network(architecture: dict[str, Any], out_channels: int):
 
     name = architecture.get("name")
     if name == "vnet":
-        return VNet(spatial_dims=3, in_channels=1, out_channels=out_channels,
-                    dropout_prob_down=architecture.get("dropout", 0.5),
-                    dropout_prob_up=(architecture.get("dropout", 0.5),) * 2)
-    if name == "vnet-compact":
-        return _compact_vnet(int(architecture["base_channels"]), int(architecture["depth"]), out_channels,
-                             float(architecture.get("dropout", 0.0)))
-    raise ValueError(f"unknown 3D architecture '{name}' (expected vnet or vnet-compact)")
+        network = VNet(spatial_dims=3, in_channels=1, out_channels=out_channels,
+                       dropout_prob_down=architecture.get("dropout", 0.5),
+                       dropout_prob_up=(architecture.get("dropout", 0.5),) * 2)
+    elif name == "vnet-compact":
+        network = _compact_vnet(int(architecture["base_channels"]), int(architecture["depth"]), out_channels,
+                                float(architecture.get("dropout", 0.0)))
+    else:
+        raise ValueError(f"unknown 3D architecture '{name}' (expected vnet or vnet-compact)")
+    norm = architecture.get("norm", "batch")
+    if norm == "instance":
+        _batch_to_instance_norm(network)
+    elif norm != "batch":
+        raise ValueError(f"unknown normalisation '{norm}' (expected batch or instance)")
+    return network
+
+
+def _batch_to_instance_norm(module) -> None:
+    """Replace every BatchNorm3d below ``module`` by an affine InstanceNorm3d of the same width (in place)."""
+    import torch
+
+    for child_name, child in module.named_children():
+        if isinstance(child, torch.nn.BatchNorm3d):
+            setattr(module, child_name, torch.nn.InstanceNorm3d(child.num_features, affine=True))
+        else:
+            _batch_to_instance_norm(child)
 
 
 def size_divisor(architecture: dict[str, Any]) -> int:

@@ -5,6 +5,9 @@ convolution weights (biases and normalisation parameters excluded). The L2 term 
 penalises large weights (as weight decay does, but added to the loss explicitly so that its value is logged and the
 optimiser stays plain Adam). Default lambda = 1e-4: at initialisation the term is about 4% of the loss (bundled network: sum of squares ~270).
 
+Augmentation: random left-right flips (so one network serves both sides), affine (rotation, scale), intensity
+scale/shift and noise.
+
 Every step draws its patches and augmentations from generators seeded by (seed, step), so a resumed run is
 bit-identical to an uninterrupted one. Checkpoints are safetensors + JSON (never pickle).
 """
@@ -41,6 +44,10 @@ class CtTrainConfig:
     seed: int = 0
     device: str = "auto"
     name: str = "CT bone segmentation (3D V-Net)"
+    # Cases whose id contains the text are drawn ``factor`` times as often as the others (e.g. one real CT femur
+    # among many phantom femurs): [[text, factor], ...].
+    oversample: list[list[Any]] = field(default_factory=list)
+    init_from: str = ""  # a 3D model package whose weights start the run (fine-tuning); empty: random start
 
 
 def l2_penalty(network) -> Any:
@@ -58,10 +65,12 @@ def dice_l2_loss(network, logits, target, l2_weight: float):
 
 
 def _augmentation(seed: int):
-    from monai.transforms import (Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd,
+    from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoised, RandScaleIntensityd,
                                   RandShiftIntensityd)
 
     transforms = Compose([
+        # Left-right flips: one network for either side (a left femur mirrored is a right one).
+        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),
         RandAffined(keys=("image", "label"), prob=0.8, rotate_range=(0.17, 0.17, 0.17), scale_range=(0.1,) * 3,
                     mode=("bilinear", "nearest"), padding_mode="border"),
         RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
@@ -83,15 +92,28 @@ def _crop(array: np.ndarray, centre: np.ndarray, size: tuple[int, int, int], fil
     return out
 
 
+def case_weights(case_ids: list[str], oversample: list[list[Any]]) -> np.ndarray:
+    """Probabilities of drawing each case: 1 each, times ``factor`` for every ``[text, factor]`` its id contains."""
+    weights = np.ones(len(case_ids))
+    for text, factor in oversample:
+        if float(factor) <= 0:
+            raise InputError(f"--oversample {text} {factor}: the factor must be positive")
+        hits = np.array([str(text) in case_id for case_id in case_ids])
+        if not hits.any():
+            raise InputError(f"--oversample {text}: no training case id contains '{text}'")
+        weights[hits] *= float(factor)
+    return weights / weights.sum()
+
+
 def _batch(volumes: list[tuple[np.ndarray, np.ndarray]], foreground: list[np.ndarray], config: CtTrainConfig,
-           step: int):
+           step: int, weights: np.ndarray):
     import torch
 
     rng = np.random.default_rng([config.seed, step])
     transforms = _augmentation(int(rng.integers(2 ** 31)))
     images, labels = [], []
     for _ in range(config.batch_size):
-        index = int(rng.integers(len(volumes)))
+        index = int(rng.choice(len(volumes), p=weights))
         image, label = volumes[index]
         if rng.random() < config.foreground_fraction and len(foreground[index]):
             centre = foreground[index][int(rng.integers(len(foreground[index])))]
@@ -144,14 +166,15 @@ def _load_checkpoint(out: Path, network, optimiser, config: CtTrainConfig) -> tu
     return int(meta["step"]), list(meta["history"])
 
 
-def _device(option: str):
-    import torch
+def _initial_weights(network, package: str, architecture: dict[str, Any]) -> None:
+    """Load a 3D package's weights into ``network``; its architecture must be the run's."""
+    from .ct_package import load_ct_package
 
-    if option == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if option == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: this torch build sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(option)
+    model = load_ct_package(package)
+    if model.card["architecture"] != architecture:
+        raise InputError(f"--init-from {package}: its architecture {model.card['architecture']} is not this run's "
+                         f"{architecture}; use the same network options")
+    network.load_state_dict(model.network.state_dict())
 
 
 def _check_patch(config: CtTrainConfig) -> None:
@@ -171,6 +194,7 @@ def train_ct(dataset_dir: str | Path, out_dir: str | Path, config: CtTrainConfig
 
     from .ct_networks import build_ct_network
     from .ct_package import save_ct_package
+    from .inference import pick_device
 
     config = config or CtTrainConfig()
     _check_patch(config)
@@ -183,16 +207,20 @@ def train_ct(dataset_dir: str | Path, out_dir: str | Path, config: CtTrainConfig
     foreground = [np.argwhere(label > 0) for _, label in volumes]
     if not any(len(f) for f in foreground):
         raise DatasetError(f"{dataset.root}: the training labels are all empty")
+    weights = case_weights([c.case_id for c in dataset.train], config.oversample)
     torch.manual_seed(config.seed)
-    device = _device(config.device)
-    network = build_ct_network(config.architecture, 2).to(device)
+    device = pick_device(config.device)
+    network = build_ct_network(config.architecture, 2)
+    if config.init_from and not resume:
+        _initial_weights(network, config.init_from, config.architecture)
+    network = network.to(device)
     optimiser = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
     step, history = _load_checkpoint(out, network, optimiser, config) if resume else (0, [])
     started = time.perf_counter()
     network.train()
     while step < config.steps:
         torch.manual_seed(config.seed * 1_000_003 + step)  # dropout draws, step-seeded for exact resume
-        images, labels = _batch(volumes, foreground, config, step)
+        images, labels = _batch(volumes, foreground, config, step, weights)
         loss, dice, l2 = dice_l2_loss(network, network(images.to(device)), labels.to(device), config.l2_weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -212,7 +240,8 @@ def train_ct(dataset_dir: str | Path, out_dir: str | Path, config: CtTrainConfig
                      "steps": config.steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                      "loss": f"Dice + {config.l2_weight:g} * sum of squared convolution weights",
                      "final_loss": _tail_mean(history), "seconds_this_run": round(seconds, 1),
-                     "seed": config.seed},
+                     "seed": config.seed, "oversample": config.oversample,
+                     "init_from": Path(config.init_from).name if config.init_from else None},
         "metrics": {},
     }
     return save_ct_package(out / "model", network.eval(), card)

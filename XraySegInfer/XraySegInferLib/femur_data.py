@@ -9,10 +9,12 @@ femur" (head, neck, trochanters, upper shaft). Where the CT ends sooner, the cro
 
 Hold-out by side: the training side is cropped as it is; the other side is mirrored left-right (``sitk.Flip`` about the
 grid centre, so it keeps its physical placement) to look like the training side, and goes to imagesTs/labelsTs.
+Hip phantoms (``xrayseg phantom hip``) add both their femurs to imagesTr, mirrored the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,28 +60,21 @@ def _lowest_z(image) -> float:
     return float(min(c[2] for c in corners))
 
 
-def write_femur_dataset(ct_path: str | Path, labels_path: str | Path, names: dict[int, str], out_dir: str | Path,
-                        train_side: str = "left", dataset_id: int = 701, name: str = "ProximalFemur",
-                        case_prefix: str = "body0") -> Path:
-    """Write ``Dataset<ID>_<Name>/`` with the training side in imagesTr and the mirrored other side in imagesTs."""
+def _femur_crops(ct_path: str | Path, labels_path: str | Path, names: dict[int, str]):
+    """Yield (side, CT crop, femur-label crop, first index, size, bounds) for the left and right femur of a CT."""
     import SimpleITK as sitk
-
-    from XraySegSimLib.io import write_json
 
     from .ct_data import read_image
 
-    if train_side not in FEMUR_NAMES:
-        raise DatasetError(f"train side must be left or right, got '{train_side}'")
     value_of = {n: v for v, n in names.items()}
     missing = [n for n in FEMUR_NAMES.values() if n not in value_of]
     if missing:
-        raise DatasetError(f"the names table has no {', '.join(missing)}; give a TotalSegmentator names table")
+        raise DatasetError(f"the names table of {labels_path} has no {', '.join(missing)}; give a TotalSegmentator "
+                           "names table")
     ct, labels = read_image(ct_path), read_image(labels_path)
     label_array = sitk.GetArrayFromImage(labels)
     if label_array.shape != sitk.GetArrayFromImage(ct).shape:
         raise DatasetError(f"{labels_path} is not on the grid of {ct_path}")
-    root = Path(out_dir) / f"Dataset{dataset_id:03d}_{name}"
-    crops = {}
     for side, femur_name in FEMUR_NAMES.items():
         femur = label_array == value_of[femur_name]
         if not femur.any():
@@ -87,26 +82,61 @@ def write_femur_dataset(ct_path: str | Path, labels_path: str | Path, names: dic
         femur_image = sitk.GetImageFromArray(femur.astype(np.uint8))
         femur_image.CopyInformation(labels)
         first, size, bounded = crop_box(ct, femur)
-        ct_crop = sitk.RegionOfInterest(ct, size, first)
-        label_crop = sitk.RegionOfInterest(femur_image, size, first)
-        held_out = side != train_side
-        if held_out:  # mirror left-right so that it looks like the training side
-            ct_crop, label_crop = sitk.Flip(ct_crop, [True, False, False]), sitk.Flip(label_crop, [True, False, False])
-        case_id = f"{case_prefix}_{side}" + ("_mirrored" if held_out else "")
-        images, label_folder = ("imagesTs", "labelsTs") if held_out else ("imagesTr", "labelsTr")
-        (root / images).mkdir(parents=True, exist_ok=True)
-        (root / label_folder).mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(sitk.Cast(ct_crop, sitk.sitkInt16), str(root / images / f"{case_id}_0000.nii.gz"), True)
-        sitk.WriteImage(label_crop, str(root / label_folder / f"{case_id}.nii.gz"), True)
-        crops[case_id] = {"side": side, "split": "test" if held_out else "train", "first_index_ijk": first,
-                          "size_ijk": size, **bounded}
+        yield (side, sitk.RegionOfInterest(ct, size, first), sitk.RegionOfInterest(femur_image, size, first),
+               first, size, bounded)
+
+
+def write_femur_dataset(ct_path: str | Path, labels_path: str | Path, names: dict[int, str], out_dir: str | Path,
+                        train_side: str = "left", dataset_id: int = 701, name: str = "ProximalFemur",
+                        case_prefix: str = "body0", phantoms: Sequence[str | Path] = (),
+                        ct_test_only: bool = False) -> Path:
+    """Write ``Dataset<ID>_<Name>/`` with the training side in imagesTr and the mirrored other side in imagesTs.
+
+    ``phantoms``: folders of ``xrayseg phantom hip`` (ct.nii.gz, labels.nii.gz, names.csv); both their femurs go
+    to imagesTr, the one not on ``train_side`` mirrored. ``ct_test_only``: both femurs of the CT go to imagesTs
+    (the training side as it is, the other mirrored), so a model trained on phantoms alone is tested on both.
+    """
+    import SimpleITK as sitk
+
+    from XraySegSimLib.export_inputs import names_table
+    from XraySegSimLib.io import write_json
+
+    if train_side not in FEMUR_NAMES:
+        raise DatasetError(f"train side must be left or right, got '{train_side}'")
+    sources = [(case_prefix, Path(ct_path), Path(labels_path), names, False)]
+    for folder in map(Path, phantoms):
+        files = [folder / n for n in ("ct.nii.gz", "labels.nii.gz", "names.csv")]
+        if not all(f.is_file() for f in files):
+            raise DatasetError(f"{folder} is not a hip phantom folder (ct.nii.gz, labels.nii.gz, names.csv); write "
+                               "one with 'xrayseg phantom hip --out DIR'")
+        sources.append((f"phantom_{folder.name}", files[0], files[1], names_table(files[2]), True))
+    root = Path(out_dir) / f"Dataset{dataset_id:03d}_{name}"
+    crops = {}
+    for prefix, ct_file, labels_file, table, is_phantom in sources:
+        for side, ct_crop, label_crop, first, size, bounded in _femur_crops(ct_file, labels_file, table):
+            mirrored = side != train_side
+            if mirrored:  # mirror left-right so that it looks like the training side
+                ct_crop = sitk.Flip(ct_crop, [True, False, False])
+                label_crop = sitk.Flip(label_crop, [True, False, False])
+            held_out = not is_phantom and (mirrored or ct_test_only)
+            case_id = f"{prefix}_{side}" + ("_mirrored" if mirrored else "")
+            images, label_folder = ("imagesTs", "labelsTs") if held_out else ("imagesTr", "labelsTr")
+            (root / images).mkdir(parents=True, exist_ok=True)
+            (root / label_folder).mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(sitk.Cast(ct_crop, sitk.sitkInt16), str(root / images / f"{case_id}_0000.nii.gz"), True)
+            sitk.WriteImage(label_crop, str(root / label_folder / f"{case_id}.nii.gz"), True)
+            crops[case_id] = {"side": side, "split": "test" if held_out else "train", "source": str(ct_file),
+                              "first_index_ijk": first, "size_ijk": size, **bounded}
     write_json(root / "dataset.json", {
         "channel_names": {"0": "CT"}, "labels": {"background": 0, "proximal_femur": 1},
-        "numTraining": 1, "file_ending": ".nii.gz", "name": name,
+        "numTraining": sum(c["split"] == "train" for c in crops.values()), "file_ending": ".nii.gz", "name": name,
         "description": f"Proximal femur crops ({ABOVE_HEAD_MM:g} mm above the femoral head to {BELOW_HEAD_MM:g} mm "
-                       f"below it); train side {train_side}, the other side mirrored as the test case",
+                       f"below it); train side {train_side}, other sides mirrored to it; the CT's "
+                       + ("femurs are both test cases" if ct_test_only else "other side is the test case")
+                       + (f"; {len(phantoms)} hip phantoms (both femurs) in training" if phantoms else ""),
     })
     write_json(root / "crops.json", {"ct": str(ct_path), "labels": str(labels_path), "crops": crops,
+                                      "phantoms": [str(p) for p in phantoms],
                                       "rule": {"above_head_mm": ABOVE_HEAD_MM, "below_head_mm": BELOW_HEAD_MM,
                                                "margin_mm": MARGIN_MM}})
     return root

@@ -1,5 +1,5 @@
-"""``xrayseg phantom wrist | lumbar``: write a labelled virtual wrist or lumbar spine (CT in HU, label map, names)
-from a seed."""
+"""``xrayseg phantom wrist | lumbar | hip``: write a labelled virtual wrist, lumbar spine or pair of hips (CT in HU,
+label map, names) from a seed."""
 
 from __future__ import annotations
 
@@ -59,6 +59,17 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     lumbar.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same phantom")
     lumbar.add_argument("--voxel-mm", type=float, default=1.5, help="voxel size in mm (default 1.5)")
     lumbar.set_defaults(handler=run_lumbar)
+    hip = kinds.add_parser(
+        "hip", help="both hips (proximal femurs, hip bones, sacrum) in a pelvis, randomly posed",
+        description="Write DIR/ct.nii.gz, DIR/labels.nii.gz (TotalSegmentator v2 values and names: femur_left, "
+                    "femur_right, hip_left, hip_right, sacrum), DIR/names.csv and DIR/phantom.json from the OpenSim "
+                    "femur, pelvis and sacrum meshes of pose2sim==0.3.7 (BSD-3-Clause). Hip flexion, adduction and "
+                    "rotation per side, size, bone density, cortex, soft tissue, neck screws, scanner blur and noise "
+                    "are drawn from the seed. Then: xrayseg femur-data ... --phantoms DIR")
+    hip.add_argument("--out", type=Path, required=True, help="output folder")
+    hip.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same phantom")
+    hip.add_argument("--voxel-mm", type=float, default=1.5, help="voxel size in mm (default 1.5)")
+    hip.set_defaults(handler=run_hip)
 
 
 def run_wrist(args: argparse.Namespace) -> int:
@@ -95,5 +106,18 @@ def run_lumbar(args: argparse.Namespace) -> int:
     files = write_lumbar_phantom(args.out, params)
     shape = "x".join(str(n) for n in json.loads(files["json"].read_text())["shape_ijk"])
     print(f"wrote a lumbar phantom (seed {args.seed}, {shape} voxels of {args.voxel_mm:g} mm) in "
+          f"{time.perf_counter() - started:.1f} s -> {args.out}")
+    return 0
+
+
+def run_hip(args: argparse.Namespace) -> int:
+    from .phantom.hip import random_params, write_hip_phantom
+
+    if not 0.5 <= args.voxel_mm <= 3.0:
+        raise InputError(f"--voxel-mm {args.voxel_mm}: use 0.5 to 3 mm")
+    started = time.perf_counter()
+    files = write_hip_phantom(args.out, random_params(args.seed, voxel_mm=args.voxel_mm))
+    shape = "x".join(str(n) for n in json.loads(files["json"].read_text())["shape_ijk"])
+    print(f"wrote a hip phantom (seed {args.seed}, {shape} voxels of {args.voxel_mm:g} mm) in "
           f"{time.perf_counter() - started:.1f} s -> {args.out}")
     return 0
