@@ -255,7 +255,7 @@ class XraySegInferWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.segmentTimer.start()
 
     def _pollSegmentation(self) -> None:
-        from XraySegInferLib.background import RunState
+        from XraySegSimLib.background import RunState
         status = self._segmentation.poll()
         if status.state in (RunState.PENDING, RunState.RUNNING):
             if status.progress.fraction is not None:

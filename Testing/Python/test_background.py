@@ -1,4 +1,4 @@
-"""The background-process runner (XraySegInferLib.background): real ``xrayseg`` runs in a child process.
+"""The background-process runner (XraySegSimLib.background): real ``xrayseg`` runs in a child process.
 
 * a render runs to completion through the runner and its files equal those of the same command run in-process;
 * an export cancelled midway (after its tqdm bar reported finished samples) leaves no output folder, staged or
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from XraySegInferLib.background import BackgroundProcess, RunState, parse_progress, xrayseg_argv
+from XraySegSimLib.background import BackgroundProcess, RunState, parse_progress, xrayseg_argv
 from conftest import grid_volume, voxel_centers_ras, write_image
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="process groups and signals as POSIX has them")
@@ -174,7 +174,7 @@ def start_and_abandon(argv: list[str], output_dir: Path) -> int:
 
     script = (
         "import os, sys, time\n"
-        "from XraySegInferLib.background import BackgroundProcess\n"
+        "from XraySegSimLib.background import BackgroundProcess\n"
         f"run = BackgroundProcess({argv!r}, {str(output_dir)!r}).start()\n"
         "while not any(p.is_file() for p in run.staging_dir.rglob('*')):\n"
         "    time.sleep(0.05)\n"

@@ -18,7 +18,7 @@ import vtk  # noqa: E402
 
 from conftest import write_image  # noqa: E402
 from test_mrml_adapter import add_segmentation, add_volume, ct_ijk_to_ras, node_ids, phantom_arrays  # noqa: E402
-from XraySegSimLib.cli_process import parse_fraction  # noqa: E402
+from XraySegSimLib.background import parse_fraction  # noqa: E402
 from XraySegSimLib.errors import InputError, XraySegError  # noqa: E402
 from XraySegSimLib.label_jobs import (  # noqa: E402
     ClassEntry, ct_model_problem, load_labels_result, start_ct_labelling, start_label_transfer, structure_entry)

@@ -14,7 +14,7 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 from test_infer_slicer import add_radiograph, node_ids, phantom_drr, segment_arrays, tiny_model  # noqa: E402,F401
-from XraySegInferLib.background import RunState  # noqa: E402
+from XraySegSimLib.background import RunState  # noqa: E402
 from XraySegInferLib.errors import XraySegError  # noqa: E402
 from XraySegInferLib.models import import_model, load_entry  # noqa: E402
 from XraySegInferLib.mrml_adapter import segment_radiograph, table_rows  # noqa: E402

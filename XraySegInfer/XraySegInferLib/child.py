@@ -1,6 +1,6 @@
 """``python -m XraySegInferLib.child ARGS``: ``xrayseg ARGS`` as a background child that dies with its parent.
 
-:class:`XraySegInferLib.background.BackgroundProcess` puts its own pid in ``XRAYSEG_PARENT_PID``. When that
+:class:`XraySegSimLib.background.BackgroundProcess` puts its own pid in ``XRAYSEG_PARENT_PID``. When that
 process is gone without having cancelled the run (Slicer crashed or was closed), a watchdog thread here kills
 the child's whole process group (pool workers included) within ``WATCH_PERIOD_S``, instead of letting it go on
 computing and writing. It watches that pid, not ``getppid()``: a launcher such as Slicer's ``PythonSlicer``

@@ -4,16 +4,16 @@ once. Qt-free; the widget polls :meth:`SegmentationProcess.poll` from a QTimer.
 
 The parent reads the node as the in-process path does (``mrml_adapter.radiograph_from_node``: grid, spacing,
 photometric), writes its pixels (``.npy``) and a JSON job into a private folder, and runs ``python -m
-XraySegInferLib.segment_process JOB_DIR OUT`` with ``background.BackgroundProcess`` (staged output: OUT exists only
-after a successful run). The child loads the model, runs ``runner.run_prediction`` and writes ``prediction.npz``
-(masks, probabilities; read back with ``allow_pickle=False``) and ``prediction.json``. Only then does the parent
-add the segmentation and table nodes (``mrml_adapter.add_prediction_nodes``): a cancelled, failed or killed run
-adds no node and leaves no file.
+XraySegInferLib.segment_process JOB_DIR OUT`` with ``XraySegSimLib.background.BackgroundProcess`` (staged output:
+OUT exists only after a successful run). The child loads the model, runs ``runner.run_prediction`` and writes
+``prediction.npz`` (masks, probabilities; read back with ``allow_pickle=False``) and ``prediction.json``. Only then
+does the parent add the segmentation and table nodes (``mrml_adapter.add_prediction_nodes``): a cancelled, failed
+or killed run adds no node and leaves no file.
 
 ::
 
     run = SegmentationProcess.start(volume_node, entry, "Auto", cache_dir)   # entry: models.ModelEntry
-    run.poll().state                # background.RunState; .progress.fraction
+    run.poll().state                # XraySegSimLib.background.RunState; .progress.fraction
     result = run.finish(scene)      # SegmentationResult once it SUCCEEDED (else raises with the run's message)
 """
 
@@ -43,7 +43,7 @@ class SegmentationProcess:
     def start(cls, volume_node, entry, device: str = "Auto", cache_dir: str | Path | None = None,
               spacing_mm: tuple[float, float] | None = None, python: str | None = None) -> "SegmentationProcess":
         """Check the input (``InputError`` before anything starts), write the job, start the worker."""
-        from .background import BackgroundProcess, default_python
+        from XraySegSimLib.background import BackgroundProcess, default_python
         from .mrml_adapter import radiograph_from_node
 
         radiograph = radiograph_from_node(volume_node)
@@ -61,7 +61,7 @@ class SegmentationProcess:
         return cls(run, job_dir, volume_node, entry)
 
     def poll(self):
-        """``background.RunStatus`` now (never blocks)."""
+        """``XraySegSimLib.background.RunStatus`` now (never blocks)."""
         return self.run.poll()
 
     def wait(self, timeout: float | None = None):
@@ -79,7 +79,7 @@ class SegmentationProcess:
     def finish(self, scene, name: str | None = None):
         """Add the result nodes (``mrml_adapter.SegmentationResult``) once the run succeeded; the job folder is
         removed either way. Raises ``XraySegError`` with the run's message otherwise."""
-        from .background import RunState
+        from XraySegSimLib.background import RunState
         from .mrml_adapter import add_prediction_nodes
 
         status = self.run.wait()
@@ -102,10 +102,10 @@ class SegmentationProcess:
 
 
 def _progress_line(fraction: float, message: str) -> None:
-    """One tqdm-style line on stderr, the form ``background.parse_progress`` reads."""
-    done = int(round(1000 * max(0.0, min(1.0, fraction))))
-    print(f"\rsegmenting: {done // 10:3d}%|{'#' * (done // 100):10s}| {done}/1000 [{message}]", file=sys.stderr,
-          flush=True)
+    """One tqdm-style line on stderr (per mille), the form ``XraySegSimLib.background`` reads."""
+    from XraySegSimLib.background_output import progress_line
+
+    progress_line("segmenting", int(round(1000 * max(0.0, min(1.0, fraction)))), 1000, message)
 
 
 def main(argv: list[str] | None = None) -> int:

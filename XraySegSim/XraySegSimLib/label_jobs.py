@@ -8,19 +8,20 @@ module's input labels. Two ways (issue 14 item 6, issue 10 item 2):
   with a CT and its labels from the scene, or the ``chest-ct`` sample (fetched first where it is not cached).
 
 The parent writes the nodes through storage nodes (NIfTI, in the node's own coordinates) into a private folder,
-runs the command with :class:`.cli_process.CommandProcess` (staged output: the result folder exists only after
+runs the command with :class:`.background.BackgroundProcess` (staged output: the result folder exists only after
 success) and, only then, reads ``labels.nii.gz`` into a segmentation node on the CT (same parent transform),
 named, coloured and coded by SNOMED CT as the classes it came from. A cancelled, failed or killed run adds no
 node and leaves no file. Qt-free::
 
     job = start_ct_labelling(scene, ctNode)            # or start_label_transfer(scene, ctNode, atlasCt, atlasLabels)
-    job.poll()                                         # cli_process.CommandStatus: .state, .fraction, .message
+    job.poll()                                         # background.RunStatus: .state, .fraction, .message
     segmentation = job.finish(scene)                   # once it succeeded; job.cancel() otherwise
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .cli_process import CommandProcess, CommandStatus, xrayseg_child_argv
+from .background import BackgroundProcess, RunStatus, xrayseg_argv
 from .errors import InputError, XraySegError
 
 CT_MODEL_NAME = "femur"
@@ -193,23 +194,23 @@ def load_labels_result(scene, labels_path: str | Path, ct_node, classes: Sequenc
 class LabelJob:
     """One labelling run in a child process (see the module docstring)."""
 
-    def __init__(self, run: CommandProcess, work: Path, ct_node, classes: Sequence[ClassEntry] | None,
+    def __init__(self, run: BackgroundProcess, work: Path, ct_node, classes: Sequence[ClassEntry] | None,
                  name: str) -> None:
         self.run, self.work, self.ct_node, self.classes, self.name = run, work, ct_node, classes, name
 
-    def poll(self) -> CommandStatus:
+    def poll(self) -> RunStatus:
         """The run's status now (never blocks); a missing package in the child gets a hint how to install it."""
         status = self.run.poll()
         if status.state == "failed" and "No module named" in status.message:
-            return CommandStatus("failed", None, status.message + "; open the XraySeg Infer module once to "
-                                                                   "install PyTorch and MONAI")
+            return dataclasses.replace(status, message=status.message + "; open the XraySeg Infer module once to "
+                                                                        "install PyTorch and MONAI")
         return status
 
-    def wait(self, timeout: float | None = None) -> CommandStatus:
+    def wait(self, timeout: float | None = None) -> RunStatus:
         self.run.wait(timeout)
         return self.poll()
 
-    def cancel(self) -> CommandStatus:
+    def cancel(self) -> RunStatus:
         """Stop the child now; no node is added and the job's files are removed."""
         status = self.run.cancel()
         self.close()
@@ -253,9 +254,9 @@ def start_ct_labelling(scene, ct_node, model_dir: str | Path | None = None, devi
     work = _work_dir()
     try:
         ct_path = write_volume_file(ct_node, work / "ct.nii.gz")
-        argv = xrayseg_child_argv("ct-segment", ct_path, "--model", Path(model_dir).resolve(), "--out", "{out}",
-                                  "--device", device, python=python)
-        run = CommandProcess([argv], work / "result", name="labelling the CT").start()
+        argv = xrayseg_argv("ct-segment", ct_path, "--model", Path(model_dir).resolve(), "--out", "{out}",
+                            "--device", device, python=python)
+        run = BackgroundProcess(argv, work / "result", name="labelling the CT", percent_lines=True).start()
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -329,17 +330,18 @@ def start_label_transfer(scene, ct_node, atlas_ct=None, atlas_labels=None, bspli
             env["XRAYSEG_CACHE"] = str(cache)  # the child fetches into, and reads from, the same cache
             a_ct, a_labels, names, entries = _sample_atlas(cache)
             if not is_cached(ATLAS_SAMPLE, cache):
-                stages.append(xrayseg_child_argv("fetch-sample", ATLAS_SAMPLE, python=python))
+                stages.append(xrayseg_argv("fetch-sample", ATLAS_SAMPLE, python=python))
             atlas_name, values = ATLAS_SAMPLE, []
         else:
             a_ct, a_labels, names, entries = _scene_atlas(scene, atlas_ct, atlas_labels, work)
             atlas_name, values = atlas_ct.GetName(), ["--labels", ",".join(str(e.value) for e in entries)]
         ct_path = write_volume_file(ct_node, work / "ct.nii.gz")
         extra = ["--bspline-iterations", str(int(bspline_iterations))] if bspline_iterations else []
-        stages.append(xrayseg_child_argv("label-transfer", "--atlas-ct", a_ct, "--atlas-labels", a_labels,
-                                         "--ct", ct_path, "--names", names, "--out", "{out}", *values, *extra,
-                                         python=python))
-        run = CommandProcess(stages, work / "result", name="the label transfer", env=env).start()
+        stages.append(xrayseg_argv("label-transfer", "--atlas-ct", a_ct, "--atlas-labels", a_labels,
+                                   "--ct", ct_path, "--names", names, "--out", "{out}", *values, *extra,
+                                   python=python))
+        run = BackgroundProcess(stages[0], work / "result", name="the label transfer", env=env,
+                                next_stages=stages[1:], percent_lines=True).start()
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

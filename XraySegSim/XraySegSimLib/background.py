@@ -1,24 +1,30 @@
-"""Long work in a background *process*: progress, cancel, and crashes that cannot take the caller down.
+"""Long work in a background *process*: progress, cancel, and crashes that cannot take the caller down. The one
+runner of both modules: the training-set export (``export_process``), the labels of an unlabelled CT
+(``label_jobs``), the radiograph segmentation (``XraySegInferLib.segment_process``), or any ``xrayseg`` command.
 
 Qt-free and MRML-free: a Slicer widget drives a :class:`BackgroundProcess` from a QTimer (``poll()`` never
 blocks), a script calls ``wait()``. The child runs any argv, typically ``xrayseg`` (:func:`xrayseg_argv`:
-``[python, "-m", "XraySegInferLib.child", ...]``), so an export, a segmentation or a training run that crashes,
-runs out of GPU memory or is killed by the system's out-of-memory killer ends in one clear message instead of
-aborting Slicer.
+``[python, "-m", "XraySegInferLib.child", ...]``, run by module name: XraySegSimLib never imports
+XraySegInferLib), so an export, a segmentation or a training run that crashes, runs out of GPU memory or is
+killed by the system's out-of-memory killer ends in one clear message instead of aborting Slicer.
 
 * **Dies with its parent.** :func:`xrayseg_argv` runs ``python -m XraySegInferLib.child``, which watches the
   pid that started it (``XRAYSEG_PARENT_PID``) and kills its own group once that process is gone, so a
   crashed or closed Slicer leaves no export computing on (its staged folder then stays behind, hidden).
 * **Own process group.** The child starts a new session (POSIX) or process group (Windows); ``cancel()`` stops
   the whole group, pool workers included (SIGKILL at once for a staged run, whose output is discarded anyway;
-  SIGTERM, then SIGKILL after ``kill_grace_s``, for a run in place).
+  SIGTERM, then SIGKILL after ``kill_grace_s``, for a run in place). ``request_stop()`` sends the SIGTERM and
+  returns at once (for a GUI thread); ``poll()`` kills the group if it still runs ``kill_grace_s`` later.
 * **Staged output.** With ``output_dir`` given, the argv's ``{out}`` placeholder is replaced by a fresh hidden
   folder beside it (``.NAME.partial-XXXX``); only a run that exits with status 0 has it renamed to
   ``output_dir`` (one atomic rename, so ``output_dir`` is either absent or complete). A cancelled, failed or
   killed run has it removed: no half-written file remains. ``staging=False`` runs in ``output_dir`` itself
   (for ``--resume``, whose own writes are atomic) and removes nothing.
-* **Progress** is read from the child's own tqdm bars on stderr (``desc:  40%|####  | 4/10 [...]``), so no
-  extra option is needed; runs without a bar report ``fraction=None`` (busy).
+* **Stages.** ``next_stages``: argvs run one after the other once the previous one exited with status 0 (e.g.
+  fetch the atlas sample, then register), in the same staged folder; the first that fails ends the run.
+* **Progress** is read from the child's own tqdm bars (``desc:  40%|####  | 4/10 [...]``), so no extra option is
+  needed; with ``percent_lines`` also from lines that start with a percentage (``  45% affine``). Runs without
+  either report ``fraction=None`` (busy). See ``background_output``.
 * **Failures** become one line: the exit status or the signal (SIGKILL: "killed, e.g. by the system when
   memory ran out"), plus the child's last stderr line (``xrayseg``'s own one-line error, or the exception of a
   traceback such as ``torch.OutOfMemoryError: CUDA out of memory``).
@@ -33,10 +39,9 @@ aborting Slicer.
 
 from __future__ import annotations
 
-import codecs
+import dataclasses
 import enum
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -44,18 +49,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import Mapping, Sequence
+
+from .background_output import (OUT_OF_MEMORY, Progress, StreamReader, describe_failure, parse_fraction,
+                                parse_progress)
 
 OUT_PLACEHOLDER = "{out}"
-# One tqdm bar update: "desc:  40%|####      | 4/10 [00:01<00:02,  3.2it/s]" (the description is optional).
-TQDM_BAR = re.compile(r"(?:(?P<label>[^\r\n|]*?):\s*)?(?P<percent>\d{1,3})%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)\b")
-OUT_OF_MEMORY = re.compile(r"out of memory|OutOfMemoryError|MemoryError|std::bad_alloc", re.IGNORECASE)
 
 
-class RunState(enum.Enum):
+class RunState(str, enum.Enum):
+    """A run's state; equal to its value too (``status.state == "succeeded"``)."""
+
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -65,16 +71,6 @@ class RunState(enum.Enum):
     @property
     def finished(self) -> bool:
         return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """The child's latest progress: ``fraction`` in [0, 1] (None: no bar yet, busy), ``done``/``total`` items."""
-
-    fraction: float | None = None
-    done: int | None = None
-    total: int | None = None
-    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,58 +85,35 @@ class RunStatus:
     stderr_tail: tuple[str, ...] = field(default_factory=tuple)
     stdout_tail: tuple[str, ...] = field(default_factory=tuple)  # e.g. the command's closing summary line
 
+    @property
+    def finished(self) -> bool:
+        return self.state.finished
 
-def parse_progress(text: str) -> Progress | None:
-    """The last tqdm bar update in ``text``, or None when it holds none."""
-    matches = list(TQDM_BAR.finditer(text))
-    if not matches:
-        return None
-    last = matches[-1]
-    done, total = int(last.group("n")), int(last.group("total"))
-    fraction = min(1.0, done / total) if total > 0 else int(last.group("percent")) / 100.0
-    return Progress(fraction, done, total, (last.group("label") or "").strip())
-
-
-def describe_failure(returncode: int, last_line: str, name: str = "the run", out_of_memory: bool = False,
-                     where: str = "") -> str:
-    """One line for a child that ended with ``returncode`` != 0 (negative: killed by that signal, POSIX);
-    ``where`` is how far it got (e.g. "export 12/200")."""
-    if returncode < 0 or returncode == 128 + 9:  # 137: SIGKILL as a shell reports it
-        number = -returncode if returncode < 0 else 9
-        try:
-            signame = signal.Signals(number).name
-        except ValueError:
-            signame = f"signal {number}"
-        if number == 9:
-            text = f"{name} was killed ({signame}), e.g. by the system when memory ran out"
-        else:
-            text = f"{name} was stopped by {signame}"
-    elif out_of_memory:
-        text = f"{name} ran out of memory (exit status {returncode}); try a smaller size or batch, or the CPU"
-    else:
-        text = f"{name} failed (exit status {returncode})"
-    if where:
-        text = f"{text}, at {where}"
-    return f"{text}: {last_line}" if last_line else text
+    @property
+    def fraction(self) -> float | None:
+        """The progress over all stages in [0, 1], None while busy without progress."""
+        return self.progress.fraction
 
 
 def package_roots() -> list[Path]:
     """Folders that hold the XraySegSimLib and XraySegInferLib packages (for the child's PYTHONPATH)."""
     import importlib.util
 
-    roots = [Path(__file__).resolve().parents[1]]
-    sim = importlib.util.find_spec("XraySegSimLib")  # located, not imported (that would load numba)
-    if sim is not None and sim.origin:
-        roots.append(Path(sim.origin).resolve().parents[1])
+    here = Path(__file__).resolve().parents[1]
+    roots = [here] + [p for p in (here.parent / "XraySegInfer",) if p.is_dir()]  # the source tree's layout
+    infer = importlib.util.find_spec("XraySegInferLib")  # located, not imported (Sim never imports Infer)
+    if infer is not None and infer.origin:
+        roots.append(Path(infer.origin).resolve().parents[1])
     return list(dict.fromkeys(roots))
 
 
 def default_python() -> str:
-    """The interpreter for child processes: inside the Slicer application its ``PythonSlicer`` (as Slicer's
-    own pip installs use), elsewhere this interpreter."""
+    """The interpreter for child processes: inside the Slicer application its ``PythonSlicer`` next to the
+    application (as Slicer's own pip installs use), elsewhere this interpreter."""
     slicer = sys.modules.get("slicer")
     if slicer is not None and getattr(slicer, "app", None) is not None:
-        found = shutil.which("PythonSlicer")
+        found = shutil.which("PythonSlicer", path=os.pathsep.join(
+            [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
         if found:
             return found
     return sys.executable
@@ -170,49 +143,15 @@ def _describe_argv(argv: Sequence[str]) -> str:
     return Path(argv[0]).name if argv else "the run"
 
 
-class _StreamReader(threading.Thread):
-    """Reads one pipe to its end: complete lines into ``lines`` (a bounded tail), tqdm bars into ``progress``."""
-
-    def __init__(self, stream: IO[bytes], tail_lines: int) -> None:
-        super().__init__(daemon=True, name="xrayseg-background-reader")
-        self.stream, self.lock = stream, threading.Lock()
-        self.lines: deque[str] = deque(maxlen=tail_lines)
-        self.progress: Progress | None = None
-
-    def run(self) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
-        read = getattr(self.stream, "read1", self.stream.read)
-        while True:
-            chunk = read(65536)
-            if not chunk:
-                break
-            pending += decoder.decode(chunk)
-            *complete, pending = re.split(r"[\r\n]", pending)
-            pending = pending[-65536:]  # a child that never ends its line must not fill our memory
-            progress = parse_progress("\n".join(complete + [pending]))  # a bar ends with the next "\r"
-            with self.lock:
-                if progress is not None:
-                    self.progress = progress
-                self.lines.extend(p for p in complete if p.strip() and not TQDM_BAR.search(p))
-        pending += decoder.decode(b"", final=True)
-        with self.lock:
-            if pending.strip() and not TQDM_BAR.search(pending):
-                self.lines.append(pending)
-        self.stream.close()
-
-    def snapshot(self) -> tuple[Progress | None, tuple[str, ...]]:
-        with self.lock:
-            return self.progress, tuple(self.lines)
-
-
 class BackgroundProcess:
-    """One child process run in the background (see the module docstring)."""
+    """One child process (or a few, one after the other) run in the background (see the module docstring)."""
 
     def __init__(self, argv: Sequence[str | os.PathLike], output_dir: str | os.PathLike | None = None, *,
                  staging: bool = True, name: str | None = None, env: Mapping[str, str] | None = None,
-                 cwd: str | os.PathLike | None = None, kill_grace_s: float = 3.0, tail_lines: int = 200) -> None:
-        self.argv = [os.fspath(a) for a in argv]
+                 cwd: str | os.PathLike | None = None, kill_grace_s: float = 3.0, tail_lines: int = 200,
+                 next_stages: Sequence[Sequence[str | os.PathLike]] = (), percent_lines: bool = False) -> None:
+        self.stages = [[os.fspath(a) for a in stage] for stage in (argv, *next_stages)]
+        self.argv = self.stages[0]
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.staging = staging and self.output_dir is not None
         self.name = name or _describe_argv(self.argv)
@@ -220,10 +159,13 @@ class BackgroundProcess:
         self.cwd = cwd
         self.kill_grace_s = kill_grace_s
         self.tail_lines = tail_lines
+        self.percent_lines = percent_lines
         self.staging_dir: Path | None = None
+        self._stage = -1
         self._process: subprocess.Popen | None = None
-        self._readers: list[_StreamReader] = []
+        self._readers: list[StreamReader] = []
         self._cancel_requested = False
+        self._stop_requested_at: float | None = None
         self._final: RunStatus | None = None
         self._lock = threading.Lock()
 
@@ -233,15 +175,24 @@ class BackgroundProcess:
         """Start the child (once). Raises ``FileExistsError`` when a staged ``output_dir`` already exists."""
         if self._process is not None:
             raise RuntimeError("this background process was already started")
-        argv = list(self.argv)
+        if self.staging:
+            if self.output_dir.exists():
+                raise FileExistsError(f"{self.output_dir} already exists; choose a new output folder or remove it")
+            self.output_dir.parent.mkdir(parents=True, exist_ok=True)
+            self.staging_dir = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.partial-",
+                                                     dir=self.output_dir.parent))
+        try:
+            self._start_next()
+        except OSError:
+            self._remove_staging()
+            raise
+        return self
+
+    def _start_next(self) -> None:
+        self._stage += 1
+        argv = self.stages[self._stage]
         if self.output_dir is not None:
-            target = self.output_dir
-            if self.staging:
-                if target.exists():
-                    raise FileExistsError(f"{target} already exists; choose a new output folder or remove it")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self.staging_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-                target = self.staging_dir
+            target = self.staging_dir if self.staging_dir is not None else self.output_dir
             argv = [a.replace(OUT_PLACEHOLDER, str(target)) for a in argv]
         kwargs: dict = {}
         if os.name == "posix":
@@ -249,24 +200,20 @@ class BackgroundProcess:
         else:  # pragma: no cover - Windows
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
         env = {**self.env, "XRAYSEG_PARENT_PID": str(os.getpid())}  # XraySegInferLib.child dies with us
-        try:
-            self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, env=env, cwd=self.cwd, **kwargs)
-        except OSError:
-            self._remove_staging()
-            raise
-        self._readers = [_StreamReader(self._process.stdout, self.tail_lines),
-                         _StreamReader(self._process.stderr, self.tail_lines)]
+        self._process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, env=env, cwd=self.cwd, **kwargs)
+        self._readers = [StreamReader(self._process.stdout, self.tail_lines, self.percent_lines),
+                         StreamReader(self._process.stderr, self.tail_lines, self.percent_lines)]
         for reader in self._readers:
             reader.start()
-        return self
 
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
     def poll(self) -> RunStatus:
-        """The current status, without blocking. Finishes the run (rename or clean-up) once the child ended."""
+        """The current status, without blocking. Starts the next stage once one has succeeded; finishes the run
+        (rename or clean-up) once the last child ended."""
         with self._lock:
             if self._final is not None:
                 return self._final
@@ -274,10 +221,31 @@ class BackgroundProcess:
                 return RunStatus(RunState.PENDING, Progress(), "not started")
             returncode = self._process.poll()
             if returncode is None:
-                progress, _ = self._readers[1].snapshot()
-                progress = progress or self._readers[0].snapshot()[0] or Progress()
-                return RunStatus(RunState.RUNNING, progress, progress.label or f"{self.name} running")
+                if self._stop_requested_at is not None and \
+                        time.monotonic() - self._stop_requested_at > self.kill_grace_s:
+                    self._signal_group(signal.SIGKILL if os.name == "posix" else None, kill=True)
+                return self._running()
+            if returncode == 0 and self._stage + 1 < len(self.stages) and not self._cancel_requested:
+                for reader in self._readers:
+                    reader.join(timeout=5.0)
+                self._start_next()
+                return self._running()
             return self._finish(returncode)
+
+    def _progress(self) -> Progress:
+        """The latest progress (stderr first, then stdout), its fraction spread over the stages."""
+        progress = self._readers[1].snapshot()[0] or self._readers[0].snapshot()[0] or Progress()
+        if len(self.stages) > 1 and progress.fraction is not None:
+            progress = dataclasses.replace(progress, fraction=min(1.0, (self._stage + progress.fraction)
+                                                                  / len(self.stages)))
+        return progress
+
+    def _running(self) -> RunStatus:
+        progress = self._progress()
+        last = (self._readers[1].snapshot()[1] or self._readers[0].snapshot()[1] or ("",))[-1].strip()
+        stage = f" (step {self._stage + 1}/{len(self.stages)})" if len(self.stages) > 1 else ""
+        label = progress.label or last or "running"
+        return RunStatus(RunState.RUNNING, progress, f"{self.name}{stage}: {label}"[:200])
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.05) -> RunStatus:
         """Block until the run has finished (``TimeoutError`` after ``timeout`` seconds) and return its status."""
@@ -290,6 +258,16 @@ class BackgroundProcess:
                 raise TimeoutError(f"{self.name} still running after {timeout:.0f} s")
             time.sleep(poll_s)
 
+    def request_stop(self) -> None:
+        """Ask the child's group to stop (SIGTERM) and return at once (for a GUI thread); :meth:`poll` reports
+        the end, and kills the group if it still runs ``kill_grace_s`` later. The run then ends CANCELLED."""
+        with self._lock:
+            if self._final is not None or self._process is None or self._stop_requested_at is not None:
+                return
+            self._cancel_requested, self._stop_requested_at = True, time.monotonic()
+            if self._process.poll() is None:
+                self._signal_group(signal.SIGTERM if os.name == "posix" else None)
+
     def cancel(self) -> RunStatus:
         """Stop the child's whole process group and return the final status (CANCELLED, unless the run had
         already finished). A staged run is killed at once (SIGKILL) and its staged output removed; a run in
@@ -299,9 +277,11 @@ class BackgroundProcess:
                 return self._final or RunStatus(RunState.CANCELLED, Progress(), "cancelled before it started")
             self._cancel_requested = True
             if not self.staging:  # its output stays: give it the chance to stop cleanly first
-                self._signal_group(signal.SIGTERM if os.name == "posix" else None)
+                if self._stop_requested_at is None:
+                    self._signal_group(signal.SIGTERM if os.name == "posix" else None)
+                    self._stop_requested_at = time.monotonic()
                 try:
-                    self._process.wait(self.kill_grace_s)
+                    self._process.wait(max(0.0, self.kill_grace_s - (time.monotonic() - self._stop_requested_at)))
                 except subprocess.TimeoutExpired:
                     pass
             self._signal_group(signal.SIGKILL if os.name == "posix" else None, kill=True)
@@ -334,10 +314,9 @@ class BackgroundProcess:
             self._signal_group(signal.SIGKILL)
         for reader in self._readers:
             reader.join(timeout=5.0)
-        progress, _ = self._readers[1].snapshot()
-        progress = progress or self._readers[0].snapshot()[0] or Progress()
-        stderr = self._readers[1].snapshot()[1]
-        last_line = (stderr or self._readers[0].snapshot()[1] or ("",))[-1].strip()
+        progress = self._progress()
+        stderr, stdout = self._readers[1].snapshot()[1], self._readers[0].snapshot()[1]
+        last_line = (stderr or stdout or ("",))[-1].strip()
         output = None
         if self._cancel_requested:
             self._remove_staging()
@@ -358,7 +337,6 @@ class BackgroundProcess:
             where = f"{progress.label or 'item'} {progress.done}/{progress.total}" if progress.total else ""
             message = describe_failure(returncode, last_line, self.name,
                                        any(OUT_OF_MEMORY.search(line) for line in stderr[-20:]), where)
-        stdout = self._readers[0].snapshot()[1]
         self._final = RunStatus(state, progress, message, returncode, output, stderr, stdout)
         return self._final
 
@@ -371,3 +349,7 @@ class BackgroundProcess:
                 break
             time.sleep(0.1)
         self.staging_dir = None
+
+
+__all__ = ["BackgroundProcess", "Progress", "RunState", "RunStatus", "child_environment", "default_python",
+           "describe_failure", "package_roots", "parse_fraction", "parse_progress", "xrayseg_argv"]
