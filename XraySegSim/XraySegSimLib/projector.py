@@ -37,7 +37,7 @@ from .errors import GeometryError, InputError
 from .geometry import XrayGeometry
 from .labels import LabelClasses, unknown_label_values
 from .materials import MAX_MATERIALS, SOFT_BONE_KNEE_HU, MaterialModel
-from .projector_kernels import attenuation_table, box_hull, matter_hull, pack_voxels, trace_rays_cpu
+from .projector_kernels import attenuation_table, box_hull, matter_hull, pack_voxels, row_schedule, trace_rays_cpu
 from .volume import Volume
 
 MU_WATER_60KEV_PER_MM = 0.0206
@@ -198,16 +198,14 @@ class DrrProjector:
                 self._gpu = GpuVolume(self.packed, self.mu_lut, self.material_lut, self.hull)
             self._gpu.trace(*args, line_integral, thickness, material_g_cm2, SOFT_ONLY_BELOW_HU)
         else:
-            # A fixed shuffle of rows balances threads (edge rows miss the body and are cheap).
-            row_order = np.random.default_rng(0).permutation(rows).astype(np.int64)
             previous_threads = numba.get_num_threads()
             if self.threads:
                 numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
             try:
-                # Small dynamic chunks of rows: on a loaded machine a descheduled thread's rows go to the others.
-                with numba.parallel_chunksize(4):
-                    trace_rays_cpu(self.packed, self.mu_lut, *args, row_order, line_integral, thickness,
-                                   self.material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU)
+                # Blocks of neighbouring rows dealt to the threads in turn (edge rows miss the body and are cheap).
+                row_order = row_schedule(rows, numba.get_num_threads())
+                trace_rays_cpu(self.packed, self.mu_lut, *args, row_order, line_integral, thickness,
+                               self.material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU)
             finally:
                 numba.set_num_threads(previous_threads)
         return DrrResult(geometry, line_integral, thickness, self.classes, list(self.unknown_values),

@@ -10,7 +10,8 @@ from .projector_kernels import make_trace_ray
 
 def make_kernel(with_materials: bool):
     """Compile the kernel: one thread per detector pixel, tracing with the CPU kernel's ``trace_ray``."""
-    trace = cuda.jit(device=True)(make_trace_ray(with_materials))
+    device_function = cuda.jit(device=True)
+    trace = device_function(make_trace_ray(with_materials, device_function))
 
     @cuda.jit
     def trace_rays_cuda(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
