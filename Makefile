@@ -94,7 +94,7 @@ train-wrist: setup
 # The README pictures (Resources/Screenshots/). Tests and benchmarks write theirs to Testing/Artifacts/ only, so
 # `make test` and `make bench` never change tracked files; this target makes them and copies them into place.
 screenshots: $(BENCH_STAMP)
-	$(PY) -m pytest -q Testing/Python/test_mrml_adapter.py Testing/Python/test_infer_slicer.py \
+	$(PY) -m pytest -q Testing/Python/test_mrml_views.py Testing/Python/test_infer_outputs.py Testing/Python/test_infer_models.py \
 		-k "test_slice_view_shows_the_drr_with_the_label_overlay or test_three_d_view_shows_bones_source_detector_with_drr_and_beam or test_slice_view_shows_the_radiograph_with_the_overlay or test_bundled_model_on_a_sample_ct_drr_through_the_scene"
 	$(PY) bench/bench_physics.py --figure
 	$(PY) tools/screenshots.py
