@@ -232,10 +232,14 @@ def make_trace_ray(with_materials: bool, compile_helper):
         run_class = 0
         run_start = t0
         t_exit = t0
+        # Past a_stop the next a face may be the volume's (half a step of margin: the running sum of
+        # delta_a is off by far less), so the inner loop needs no test of the steps left.
+        a_stop = next_a + (left_a - 0.5) * delta_a
         while True:
             limit = next_b if next_b < next_c else next_c  # written out: numba's CUDA target has no scalar min
             limit = t1 if t1 < limit else limit
-            while next_a < limit and left_a > 0:  # voxels that end on an a face
+            limit = a_stop if a_stop < limit else limit
+            while next_a < limit:  # voxels that end on an a face
                 word = np.int64(flat[np.uint64(offset)])
                 total, m0, m1, m2, m3, run_class, run_start = accumulate(
                     word, next_a - t, t, total, m0, m1, m2, m3, run_class, run_start, mu_lut, material_lut,
@@ -244,16 +248,25 @@ def make_trace_ray(with_materials: bool, compile_helper):
                 next_a += delta_a
                 offset += stride_a
                 left_a -= 1
-            # This voxel ends on a b or c face, at the end of the ray, or (a face, no steps left) the volume's.
+            # This voxel ends on a b or c face, at the end of the ray, or near the volume's a face: the
+            # general step, with every axis's steps left tested.
             word = np.int64(flat[np.uint64(offset)])
-            t_exit = next_a if next_a < limit else limit
+            t_exit = next_a if next_a < next_b else next_b
+            t_exit = next_c if next_c < t_exit else t_exit
+            t_exit = t1 if t1 < t_exit else t_exit
             total, m0, m1, m2, m3, run_class, run_start = accumulate(
                 word, t_exit - t, t, total, m0, m1, m2, m3, run_class, run_start, mu_lut, material_lut,
                 soft_only_below, thickness, row, col, length_mm)
-            if t_exit >= t1 or next_a < limit:
+            if t_exit >= t1:
                 break
             t = t_exit
-            if next_b <= next_c:
+            if next_a <= next_b and next_a <= next_c:
+                if left_a == 0:
+                    break
+                left_a -= 1
+                next_a += delta_a
+                offset += stride_a
+            elif next_b <= next_c:
                 if left_b == 0:
                     break
                 left_b -= 1
