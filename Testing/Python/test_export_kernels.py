@@ -18,7 +18,7 @@ from XraySegSimLib.export_geometry import (DETECTOR_CLEARANCE_MM, body_points_ra
 from XraySegSimLib.export_inputs import CaseInput, load_mapping
 from XraySegSimLib.export_gzip import gzip_runs
 from XraySegSimLib.export_layout import atom_table
-from XraySegSimLib.export_masks import combination_codes, sample_masks
+from XraySegSimLib.export_masks import combination_codes, sample_masks, with_ignored
 from XraySegSimLib.export_preview import preview_rgb, write_png_fast
 from test_export import config, read
 
@@ -195,3 +195,15 @@ def test_keep_detector_beyond_body_leaves_a_clear_geometry_alone():
     kept, kept_values = keep_detector_beyond_body(geometry, values, behind, np.eye(3))
     assert kept is geometry and kept_values == dict(values, detector_pushed_mm=0.0)
     assert keep_detector_beyond_body(geometry, values, np.zeros((3, 0)), np.eye(3))[0] is geometry
+
+
+def test_ignored_stack_is_the_masks_with_the_ignore_value_in_every_plane():
+    rng = np.random.default_rng(3)
+    masks = (rng.random((7, 33, 41)) < 0.3).astype(np.uint8)
+    ignored = rng.random((33, 41)) < 0.2
+    expected = masks.copy()
+    expected[:, ignored] = 255
+    stack = with_ignored(masks, ignored, 255)
+    np.testing.assert_array_equal(stack, expected)
+    assert stack[:, ignored].min() == 255 and ignored.sum() > 100
+    assert masks.max() == 1  # the masks themselves are left as they are (the preview uses them)

@@ -22,7 +22,7 @@ from .export_geometry import (body_points_ras, keep_detector_beyond_body, labell
                               sample_rng)
 from .export_inputs import CaseInput, ClassMapping, load_case
 from .export_layout import DatasetLayout, case_name
-from .export_masks import sample_masks
+from .export_masks import sample_masks, with_ignored
 from .export_nrrd import write_image_2d, write_mask_stack
 from .export_preview import preview_rgb, write_png_fast
 from .io import atomic_path, write_json
@@ -102,10 +102,8 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     write_image_2d(layout.image(case, split), image.astype(np.float32), spacing)
     ignored = ctx.cut_faces.mask(geometry) if ctx.cut_faces is not None else np.zeros(codes.shape, bool)
     n_ignored = int(ignored.sum())
-    stack = masks
-    if n_ignored:  # unknown pixels: IGNORE_MASK_VALUE in every class plane (masks stays 0/1 for the preview)
-        stack = masks.copy()
-        stack[:, ignored] = IGNORE_MASK_VALUE
+    # Unknown pixels: IGNORE_MASK_VALUE in every class plane (masks stays 0/1 for the preview).
+    stack = with_ignored(masks, ignored, IGNORE_MASK_VALUE) if n_ignored else masks
     write_mask_stack(layout.masks(case, split), stack, spacing, mapping.names)
     with atomic_path(layout.codes(case)) as tmp:
         with open(tmp, "wb") as handle:
@@ -116,8 +114,8 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
         # Tint: the highest class index of each pixel's combination; outlines show the others.
         rgb = preview_rgb(gray, masks, top, mapping.colors, present, bits)
         if n_ignored:  # unknown pixels: magenta hatching
-            rows, cols = np.indices(ignored.shape)
-            rgb[ignored & ((rows + cols) % 8 < 2)] = (255, 0, 255)
+            diagonal = np.add.outer(np.arange(ignored.shape[0]), np.arange(ignored.shape[1])) % 8 < 2
+            rgb[ignored & diagonal] = (255, 0, 255)
         write_png_fast(layout.preview(case), rgb)
     sidecar = {
         "format_version": FORMAT_VERSION,

@@ -23,7 +23,6 @@ about one step per block rather than per cell.
 
 from __future__ import annotations
 
-
 import numba
 import numpy as np
 
