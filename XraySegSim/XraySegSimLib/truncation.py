@@ -17,8 +17,9 @@ the tests check it against the analytic cylinder to a pixel.
 
 Each prism test is a 2D voxel walk (Amanatides & Woo 1987) over the face's section along the ray's projection
 onto the face, restricted to the part of the ray beyond the face plane: one numba pass per view. The walk goes
-over blocks of 8 x 8 cells first and walks the cells of a block only where it holds body and air, so a ray costs
-about one step per block rather than per cell.
+over blocks of 8 x 8 cells, walks the cells of a block only where it holds body and air, and crosses the empty
+space around the body in jumps (the square of empty blocks around the current one), so a ray costs a few steps
+rather than one per cell (chest AP export views at 512^2: 85 -> 22 ms CPU, the same pixels).
 """
 
 from __future__ import annotations
@@ -83,10 +84,12 @@ def _cell_walk_hits(section, pb, pc, db, dc, t0, t1):  # pragma: no cover - comp
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _walk_hits(section, blocks, pb, pc, db, dc, t0, t1):  # pragma: no cover - compiled
+def _walk_hits(section, blocks, reach, pb, pc, db, dc, t0, t1):  # pragma: no cover - compiled
     """``_cell_walk_hits`` a block at a time: the same walk over ``blocks`` (the section's BLOCK x BLOCK cells:
     0 none set, 1 some, 2 all), where a block with none is passed, a block with all is a hit, and only the
-    cells of a block with some are walked (over the segment's t-interval inside that block)."""
+    cells of a block with some are walked (over the segment's t-interval inside that block). ``reach``: per
+    block with none, how far (in blocks, chessboard) the nearest block with some is; from a block of reach r >= 2
+    the walk jumps to where the segment leaves the square of blocks within r - 1."""
     nc, nb = blocks.shape
     qb, qc, eb, ec = pb / BLOCK, pc / BLOCK, db / BLOCK, dc / BLOCK  # the same t in block units
     for axis in range(2):  # clipped to the section's cells (the last blocks may reach past them)
@@ -103,41 +106,53 @@ def _walk_hits(section, blocks, pb, pc, db, dc, t0, t1):  # pragma: no cover - c
             t0, t1 = max(t0, ta), min(t1, tb)
     if t0 >= t1:
         return False
-    tm = t0 if t1 - t0 < 1e-12 else t0 + 1e-9 * (t1 - t0)  # just inside, so the start block is the right one
-    ib = min(max(int(np.floor(qb + tm * eb)), 0), nb - 1)
-    ic = min(max(int(np.floor(qc + tm * ec)), 0), nc - 1)
-    inf = np.inf
-    step_b, next_b, delta_b = 0, inf, inf
-    if eb > 0.0:
-        step_b, next_b, delta_b = 1, (ib + 1 - qb) / eb, 1.0 / eb
-    elif eb < 0.0:
-        step_b, next_b, delta_b = -1, (ib - qb) / eb, -1.0 / eb
-    step_c, next_c, delta_c = 0, inf, inf
-    if ec > 0.0:
-        step_c, next_c, delta_c = 1, (ic + 1 - qc) / ec, 1.0 / ec
-    elif ec < 0.0:
-        step_c, next_c, delta_c = -1, (ic - qc) / ec, -1.0 / ec
     t = t0
-    while True:
-        t_out = min(next_b, next_c, t1)
-        state = blocks[ic, ib]
-        if state == 2 and t_out > t:
-            return True
-        if state == 1 and _cell_walk_hits(section, pb, pc, db, dc, t, t_out):
-            return True
-        if t_out >= t1:
-            return False
-        t = t_out
-        if next_b <= next_c:
-            ib += step_b
-            next_b += delta_b
-            if ib < 0 or ib >= nb:
+    while True:  # (re)start the block walk at t: at the entry, and after each jump over empty blocks
+        tm = t if t1 - t < 1e-12 else t + 1e-9 * (t1 - t)  # just inside, so the block is the right one
+        ib = min(max(int(np.floor(qb + tm * eb)), 0), nb - 1)
+        ic = min(max(int(np.floor(qc + tm * ec)), 0), nc - 1)
+        inf = np.inf
+        step_b, next_b, delta_b = 0, inf, inf
+        if eb > 0.0:
+            step_b, next_b, delta_b = 1, (ib + 1 - qb) / eb, 1.0 / eb
+        elif eb < 0.0:
+            step_b, next_b, delta_b = -1, (ib - qb) / eb, -1.0 / eb
+        step_c, next_c, delta_c = 0, inf, inf
+        if ec > 0.0:
+            step_c, next_c, delta_c = 1, (ic + 1 - qc) / ec, 1.0 / ec
+        elif ec < 0.0:
+            step_c, next_c, delta_c = -1, (ic - qc) / ec, -1.0 / ec
+        while True:
+            t_out = min(next_b, next_c, t1)
+            state = blocks[ic, ib]
+            if state == 2 and t_out > t:
+                return True
+            if state == 1 and _cell_walk_hits(section, pb, pc, db, dc, t, t_out):
+                return True
+            r = reach[ic, ib]
+            if r >= 2:  # no body in the square of blocks within r - 1 of this one: leave it in one jump
+                t_jump = t1
+                if eb != 0.0:
+                    t_jump = min(t_jump, ((ib + r if eb > 0.0 else ib - r + 1) - qb) / eb)
+                if ec != 0.0:
+                    t_jump = min(t_jump, ((ic + r if ec > 0.0 else ic - r + 1) - qc) / ec)
+                if t_jump >= t1:
+                    return False
+                t = t_jump
+                break
+            if t_out >= t1:
                 return False
-        else:
-            ic += step_c
-            next_c += delta_c
-            if ic < 0 or ic >= nc:
-                return False
+            t = t_out
+            if next_b <= next_c:
+                ib += step_b
+                next_b += delta_b
+                if ib < 0 or ib >= nb:
+                    return False
+            else:
+                ic += step_c
+                next_c += delta_c
+                if ic < 0 or ic >= nc:
+                    return False
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -154,10 +169,10 @@ def _beyond_interval(s, d, n, high):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def _truncated_kernel(sections, blocks, source, origin, column_step, row_step, shape_kji,
+def _truncated_kernel(sections, blocks, reaches, source, origin, column_step, row_step, shape_kji,
                       out):  # pragma: no cover - compiled
     """``sections``, ``blocks``: per face (i low, i high, j low, j high, k low, k high) its body section and the
-    section's block states (``_block_states``)."""
+    section's block states (``_block_states``) and the reach of its empty blocks (``_block_reach``)."""
     rows, cols = out.shape
     s = source
     for r in numba.prange(rows):
@@ -180,7 +195,7 @@ def _truncated_kernel(sections, blocks, source, origin, column_step, row_step, s
                 else:
                     t0, t1 = _beyond_interval(s[2], d2, shape_kji[0], high)
                     pb, pc, db, dc = s[0], s[1], d0, d1
-                if t0 < t1 and _walk_hits(sections[face], blocks[face], pb, pc, db, dc, t0, t1):
+                if t0 < t1 and _walk_hits(sections[face], blocks[face], reaches[face], pb, pc, db, dc, t0, t1):
                     hit = True
             out[r, c] = hit
 
@@ -197,6 +212,24 @@ def _block_states(section: np.ndarray) -> np.ndarray:
     real_cells = real.reshape(cells.shape[0], BLOCK, cells.shape[1], BLOCK).sum(axis=(1, 3))
     some = cells - (BLOCK * BLOCK - real_cells) > 0  # set cells inside the section
     return np.where(cells == BLOCK * BLOCK, 2, some.astype(np.uint8)).astype(np.uint8)
+
+
+def _block_reach(blocks: np.ndarray) -> np.ndarray:
+    """int32 per block: 0 where some cell is set, else the chessboard distance (in blocks) to the nearest block
+    with a set cell (blocks.size when there is none: every walk over the face leaves it in one jump)."""
+    occupied = blocks != 0
+    reach = np.where(occupied, 0, blocks.size).astype(np.int32)
+    grown = occupied.copy()
+    for r in range(1, max(blocks.shape) + 1):
+        if grown.all() or not occupied.any():
+            break
+        padded = np.pad(grown, 1)
+        grown = np.zeros_like(grown)
+        for dy in range(3):  # 3 x 3 dilation: the blocks within chessboard distance r of an occupied one
+            for dx in range(3):
+                grown |= padded[dy: dy + blocks.shape[0], dx: dx + blocks.shape[1]]
+        reach[grown & (reach == blocks.size)] = r
+    return reach
 
 
 def _is_body(words: np.ndarray, body_hu: int) -> np.ndarray:
@@ -236,6 +269,7 @@ class CutFaces:
         sections = [section for faces in (self.faces_i, self.faces_j, self.faces_k) for section in faces]
         self._blocks = tuple(_block_states(section) for section in sections)
         self._sections = tuple(np.ascontiguousarray(section) for section in sections)
+        self._reaches = tuple(_block_reach(blocks) for blocks in self._blocks)
 
     @property
     def cut_voxels(self) -> dict[str, int]:
@@ -255,7 +289,7 @@ class CutFaces:
         origin = linear @ np.asarray(geometry.origin, float) + shift
         column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0])
         row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1])
-        _truncated_kernel(self._sections, self._blocks, source, origin, column_step, row_step, self.shape_kji, out)
+        _truncated_kernel(self._sections, self._blocks, self._reaches, source, origin, column_step, row_step, self.shape_kji, out)
         return out
 
 
