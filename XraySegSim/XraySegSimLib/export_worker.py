@@ -153,9 +153,10 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     write_json(layout.sidecar(case), sidecar)  # last: the sample is complete
 
 
-# Rows per chunk of the render's parallel loop: chunks are handed out dynamically, so when the writer thread
-# takes a core for a moment the other render threads take over its rows (the default, static split waits for
-# the slowest thread). The rows are independent: the output does not depend on the scheduling.
+# Rows per chunk of the render's parallel loop, meant to hand chunks out dynamically. Measured (thread id of
+# each row): numba's OpenMP layer, the one installed here, keeps its static split of one contiguous part per
+# thread whatever the chunk size; DrrProjector's row order (blocks of rows dealt to the threads in turn) is
+# what balances them. The rows are independent: the output does not depend on the scheduling.
 RENDER_CHUNK_ROWS = 4
 
 
