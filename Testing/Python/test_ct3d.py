@@ -273,3 +273,23 @@ def test_3d_commands_fall_back_to_the_cpu_when_cuda_is_missing(tmp_path):
                                    "--out", str(tmp_path / "seg2"), "--device", "tpu"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and not (tmp_path / "seg2").exists()
+
+
+def test_a_volume_smaller_than_the_patch_is_padded_with_air_as_in_training():
+    """Training patches beyond a crop's edge hold air (-1 after normalisation); inference must pad the same way.
+    Edge replication there made the fold trained on the left femur score Dice 0.00 on the mirrored right one,
+    0.66 with air padding (and 0.53 -> 0.89 on its own training femur)."""
+    import torch
+
+    from XraySegInferLib.ct_networks import DEFAULT_ARCHITECTURE, build_ct_network
+    from XraySegInferLib.ct_package import CtModel
+
+    torch.manual_seed(0)
+    network = build_ct_network(dict(DEFAULT_ARCHITECTURE, base_channels=4, depth=2), 2).eval()
+    model = CtModel(network, {"spacing_mm": [2, 2, 2], "patch_size": [16, 16, 16]}, torch.device("cpu"))
+    volume = np.random.default_rng(1).uniform(-0.2, 1.0, (10, 12, 14)).astype(np.float32)
+    padded = np.full((16, 16, 16), -1.0, np.float32)
+    padded[3:13, 2:14, 1:15] = volume  # MONAI pads (size - patch) // 2 before, the rest after
+    with torch.inference_mode():
+        expected = torch.softmax(network(torch.from_numpy(padded)[None, None]), 1)[0, 1].numpy()[3:13, 2:14, 1:15]
+    assert np.allclose(model.probability(volume), expected, atol=1e-5)

@@ -60,14 +60,17 @@ class CtModel:
         return tuple(int(s) for s in self.card["patch_size"])
 
     def probability(self, volume: np.ndarray, overlap: float = 0.5) -> np.ndarray:
-        """Foreground probability of a normalised volume ``[k, j, i]`` at the card's spacing (sliding window)."""
+        """Foreground probability of a normalised volume ``[k, j, i]`` at the card's spacing (sliding window).
+
+        A volume smaller than the patch is padded with air (-1), as training pads patches beyond a crop's edge:
+        with edge replication instead, a crop of a few dozen slices looked unlike anything seen in training."""
         import torch
         from monai.inferers import sliding_window_inference
 
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(volume, np.float32))[None, None].to(self.device)
             logits = sliding_window_inference(x, self.patch_size, 2, self.network, overlap=overlap,
-                                              mode="gaussian", padding_mode="replicate")
+                                              mode="gaussian", padding_mode="constant", cval=-1.0)
             return torch.softmax(logits, 1)[0, 1].float().cpu().numpy()
 
 
