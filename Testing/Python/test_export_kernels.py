@@ -207,3 +207,6 @@ def test_ignored_stack_is_the_masks_with_the_ignore_value_in_every_plane():
     np.testing.assert_array_equal(stack, expected)
     assert stack[:, ignored].min() == 255 and ignored.sum() > 100
     assert masks.max() == 1  # the masks themselves are left as they are (the preview uses them)
+    same = with_ignored(masks, ignored, 255, in_place=True)
+    assert same is masks
+    np.testing.assert_array_equal(masks, expected)

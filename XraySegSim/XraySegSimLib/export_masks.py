@@ -102,12 +102,15 @@ def _ignored_stack_kernel(masks, ignored, value, out):  # pragma: no cover - com
                 out[c, r, col] = value if ignored[r, col] else masks[c, r, col]
 
 
-def with_ignored(masks: np.ndarray, ignored: np.ndarray, value: int) -> np.ndarray:
-    """A copy of the (C, H, W) uint8 ``masks`` with ``value`` in every class plane where ``ignored`` (H, W) is
-    set: ``masks.copy(); out[:, ignored] = value`` in one pass (5x faster at 49 x 512^2)."""
-    out = np.empty_like(masks, np.uint8)
-    _ignored_stack_kernel(np.ascontiguousarray(masks, np.uint8), np.ascontiguousarray(ignored, np.bool_),
-                          np.uint8(value), out)
+def with_ignored(masks: np.ndarray, ignored: np.ndarray, value: int, in_place: bool = False) -> np.ndarray:
+    """The (C, H, W) uint8 ``masks`` with ``value`` in every class plane where ``ignored`` (H, W) is set:
+    ``out = masks.copy(); out[:, ignored] = value`` in one pass (5x faster at 49 x 512^2); ``in_place``
+    writes into ``masks`` itself (C-contiguous uint8) and returns it."""
+    if in_place and not (masks.dtype == np.uint8 and masks.flags.c_contiguous):
+        raise ValueError("with_ignored(in_place=True) needs C-contiguous uint8 masks")
+    source = masks if in_place else np.ascontiguousarray(masks, np.uint8)
+    out = source if in_place else np.empty_like(source)
+    _ignored_stack_kernel(source, np.ascontiguousarray(ignored, np.bool_), np.uint8(value), out)
     return out
 
 

@@ -102,14 +102,7 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     write_image_2d(layout.image(case, split), image.astype(np.float32), spacing)
     ignored = ctx.cut_faces.mask(geometry) if ctx.cut_faces is not None else np.zeros(codes.shape, bool)
     n_ignored = int(ignored.sum())
-    # Unknown pixels: IGNORE_MASK_VALUE in every class plane (masks stays 0/1 for the preview).
-    stack = with_ignored(masks, ignored, IGNORE_MASK_VALUE) if n_ignored else masks
-    write_mask_stack(layout.masks(case, split), stack, spacing, mapping.names)
-    with atomic_path(layout.codes(case)) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, codes=codes, combos=np.array(json.dumps([list(c) for c in combos])),
-                     ignored=np.packbits(ignored))
-    if config.previews:
+    if config.previews:  # first: the preview needs the 0/1 masks, which the ignore value overwrites below
         gray = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
         # Tint: the highest class index of each pixel's combination; outlines show the others.
         rgb = preview_rgb(gray, masks, top, mapping.colors, present, bits)
@@ -117,6 +110,13 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
             diagonal = np.add.outer(np.arange(ignored.shape[0]), np.arange(ignored.shape[1])) % 8 < 2
             rgb[ignored & diagonal] = (255, 0, 255)
         write_png_fast(layout.preview(case), rgb)
+    # Unknown pixels: IGNORE_MASK_VALUE in every class plane, written over the masks (no copy).
+    stack = with_ignored(masks, ignored, IGNORE_MASK_VALUE, in_place=True) if n_ignored else masks
+    write_mask_stack(layout.masks(case, split), stack, spacing, mapping.names)
+    with atomic_path(layout.codes(case)) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, codes=codes, combos=np.array(json.dumps([list(c) for c in combos])),
+                     ignored=np.packbits(ignored))
     sidecar = {
         "format_version": FORMAT_VERSION,
         "case": case, "ct_id": case_in.ct_id, "split": split, "view_index": job.view,
