@@ -136,6 +136,26 @@ def test_a_crash_reports_the_last_stderr_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_next_stages_share_the_staged_folder_and_one_that_cannot_start_leaves_nothing(tmp_path):
+    """Stages run in order in one staged folder, renamed once the last one exits 0; a later stage whose program
+    is not there ends the run FAILED in one line (no exception out of poll(), no staged folder left)."""
+    first = [sys.executable, "-c", "import sys; open(sys.argv[1] + '/a.txt', 'w').write('1')", "{out}"]
+    second = [sys.executable, "-c", "import pathlib, sys; d = pathlib.Path(sys.argv[1]); "
+              "(d / 'b.txt').write_text(str(int((d / 'a.txt').read_text()) + 1))", "{out}"]
+    status = BackgroundProcess(first, tmp_path / "ok", next_stages=[second], name="two steps").start().wait(60)
+    assert status.state is RunState.SUCCEEDED and status.output_dir == tmp_path / "ok"
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["a.txt", "b.txt"]
+    assert (tmp_path / "ok" / "b.txt").read_text() == "2" and sorted(tmp_path.iterdir()) == [tmp_path / "ok"]
+
+    missing = str(tmp_path / "no-such-program")
+    run = BackgroundProcess(first, tmp_path / "bad", next_stages=[[missing, "{out}"]], name="two steps").start()
+    status = run.wait(timeout=60)
+    assert status.state is RunState.FAILED and status.returncode == 0
+    assert status.message.startswith("two steps could not start step 2/2: ") and missing in status.message
+    assert "\n" not in status.message and sorted(tmp_path.iterdir()) == [tmp_path / "ok"]
+    assert run.poll() is status  # final
+
+
 @pytest.mark.slow
 def test_out_of_memory_and_cli_errors_are_one_line(tmp_path):
     script = "import numpy\nnumpy.ones(1 << 62, dtype=numpy.uint8)\n"  # 4 EiB: refused at once

@@ -228,7 +228,13 @@ class BackgroundProcess:
             if returncode == 0 and self._stage + 1 < len(self.stages) and not self._cancel_requested:
                 for reader in self._readers:
                     reader.join(timeout=5.0)
-                self._start_next()
+                try:
+                    self._start_next()
+                except OSError as error:  # e.g. a program that is not there: one line, nothing staged left
+                    self._remove_staging()
+                    self._final = RunStatus(RunState.FAILED, Progress(), f"{self.name} could not start step "
+                                            f"{self._stage + 1}/{len(self.stages)}: {error}", returncode)
+                    return self._final
                 return self._running()
             return self._finish(returncode)
 
