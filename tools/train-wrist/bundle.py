@@ -150,9 +150,29 @@ def readme(card: dict) -> str:
     ]
     lines += view_table(test["per_view"], classes)
     lines += ["", f"Mean over views {_fmt(test['mean_dice_over_views'])}; hardest view {test['hardest_view']}. "
-                  f"Target: {card['metrics']['target']}.", "", "## Limitations", ""]
+                  f"Target: {card['metrics']['target']}.", ""]
+    lines += nnunet_lines(card)
+    coded = [f"{c['name']} {c['snomed']['type']['CodeValue']}" for c in card["classes"] if c.get("snomed")]
+    lines += ["## Codes", "", f"SNOMED CT (DICOM PS3.16 code values and meanings): {', '.join(coded)}. The other "
+              "carpals have no code verified here and are written as the generic Bone (SCT 272673000).", "",
+              "## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     return "\n".join(lines) + "\n"
+
+
+def nnunet_lines(card: dict) -> list[str]:
+    """The nnU-Net v2 side-by-side section (tools/train-wrist/nnunet_side_by_side.py), if the card has one."""
+    side = card.get("metrics", {}).get("nnunet_2d_side_by_side")
+    if not side:
+        return []
+    ours, theirs, budget = card["metrics"]["held_out_phantoms"]["per_view"], side["per_view"], side["budget"]
+    lines = ["## nnU-Net v2 side by side", "", side["note"], "",
+             "| mean Dice | " + " | ".join(f"{v} ({ours[v]['angle_about_forearm_deg']} deg)" for v in ours) + " |",
+             "|---|" + "---:|" * len(ours),
+             "| this model | " + " | ".join(_fmt(ours[v]["mean_dice"]) for v in ours) + " |",
+             f"| nnU-Net 2d, {budget['epochs']} x {budget['iterations_per_epoch']} iterations | "
+             + " | ".join(_fmt(theirs[v]["mean_dice"]) for v in ours) + " |", ""]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -164,6 +184,10 @@ def main(argv=None) -> int:
     model = load_package(package)  # checks the SHA-256 and that the weights fit the card
     per_view = evaluate_views(package, args.run)
     card = amend_card(model.card, args.run, per_view)
+    if (args.out / CARD_FILE).is_file():  # nnU-Net's figures are on the same test exports: keep them
+        before = json.loads((args.out / CARD_FILE).read_text()).get("metrics", {})
+        if "nnunet_2d_side_by_side" in before:
+            card["metrics"]["nnunet_2d_side_by_side"] = before["nnunet_2d_side_by_side"]
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / WEIGHTS_FILE) as tmp:
         shutil.copyfile(package / WEIGHTS_FILE, tmp)
