@@ -1,5 +1,6 @@
 """The truncation mask's first kernel, kept as the test reference: a cell-by-cell 2D walk (Amanatides & Woo)
-over each cut face's section. truncation.py now walks runs of cells with prefix sums; both must agree."""
+over each cut face's section. truncation.py now walks 8x8 blocks (passing empty ones, jumping over squares of
+them, walking cells only in mixed ones); both must agree."""
 
 from __future__ import annotations
 
