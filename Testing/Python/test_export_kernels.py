@@ -68,6 +68,16 @@ def test_fused_sample_kernels_equal_the_reference_path(n_classes, tmp_path):
     ref_top = np.array([c[-1] if c else 0 for c in ref_combos])[ref_codes]
     assert np.array_equal(top, ref_top) and np.array_equal(counts, local.reshape(len(local), -1).sum(1))
     assert (bits is None) == (n_classes > 64)
+    ignored = rng.random(thickness.shape[1:]) < 0.2
+    if n_classes <= 64:  # the ignore value written as the masks are made: with_ignored's stack, the rest unchanged
+        fused = sample_masks(thickness, threshold, local_to_global, n_classes, ignored, 255)
+        np.testing.assert_array_equal(fused[0], with_ignored(reference, ignored, 255))
+        for got, want in zip(fused[1:], (codes, None, top, counts, bits)):
+            assert want is None or np.array_equal(got, want)
+        assert fused[2] == combos and ignored.sum() > 100
+    else:
+        with pytest.raises(ValueError):
+            sample_masks(thickness, threshold, local_to_global, n_classes, ignored, 255)
     colors = [tuple(rng.random(3)) for _ in range(n_classes)]
     classes = LabelClasses(tuple(LabelClass(f"c{i}", (i + 1,), col) for i, col in enumerate(colors)))
     gray = rng.integers(0, 256, top.shape).astype(np.uint8)

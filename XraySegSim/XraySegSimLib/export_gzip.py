@@ -45,6 +45,32 @@ def _zero_operators(levels: int = 40) -> np.ndarray:
 ZERO_OPS = _zero_operators()  # runs up to 2**40 bytes
 
 
+@numba.njit(cache=True, nogil=True)
+def _run_terms(crc_table, zero_ops):  # pragma: no cover - compiled
+    """terms[k, b]: what 2**k bytes of value b add to the CRC state beyond ops[k] (state), i.e. the state they
+    leave from 0. One byte: s -> T s ^ table[b] (T linear), so terms[0, b] = table[b] and
+    terms[k, b] = ops[k - 1] terms[k - 1, b] ^ terms[k - 1, b]. Lets the CRC of a run of any byte (the ignore
+    value 255 of the mask stacks, 1 inside large bones) cost O(log run) like the zero runs."""
+    levels = zero_ops.shape[0]
+    terms = np.zeros((levels, 256), np.uint32)
+    for b in range(256):
+        terms[0, b] = crc_table[b]
+        for k in range(1, levels):
+            v = terms[k - 1, b]
+            r = np.uint32(0)
+            col = 0
+            while v:
+                if v & np.uint32(1):
+                    r ^= zero_ops[k - 1, col]
+                v >>= np.uint32(1)
+                col += 1
+            terms[k, b] = r ^ terms[k - 1, b]
+    return terms
+
+
+_RUN_TERMS: list[np.ndarray] = []  # computed on the first gzip_runs (a few ms), not at import
+
+
 def _fixed_codes() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(value, bits) of each literal/length symbol and of each match length 3..258 (symbol + extra bits),
     LSB-first as deflate writes them (Huffman codes bit-reversed)."""
@@ -81,9 +107,11 @@ LIT_VAL, LIT_LEN, LEN_VAL, LEN_LEN = _fixed_codes()
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _deflate_runs(data, words, out, crc_table, zero_ops, lit_val, lit_len, len_val, len_len):  # pragma: no cover
+def _deflate_runs(data, words, out, crc_table, zero_ops, run_terms, lit_val, lit_len, len_val,
+                  len_len):  # pragma: no cover - compiled
     """One fixed-Huffman deflate block of ``data`` coded as runs (a literal, then distance-1 matches of the
-    repeats); returns (bytes written to out, CRC-32 of data). ``words``: data viewed as uint64 (len // 8)."""
+    repeats); returns (bytes written to out, CRC-32 of data). ``words``: data viewed as uint64 (len // 8);
+    ``run_terms``: :func:`_run_terms`."""
     n = data.size
     acc = np.uint64(3)  # BFINAL=1, BTYPE=01 (fixed Huffman)
     nacc = 3
@@ -105,14 +133,14 @@ def _deflate_runs(data, words, out, crc_table, zero_ops, lit_val, lit_len, len_v
             while j < n and data[j] == b:
                 j += 1
         run = j - i
-        # CRC of the run
-        if b == 0 and run >= 32:
+        # CRC of the run: 2**k bytes of b at a time, state -> ops[k] state ^ run_terms[k, b]
+        if run >= 32:
             m = run
             k = 0
             while m:
                 if m & 1:
                     v = crc
-                    r = np.uint32(0)
+                    r = run_terms[k, b]
                     col = 0
                     while v:
                         if v & np.uint32(1):
@@ -165,6 +193,9 @@ def gzip_runs(array: np.ndarray) -> bytes:
     data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
     words = data[: data.size // 8 * 8].view(np.uint64)
     out = np.empty(data.size * 9 // 8 + 64, np.uint8)
-    n, crc = _deflate_runs(data, words, out, CRC_TABLE, ZERO_OPS, LIT_VAL, LIT_LEN, LEN_VAL, LEN_LEN)
+    if not _RUN_TERMS:
+        _RUN_TERMS.append(_run_terms(CRC_TABLE, ZERO_OPS))
+    n, crc = _deflate_runs(data, words, out, CRC_TABLE, ZERO_OPS, _RUN_TERMS[0], LIT_VAL, LIT_LEN, LEN_VAL,
+                           LEN_LEN)
     return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + out[:n].tobytes() + int(crc).to_bytes(4, "little")
             + (data.size & 0xFFFFFFFF).to_bytes(4, "little"))

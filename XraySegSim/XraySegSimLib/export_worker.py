@@ -92,17 +92,23 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     add_devices(result, plan)  # metal before the physics
     image = apply_domain(_image(result, params, job.rng), plan)
     collimated = clear_collimated_labels(result, plan)  # nothing is seen behind the collimator
+    ignored = ctx.cut_faces.mask(geometry) if ctx.cut_faces is not None else None
+    n_ignored = int(ignored.sum()) if ignored is not None else 0
+    # <= 64 classes: the ignore value goes into the masks as they are made (the preview reads the bit sets);
+    # beyond, the preview reads the 0/1 planes, so it is written over them after the preview.
+    fused = n_ignored > 0 and len(mapping) <= 64
     masks, codes, combos, top, counts, bits = sample_masks(result.thickness_mm, result.min_mask_thickness_mm,
-                                                           ctx.local_to_global, len(mapping))
+                                                           ctx.local_to_global, len(mapping),
+                                                           ignored if fused else None, IGNORE_MASK_VALUE)
+    if ignored is None:
+        ignored = np.zeros(codes.shape, bool)
     present_local = np.flatnonzero(counts)
     present = [int(ctx.local_to_global[c]) + 1 for c in present_local]
     projected = np.zeros(len(mapping), np.int64)
     projected[ctx.local_to_global] = counts
     spacing = geometry.spacing
     write_image_2d(layout.image(case, split), image.astype(np.float32), spacing)
-    ignored = ctx.cut_faces.mask(geometry) if ctx.cut_faces is not None else np.zeros(codes.shape, bool)
-    n_ignored = int(ignored.sum())
-    if config.previews:  # first: the preview needs the 0/1 masks, which the ignore value overwrites below
+    if config.previews:  # before with_ignored: beyond 64 classes the preview reads the 0/1 masks
         gray = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
         # Tint: the highest class index of each pixel's combination; outlines show the others.
         rgb = preview_rgb(gray, masks, top, mapping.colors, present, bits)
@@ -111,7 +117,7 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
             rgb[ignored & diagonal] = (255, 0, 255)
         write_png_fast(layout.preview(case), rgb)
     # Unknown pixels: IGNORE_MASK_VALUE in every class plane, written over the masks (no copy).
-    stack = with_ignored(masks, ignored, IGNORE_MASK_VALUE, in_place=True) if n_ignored else masks
+    stack = with_ignored(masks, ignored, IGNORE_MASK_VALUE, in_place=True) if n_ignored and not fused else masks
     write_mask_stack(layout.masks(case, split), stack, spacing, mapping.names)
     with atomic_path(layout.codes(case)) as tmp:
         with open(tmp, "wb") as handle:
