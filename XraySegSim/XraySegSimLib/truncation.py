@@ -84,23 +84,25 @@ def _cell_walk_hits(section, pb, pc, db, dc, t0, t1):  # pragma: no cover - comp
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _walk_hits(section, blocks, reach, pb, pc, db, dc, t0, t1):  # pragma: no cover - compiled
+def _walk_hits(section, blocks, reach, box, pb, pc, db, dc, t0, t1):  # pragma: no cover - compiled
     """``_cell_walk_hits`` a block at a time: the same walk over ``blocks`` (the section's BLOCK x BLOCK cells:
     0 none set, 1 some, 2 all), where a block with none is passed, a block with all is a hit, and only the
     cells of a block with some are walked (over the segment's t-interval inside that block). ``reach``: per
     block with none, how far (in blocks, chessboard) the nearest block with some is; from a block of reach r >= 2
-    the walk jumps to where the segment leaves the square of blocks within r - 1."""
+    the walk jumps to where the segment leaves the square of blocks within r - 1. ``box``: (b low, b high,
+    c low, c high) cell bounds of the set cells, high exclusive: the segment is clipped to it (no set cell lies
+    outside), so most rays that pass beside the body's section cost two slab tests."""
     nc, nb = blocks.shape
     qb, qc, eb, ec = pb / BLOCK, pc / BLOCK, db / BLOCK, dc / BLOCK  # the same t in block units
-    for axis in range(2):  # clipped to the section's cells (the last blocks may reach past them)
+    for axis in range(2):  # clipped to the set cells' box
         p = qb if axis == 0 else qc
         d = eb if axis == 0 else ec
-        n = section.shape[1 - axis] / BLOCK
+        lo, n = box[2 * axis] / BLOCK, box[2 * axis + 1] / BLOCK
         if d == 0.0:
-            if p < 0.0 or p >= n:
+            if p < lo or p >= n:
                 return False
         else:
-            ta, tb = (0.0 - p) / d, (n - p) / d
+            ta, tb = (lo - p) / d, (n - p) / d
             if ta > tb:
                 ta, tb = tb, ta
             t0, t1 = max(t0, ta), min(t1, tb)
@@ -169,10 +171,11 @@ def _beyond_interval(s, d, n, high):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def _truncated_kernel(sections, blocks, reaches, source, origin, column_step, row_step, shape_kji,
+def _truncated_kernel(sections, blocks, reaches, boxes, source, origin, column_step, row_step, shape_kji,
                       out):  # pragma: no cover - compiled
     """``sections``, ``blocks``: per face (i low, i high, j low, j high, k low, k high) its body section and the
-    section's block states (``_block_states``) and the reach of its empty blocks (``_block_reach``)."""
+    section's block states (``_block_states``) and the reach of its empty blocks (``_block_reach``); ``boxes``
+    (6, 4): the set cells' box of each section (``_set_box``; empty: the face is skipped)."""
     rows, cols = out.shape
     s = source
     for r in numba.prange(rows):
@@ -184,6 +187,8 @@ def _truncated_kernel(sections, blocks, reaches, source, origin, column_step, ro
             for face in range(6):
                 if hit:
                     break
+                if boxes[face, 0] >= boxes[face, 1]:  # no body on this face
+                    continue
                 axis, high = face // 2, face % 2 == 1
                 # i faces: section [k, j]; j faces: [k, i]; k faces: [j, i]
                 if axis == 0:
@@ -195,7 +200,8 @@ def _truncated_kernel(sections, blocks, reaches, source, origin, column_step, ro
                 else:
                     t0, t1 = _beyond_interval(s[2], d2, shape_kji[0], high)
                     pb, pc, db, dc = s[0], s[1], d0, d1
-                if t0 < t1 and _walk_hits(sections[face], blocks[face], reaches[face], pb, pc, db, dc, t0, t1):
+                if t0 < t1 and _walk_hits(sections[face], blocks[face], reaches[face], boxes[face], pb, pc, db, dc,
+                                             t0, t1):
                     hit = True
             out[r, c] = hit
 
@@ -212,6 +218,14 @@ def _block_states(section: np.ndarray) -> np.ndarray:
     real_cells = real.reshape(cells.shape[0], BLOCK, cells.shape[1], BLOCK).sum(axis=(1, 3))
     some = cells - (BLOCK * BLOCK - real_cells) > 0  # set cells inside the section
     return np.where(cells == BLOCK * BLOCK, 2, some.astype(np.uint8)).astype(np.uint8)
+
+
+def _set_box(section: np.ndarray) -> np.ndarray:
+    """(b low, b high, c low, c high) int64 of a section [c, b]'s set cells, high exclusive; (0, 0, 0, 0) if none."""
+    rows, cols = np.flatnonzero(section.any(axis=1)), np.flatnonzero(section.any(axis=0))
+    if rows.size == 0:
+        return np.zeros(4, np.int64)
+    return np.array([cols[0], cols[-1] + 1, rows[0], rows[-1] + 1], np.int64)
 
 
 def _block_reach(blocks: np.ndarray) -> np.ndarray:
@@ -270,6 +284,7 @@ class CutFaces:
         self._blocks = tuple(_block_states(section) for section in sections)
         self._sections = tuple(np.ascontiguousarray(section) for section in sections)
         self._reaches = tuple(_block_reach(blocks) for blocks in self._blocks)
+        self._boxes = np.stack([_set_box(section) for section in sections])
 
     @property
     def cut_voxels(self) -> dict[str, int]:
@@ -289,7 +304,8 @@ class CutFaces:
         origin = linear @ np.asarray(geometry.origin, float) + shift
         column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0])
         row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1])
-        _truncated_kernel(self._sections, self._blocks, self._reaches, source, origin, column_step, row_step, self.shape_kji, out)
+        _truncated_kernel(self._sections, self._blocks, self._reaches, self._boxes, source, origin, column_step,
+                          row_step, self.shape_kji, out)
         return out
 
 
