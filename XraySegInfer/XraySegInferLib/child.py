@@ -10,48 +10,11 @@ the variable this is plain ``xrayseg``.
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-import threading
-import time
 
-PARENT_PID_VARIABLE = "XRAYSEG_PARENT_PID"
-WATCH_PERIOD_S = 0.5
-
-
-def _parent_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only checks that the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else (a reused pid): treat as alive
-        return True
-    return True
-
-
-def watch_parent(pid: int, period_s: float = WATCH_PERIOD_S) -> threading.Thread | None:
-    """Start a daemon thread that kills this process group once process ``pid`` no longer exists."""
-    if os.name != "posix":
-        return None
-
-    def watch() -> None:
-        while _parent_alive(pid):
-            time.sleep(period_s)
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-
-    thread = threading.Thread(target=watch, name="xrayseg-parent-watch", daemon=True)
-    thread.start()
-    return thread
-
-
-def watch_parent_from_environment() -> threading.Thread | None:
-    """For any worker module started by ``BackgroundProcess`` (which sets ``XRAYSEG_PARENT_PID`` and a new
-    process group): call first thing in its ``main`` to die with the parent. No-op otherwise."""
-    parent = os.environ.get(PARENT_PID_VARIABLE, "")
-    if os.name == "posix" and parent.isdigit() and os.getpgrp() == os.getpid():  # leading a group of its own
-        return watch_parent(int(parent))
-    return None
+# The watchdog lives in Sim (Infer may import Sim), where the export worker uses it too.
+from XraySegSimLib.process_guard import (PARENT_PID_VARIABLE, WATCH_PERIOD_S, watch_parent,  # noqa: F401
+                                         watch_parent_from_environment)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,8 @@ XraySegSimLib.export_process JOB.json`` (Slicer's ``PythonSlicer`` inside the ap
 
 * **Cancel** sends SIGTERM: the child stops after the sample in flight and finalises the dataset, which stays
   resumable (its files are written atomically); after ``grace_s`` it is killed.
+* **Dies with its parent** (``process_guard.watch_parent_from_environment``): when Slicer crashes or is closed
+  during an export, the worker's group is killed within half a second; the dataset stays resumable.
 * **Killed or crashed** children give one line saying so (SIGKILL: "killed, e.g. by the system when memory ran
   out"); the temporary ``.*.part`` files of the write in flight are removed, so no half-written file remains.
 
@@ -153,7 +155,11 @@ class ExportProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The worker: run the job in ``argv[0]``; SIGTERM stops it after the sample in flight."""
+    """The worker: run the job in ``argv[0]``; SIGTERM stops it after the sample in flight. It dies with the
+    process that started it (a crashed or closed Slicer leaves no export computing on)."""
+    from .process_guard import watch_parent_from_environment
+
+    watch_parent_from_environment()
     from .errors import XraySegError
     from .scene_export import SceneExportJob
 

@@ -5,6 +5,9 @@
   pid on every system (and covers the race where the parent died before ``prctl``). So after ``kill -9`` of the
   coordinator no worker goes on writing into the dataset, nor waits forever. Workers ignore SIGINT: a Ctrl-C
   reaches the whole process group, and the coordinator alone decides how to stop.
+* :func:`watch_parent_from_environment`: a worker module that ``background.BackgroundProcess`` starts (it sets
+  ``XRAYSEG_PARENT_PID`` and a new process group) calls it first thing, so a crashed or closed Slicer leaves
+  no worker group computing on (``XraySegInferLib.child``, ``export_process``, ``segment_process``).
 * :class:`StopOnSignals` (command line only, main thread): the first SIGINT or SIGTERM sets ``requested``, so
   the export stops after the samples in flight and finalises what is complete; a second one exits at once
   (every file is written atomically, so the dataset stays resumable).
@@ -22,6 +25,8 @@ from typing import Callable
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WATCHDOG_PERIOD_S = 0.5
+PARENT_PID_VARIABLE = "XRAYSEG_PARENT_PID"  # set by background.BackgroundProcess
+WATCH_PERIOD_S = 0.5
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -50,6 +55,42 @@ def worker_initializer(parent_pid: int, then: Callable | None = None, *args) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if then is not None:
         then(*args)
+
+
+def _parent_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else (a reused pid): treat as alive
+        return True
+    return True
+
+
+def watch_parent(pid: int, period_s: float = WATCH_PERIOD_S) -> threading.Thread | None:
+    """Start a daemon thread that kills this process group once process ``pid`` no longer exists. It watches
+    that pid, not ``getppid()``: a launcher such as Slicer's ``PythonSlicer`` may stand between the two. POSIX
+    only (on Windows ``os.kill`` would terminate the process it probes)."""
+    if os.name != "posix":
+        return None
+
+    def watch() -> None:
+        while _parent_alive(pid):
+            time.sleep(period_s)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    thread = threading.Thread(target=watch, name="xrayseg-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def watch_parent_from_environment() -> threading.Thread | None:
+    """For any worker module started by ``BackgroundProcess`` (which sets ``XRAYSEG_PARENT_PID`` and a new
+    process group): call first thing in its ``main`` to die with the parent. No-op otherwise."""
+    parent = os.environ.get(PARENT_PID_VARIABLE, "")
+    if os.name == "posix" and parent.isdigit() and os.getpgrp() == os.getpid():  # leading a group of its own
+        return watch_parent(int(parent))
+    return None
 
 
 class StopOnSignals:
@@ -91,4 +132,4 @@ class StopOnSignals:
         self._previous.clear()
 
 
-__all__ = ["StopOnSignals", "die_with_parent", "worker_initializer"]
+__all__ = ["StopOnSignals", "die_with_parent", "watch_parent", "watch_parent_from_environment", "worker_initializer"]
