@@ -143,11 +143,13 @@ def _combos_of_keys(keys: np.ndarray, n_classes: int) -> list[tuple[int, ...]]:
 
 
 def sample_masks(thickness: np.ndarray, threshold: float, local_to_global: np.ndarray, n_classes: int,
-                 ignored: np.ndarray | None = None, ignore_value: int = 255):
+                 ignored: np.ndarray | None = None, ignore_value: int = 255, out: np.ndarray | None = None):
     """From a render's per-class path lengths (L, H, W) to the dataset's masks and codes in one pass.
 
     ``ignored`` (H, W) bool, <= 64 classes only: the returned masks hold ``ignore_value`` in every plane there
-    (as :func:`with_ignored`, without a second pass); everything else is computed from the 0/1 masks.
+    (as :func:`with_ignored`, without a second pass); everything else is computed from the 0/1 masks. ``out``:
+    a (C, H, W) uint8 C-contiguous array the masks are written into and returned as (<= 64 classes; a buffer
+    kept between samples spares the page faults of a fresh 16 MB array, ~8 ms at 63 x 512^2).
     Returns ``(masks, codes, combos, top, counts, bits)``: ``masks`` (C, H, W) uint8 in dataset order (the local class
     ``l`` goes to plane ``local_to_global[l]``; others are 0), ``codes``/``combos`` as :func:`combination_codes`
     of ``masks``, ``top`` (H, W) the highest 1-based class index of each pixel (0: none), ``counts`` (L,) the
@@ -166,7 +168,10 @@ def sample_masks(thickness: np.ndarray, threshold: float, local_to_global: np.nd
         if ignored is not None:
             masks[:, ignored] = ignore_value
         return masks, codes, combos, top, counts, None
-    masks = np.empty((n_classes, rows, cols), np.uint8)
+    if out is not None and (out.shape != (n_classes, rows, cols) or out.dtype != np.uint8
+                            or not out.flags.c_contiguous):
+        raise ValueError(f"sample_masks(out=...) needs a C-contiguous uint8 array of shape {(n_classes, rows, cols)}")
+    masks = np.empty((n_classes, rows, cols), np.uint8) if out is None else out
     bits = np.empty((rows, cols), np.uint64)
     top = np.empty((rows, cols), np.uint8)
     counts = np.zeros(n_local, np.int64)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import json
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -79,6 +80,19 @@ class _CtContext:
     cut_faces: Any = None  # truncation.CutFaces of the CT, or None (no ignore label)
 
 
+_THREAD_BUFFERS = threading.local()
+
+
+def _mask_buffer(n_classes: int, shape: tuple[int, int]) -> np.ndarray | None:
+    """The calling writer thread's mask stack buffer, reused from sample to sample (None beyond 64 classes)."""
+    if n_classes > 64:
+        return None
+    buffer = getattr(_THREAD_BUFFERS, "masks", None)
+    if buffer is None or buffer.shape != (n_classes,) + tuple(shape):
+        buffer = _THREAD_BUFFERS.masks = np.empty((n_classes,) + tuple(shape), np.uint8)
+    return buffer
+
+
 def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     """Image, masks, combination codes, preview, sidecar; all files written atomically, the sidecar last.
 
@@ -92,6 +106,7 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     add_devices(result, plan)  # metal before the physics
     image = apply_domain(_image(result, params, job.rng), plan)
     collimated = clear_collimated_labels(result, plan)  # nothing is seen behind the collimator
+    codes_shape = result.line_integral.shape
     ignored = ctx.cut_faces.mask(geometry) if ctx.cut_faces is not None else None
     n_ignored = int(ignored.sum()) if ignored is not None else 0
     # <= 64 classes: the ignore value goes into the masks as they are made (the preview reads the bit sets);
@@ -99,7 +114,8 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     fused = n_ignored > 0 and len(mapping) <= 64
     masks, codes, combos, top, counts, bits = sample_masks(result.thickness_mm, result.min_mask_thickness_mm,
                                                            ctx.local_to_global, len(mapping),
-                                                           ignored if fused else None, IGNORE_MASK_VALUE)
+                                                           ignored if fused else None, IGNORE_MASK_VALUE,
+                                                           _mask_buffer(len(mapping), codes_shape))
     if ignored is None:
         ignored = np.zeros(codes.shape, bool)
     present_local = np.flatnonzero(counts)
