@@ -187,22 +187,33 @@ def live_group_members(pgid: int) -> list[int]:
     return members
 
 
-def start_and_abandon(argv: list[str], output_dir: Path) -> int:
-    """A parent (standing in for a Slicer that crashes) starts ``argv`` in the background, waits until it has
-    written a file, then exits at once without cancelling. Returns the child's pid."""
+def run_and_abandon(start: str, written: str) -> int:
+    """A parent (standing in for a Slicer that crashes) runs ``start`` (Python that sets ``run``, a started
+    BackgroundProcess or ExportProcess), waits until the expression ``written`` holds, then exits at once without
+    cancelling. Returns the child's pid (its process group)."""
     import subprocess
 
-    script = (
-        "import os, sys, time\n"
-        "from XraySegSimLib.background import BackgroundProcess\n"
-        f"run = BackgroundProcess({argv!r}, {str(output_dir)!r}).start()\n"
-        "while not any(p.is_file() for p in run.staging_dir.rglob('*')):\n"
-        "    time.sleep(0.05)\n"
-        "print(run.pid, flush=True)\n"
-        "os._exit(0)\n")
+    script = ("import os, sys, time\nfrom pathlib import Path\n" + start + "\n"
+              f"while not ({written}):\n    time.sleep(0.05)\n"
+              "print(run.pid, flush=True)\nos._exit(0)\n")
     parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert parent.returncode == 0, parent.stderr
     return int(parent.stdout.split()[-1])
+
+
+def start_and_abandon(argv: list[str], output_dir: Path) -> int:
+    """``run_and_abandon`` of ``BackgroundProcess(argv, output_dir)`` once it has written a file."""
+    return run_and_abandon("from XraySegSimLib.background import BackgroundProcess\n"
+                           f"run = BackgroundProcess({argv!r}, {str(output_dir)!r}).start()",
+                           "any(p.is_file() for p in run.staging_dir.rglob('*'))")
+
+
+def group_left_after(pgid: int, timeout_s: float = 20.0) -> list[int]:
+    """The live members of group ``pgid`` once it is empty or ``timeout_s`` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while live_group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return live_group_members(pgid)
 
 
 @posix_only
@@ -222,9 +233,6 @@ def test_the_child_dies_when_its_parent_dies_without_cancelling(phantom, tmp_pat
     finally:
         os.killpg(control, signal.SIGKILL)
     child = start_and_abandon(argv, tmp_path / "dataset")
-    deadline = time.monotonic() + 20
-    while live_group_members(child) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert live_group_members(child) == []
+    assert group_left_after(child) == []
     staged = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".dataset."))
     assert len(staged) == 1 and staged[0].startswith(".dataset.partial-")  # left behind, hidden, never renamed

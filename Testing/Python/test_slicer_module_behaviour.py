@@ -77,34 +77,21 @@ def test_background_export_dies_with_a_crashed_slicer(app, inputs, tmp_path):
     """A parent (standing in for a Slicer that crashes) starts the panel's export worker and exits without
     cancelling once a sample is written: no process of the worker's group is left a few seconds later."""
     import json
-    import subprocess
-    import sys
 
-    from test_background import live_group_members
+    from test_background import group_left_after, run_and_abandon
 
     ct, segmentation = inputs
     job = prepare_scene_export(app.scene, ct, segmentation, tmp_path / "orphan", view="carm-ap", views_per_ct=1000,
                                size=128, physics="none", seed=3)
     job_json = tmp_path / "job.json"
     job_json.write_text(json.dumps(job.to_dict()))
-    script = (
-        "import json, os, sys, time\n"
-        "from pathlib import Path\n"
+    worker = run_and_abandon(
+        "import json\n"
         "from XraySegSimLib.export_process import ExportProcess\n"
         "from XraySegSimLib.scene_export import SceneExportJob\n"
         f"job = SceneExportJob.from_dict(json.loads(Path({str(job_json)!r}).read_text()))\n"
-        "run = ExportProcess.start(job)\n"
-        "while not list((Path(job.root) / 'sidecars').glob('*.json')):\n"
-        "    time.sleep(0.05)\n"
-        "print(run.pid, flush=True)\n"
-        "os._exit(0)\n")
-    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert parent.returncode == 0, parent.stderr
-    worker = int(parent.stdout.split()[-1])
-    deadline = time.monotonic() + 20
-    while live_group_members(worker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert live_group_members(worker) == []
+        "run = ExportProcess.start(job)", "list((Path(job.root) / 'sidecars').glob('*.json'))")
+    assert group_left_after(worker) == []
     assert 1 <= len(list((job.root / "sidecars").glob("*.json"))) < 1000  # it stopped; what it finished stays
 
 
