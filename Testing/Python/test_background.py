@@ -156,6 +156,26 @@ def test_next_stages_share_the_staged_folder_and_one_that_cannot_start_leaves_no
     assert run.poll() is status  # final
 
 
+@pytest.mark.parametrize("percent_lines", [True, False])
+def test_percent_lines_are_progress_spread_over_the_stages(tmp_path, percent_lines):
+    """The label jobs' progress: "  45% affine" on stderr in step 2 of 2 is 0.725 of the run, labelled, and no
+    message line; without ``percent_lines`` the run is busy (fraction None) and the line is a message."""
+    gate = tmp_path / "gate"
+    second = [sys.executable, "-c", "import pathlib, sys, time\nprint('  45% affine', file=sys.stderr, flush=True)\n"
+              "while not pathlib.Path(sys.argv[1]).exists():\n    time.sleep(0.02)\n", str(gate)]
+    run = BackgroundProcess([sys.executable, "-c", "pass"], tmp_path / "out", next_stages=[second], name="transfer",
+                            percent_lines=percent_lines).start()
+    deadline = time.monotonic() + 60
+    while "affine" not in (status := run.poll()).message and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gate.touch()
+    assert status.state is RunState.RUNNING and status.message == "transfer (step 2/2): " + \
+        ("affine" if percent_lines else "45% affine")
+    assert status.fraction == (pytest.approx(0.725) if percent_lines else None)
+    final = run.wait(timeout=60)
+    assert final.state is RunState.SUCCEEDED and ("  45% affine" in final.stderr_tail) is not percent_lines
+
+
 @pytest.mark.slow
 def test_out_of_memory_and_cli_errors_are_one_line(tmp_path):
     script = "import numpy\nnumpy.ones(1 << 62, dtype=numpy.uint8)\n"  # 4 EiB: refused at once
