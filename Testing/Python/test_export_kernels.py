@@ -85,6 +85,10 @@ def test_fused_sample_kernels_equal_the_reference_path(n_classes, tmp_path):
     expected = overlay_rgb(gray, masks.astype(bool), top.astype(np.uint8), classes)
     assert np.array_equal(preview_rgb(gray, masks, top, colors, present, bits), expected)
     assert np.array_equal(preview_rgb(gray, masks, top, colors, present), expected)
+    hatched = expected.copy()  # the export's ignored pixels: magenta on every 8th diagonal, 2 pixels wide
+    hatched[ignored & (np.add.outer(np.arange(ignored.shape[0]), np.arange(ignored.shape[1])) % 8 < 2)] = (255, 0, 255)
+    assert np.array_equal(preview_rgb(gray, masks, top, colors, present, bits, hatch=ignored), hatched)
+    assert np.array_equal(preview_rgb(gray, masks, top, colors, present, hatch=ignored), hatched)
     write_png_fast(tmp_path / "p.png", expected)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "p.png")), expected)
 

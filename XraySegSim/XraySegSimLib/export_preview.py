@@ -34,8 +34,14 @@ def _outline_color(out, r, col, g, colors):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _overlay_bits_kernel(gray, bits, top, colors, keep, alpha, out):  # pragma: no cover - compiled
     """<= 64 classes: ``bits`` holds each pixel's classes, so its outlines are ``bits & ~(4 neighbours' bits)``
-    and the highest such class is drawn (the last outline drawn wins in ``overlay_rgb``)."""
+    and the highest such class is drawn (the last outline drawn wins in ``overlay_rgb``). The fill is looked up
+    in a (label, gray) table made by ``_blend`` itself (the same bytes, 16k blends instead of one per pixel)."""
     rows, cols = gray.shape
+    n_labels = colors.shape[0] + 1
+    lut = np.empty((n_labels, 256, 3), np.uint8)
+    for label in range(n_labels):
+        for g in range(256):
+            _blend(lut, label, g, np.float32(g), label, colors, keep, alpha)
     zero = np.uint64(0)
     for r in range(rows):
         for col in range(cols):
@@ -51,7 +57,22 @@ def _overlay_bits_kernel(gray, bits, top, colors, keep, alpha, out):  # pragma: 
                         g -= 1
                     _outline_color(out, r, col, g, colors)
                     continue
-            _blend(out, r, col, np.float32(gray[r, col]), top[r, col], colors, keep, alpha)
+            label, value = top[r, col], gray[r, col]
+            out[r, col, 0] = lut[label, value, 0]
+            out[r, col, 1] = lut[label, value, 1]
+            out[r, col, 2] = lut[label, value, 2]
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _hatch_kernel(out, hatch):  # pragma: no cover - compiled
+    """Magenta on the pixels of ``hatch`` that lie on every 8th diagonal stripe (2 pixels wide)."""
+    rows, cols = hatch.shape
+    for r in range(rows):
+        for col in range(cols):
+            if hatch[r, col] and (r + col) % 8 < 2:
+                out[r, col, 0] = 255
+                out[r, col, 1] = 0
+                out[r, col, 2] = 255
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -74,10 +95,12 @@ def _overlay_planes_kernel(gray, masks, top, colors, order, keep, alpha, out):  
 
 
 def preview_rgb(gray: np.ndarray, masks: np.ndarray, top: np.ndarray, colors_rgb01: Sequence[Sequence[float]],
-                present: Sequence[int], bits: np.ndarray | None = None, fill_alpha: float = 0.35) -> np.ndarray:
+                present: Sequence[int], bits: np.ndarray | None = None, fill_alpha: float = 0.35,
+                hatch: np.ndarray | None = None) -> np.ndarray:
     """Exactly ``overlay.overlay_rgb(gray, masks.astype(bool), top, classes)`` (float32 blend, 4-neighbour
     outlines, later classes on top), in one pass. ``present``: 1-based indices of the classes with pixels;
-    ``bits``: the per-pixel class bit sets of :func:`sample_masks` (<= 64 classes), faster than the planes."""
+    ``bits``: the per-pixel class bit sets of :func:`sample_masks` (<= 64 classes), faster than the planes;
+    ``hatch`` (H, W) bool: magenta on its pixels where ``(row + column) % 8 < 2`` (the export's ignored pixels)."""
     colors = np.array(list(colors_rgb01) or [(0, 0, 0)], np.float32) * 255
     out = np.empty(gray.shape + (3,), np.uint8)
     gray = np.ascontiguousarray(gray, np.uint8)
@@ -89,6 +112,8 @@ def preview_rgb(gray: np.ndarray, masks: np.ndarray, top: np.ndarray, colors_rgb
     else:
         order = np.array(sorted((int(c) - 1 for c in present), reverse=True), np.int64)
         _overlay_planes_kernel(gray, masks, top, colors, order, keep, alpha, out)
+    if hatch is not None:
+        _hatch_kernel(out, np.ascontiguousarray(hatch, np.bool_))
     return out
 
 

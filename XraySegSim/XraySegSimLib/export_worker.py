@@ -127,10 +127,8 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     if config.previews:  # before with_ignored: beyond 64 classes the preview reads the 0/1 masks
         gray = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
         # Tint: the highest class index of each pixel's combination; outlines show the others.
-        rgb = preview_rgb(gray, masks, top, mapping.colors, present, bits)
-        if n_ignored:  # unknown pixels: magenta hatching
-            diagonal = np.add.outer(np.arange(ignored.shape[0]), np.arange(ignored.shape[1])) % 8 < 2
-            rgb[ignored & diagonal] = (255, 0, 255)
+        # Unknown pixels: magenta hatching.
+        rgb = preview_rgb(gray, masks, top, mapping.colors, present, bits, hatch=ignored if n_ignored else None)
         write_png_fast(layout.preview(case), rgb)
     # Unknown pixels: IGNORE_MASK_VALUE in every class plane, written over the masks (no copy).
     stack = with_ignored(masks, ignored, IGNORE_MASK_VALUE, in_place=True) if n_ignored and not fused else masks
