@@ -72,6 +72,23 @@ def test_background_export_cancel_and_killed_worker_leave_nothing_half_written(a
 
 
 @pytest.mark.slow
+def test_a_cancelled_export_killed_after_its_grace_time_says_so(app, inputs, tmp_path):
+    """grace_s = 0: the first poll after Cancel kills the worker; the message says it was our kill (not the
+    system's out-of-memory killer) and the finished samples are kept, none half-written."""
+    ct, segmentation = inputs
+    job = prepare_scene_export(app.scene, ct, segmentation, tmp_path / "grace", view="carm-ap", views_per_ct=1000,
+                               size=128, physics="none", seed=3)
+    run = ExportProcess.start(job, grace_s=0.0)
+    _wait_for_progress(run)
+    run.request_cancel()
+    status = run.wait(timeout=120)
+    assert status.state == "cancelled", status
+    assert status.message.startswith("cancelled; the export worker had not stopped 0 s after Cancel and was killed "
+                                     f"after {status.done}/1000 samples")
+    assert "memory" not in status.message and "tick Resume" in status.message and not _partial_files(job.root)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix" or not pathlib.Path("/proc").is_dir(), reason="process groups, /proc")
 def test_background_export_dies_with_a_crashed_slicer(app, inputs, tmp_path):
     """A parent (standing in for a Slicer that crashes) starts the panel's export worker and exits without

@@ -142,9 +142,12 @@ class ExportProcess:
             self._final = ExportStatus(state, report["n_ok"], self.total, text, root)
             return self._final
         remove_partial_files(root)
-        what = describe_failure(code if code is not None else -signal.SIGKILL, "", "the export worker")
-        if self._cancelled:
-            what = "cancelled; " + what
+        if self._cancelled and code == -getattr(signal, "SIGKILL", 9):  # our kill, grace_s after the SIGTERM
+            what = f"cancelled; the export worker had not stopped {self.run.kill_grace_s:g} s after Cancel and " \
+                   "was killed"
+        else:
+            what = describe_failure(code if code is not None else -signal.SIGKILL, "", "the export worker")
+            what = "cancelled; " + what if self._cancelled else what
         last = status.stderr_tail[-1].strip() if status.stderr_tail else ""
         message = f"{what} after {self.done}/{self.total} samples" + (f": {last}" if last else "") + \
             "; the finished samples are kept (tick Resume to continue)"
