@@ -1,11 +1,12 @@
 """``python -m XraySegInferLib.child ARGS``: ``xrayseg ARGS`` as a background child that dies with its parent.
 
 :class:`XraySegSimLib.background.BackgroundProcess` puts its own pid in ``XRAYSEG_PARENT_PID``. When that
-process is gone without having cancelled the run (Slicer crashed or was closed), a watchdog thread here kills
-the child's whole process group (pool workers included) within ``WATCH_PERIOD_S``, instead of letting it go on
-computing and writing. It watches that pid, not ``getppid()``: a launcher such as Slicer's ``PythonSlicer``
-may stand between the two. POSIX only (on Windows ``os.kill`` would terminate the process it probes). Without
-the variable this is plain ``xrayseg``.
+process is gone without having cancelled the run (Slicer crashed or was closed), a watchdog thread
+(``XraySegSimLib.process_guard.watch_parent``, which the export worker uses too) kills the child's whole
+process group (pool workers included) within ``WATCH_PERIOD_S``, instead of letting it go on computing and
+writing. It watches that pid, not ``getppid()``: a launcher such as Slicer's ``PythonSlicer`` may stand
+between the two. POSIX only (on Windows ``os.kill`` would terminate the process it probes). Without the
+variable this is plain ``xrayseg``.
 """
 
 from __future__ import annotations
