@@ -151,6 +151,23 @@ def test_bad_input_gets_a_clear_message_and_exit_status_2(phantom_files, tmp_pat
     assert not out.exists()  # nothing half-made
 
 
+@pytest.mark.parametrize("which", ["ct", "labels", "pairs-row"])
+def test_export_of_a_missing_file_makes_no_dataset_folder(phantom_files, tmp_path, capsys, which):
+    ct, labels, _ = phantom_files
+    missing = tmp_path / "missing.nii.gz"
+    if which == "pairs-row":  # the second row of a batch names a CT that is not there
+        pairs = tmp_path / "pairs.csv"
+        pairs.write_text(f"ct,labels\n{ct},{labels}\nmissing.nii.gz,{labels}\n")
+        inputs = ["--pairs", str(pairs)]
+    else:
+        inputs = ["--ct", str(missing if which == "ct" else ct), "--labels", str(missing if which == "labels" else labels)]
+    out = tmp_path / "out"
+    status = main(["export", *inputs, "--views-per-ct", "1", "--size", "32", "--quiet", "--out", str(out)])
+    assert status == 2
+    assert f"file not found: {missing}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_console_script_help_explains_every_option():
     done = subprocess.run([sys.executable, "-m", "XraySegInferLib.entry", "render", "--help"], capture_output=True,
                           text=True)

@@ -101,7 +101,7 @@ def _low_high(text: str, option: str) -> list[float]:
 
 def run_export_command(args: argparse.Namespace) -> int:
     from .export import DEFAULT_RANGES, ExportConfig, run_export
-    from .export_inputs import discover_folder, load_mapping, read_pairs_csv, single_case
+    from .export_inputs import check_cases_exist, discover_folder, load_mapping, read_pairs_csv, single_case
 
     given = [x for x in (args.ct, args.folder, args.pairs) if x is not None]
     if len(given) != 1:
@@ -113,6 +113,7 @@ def run_export_command(args: argparse.Namespace) -> int:
         cases = discover_folder(args.folder)
     else:
         cases = read_pairs_csv(args.pairs)
+    check_cases_exist(cases)
     mapping = load_mapping(args.classes, args.names)
     ranges = dict(DEFAULT_RANGES)
     for item in args.range:

@@ -171,6 +171,16 @@ def single_case(ct: str | Path, labels: str | Path | None, ct_id: str | None = N
     return _unique_ids([CaseInput(ct_id or strip_suffix(Path(ct).name), str(ct), str(labels) if labels else None)])
 
 
+def check_cases_exist(cases: Sequence[CaseInput]) -> None:
+    """Refuse, before any output is made, a case whose CT or labels path does not exist (a batch export otherwise
+    creates the dataset folder and reports the case as a failed CT)."""
+    for case in cases:
+        for what, path in (("CT", case.ct), ("labels", case.labels)):
+            if path is not None and not Path(path).exists():
+                raise InputError(f"{what} of {case.ct_id}: file not found: {path}; check the path (relative paths in "
+                                 "a --pairs CSV are relative to the CSV's folder)")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Classes
 
