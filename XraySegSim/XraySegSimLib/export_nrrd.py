@@ -31,13 +31,15 @@ def _without_time_stamp(data: bytes) -> bytes:
 
 
 def _write_nrrd(path: Path, array: np.ndarray, header: dict[str, Any]) -> None:
-    """pynrrd's header and data; 8-bit gzip data from :func:`gzip_runs` (the same decoded bytes, much faster).
-    No time stamp: the same content gives the same bytes."""
+    """pynrrd's header and data; 8-bit gzip data from :func:`gzip_runs` (the same decoded bytes, much faster),
+    raw data written straight after pynrrd's header (the same bytes as ``nrrd.write``, which was read back to
+    drop its time stamp). No time stamp: the same content gives the same bytes."""
     import nrrd
 
     array = np.ascontiguousarray(array)
     with atomic_path(path) as tmp:
-        if header.get("encoding") == "gzip" and array.dtype.itemsize == 1:  # byte runs: uint8 masks and labels
+        runs = header.get("encoding") == "gzip" and array.dtype.itemsize == 1  # byte runs: uint8 masks, labels
+        if runs or header.get("encoding") == "raw":  # raw: pynrrd's bytes without its file round trip
             try:
                 from nrrd.writer import _handle_header, _write_header
             except ImportError:  # pragma: no cover - another pynrrd: its own writer
@@ -47,7 +49,7 @@ def _write_nrrd(path: Path, array: np.ndarray, header: dict[str, Any]) -> None:
                 _write_header(buffer, _handle_header(array, dict(header), "C"))
                 with open(tmp, "wb") as handle:
                     handle.write(_without_time_stamp(buffer.getvalue()))
-                    handle.write(gzip_runs(array))
+                    handle.write(gzip_runs(array) if runs else memoryview(array).cast("B"))
                 return
         nrrd.write(str(tmp), array, header, index_order="C", compression_level=GZIP_LEVEL)
         tmp.write_bytes(_without_time_stamp(tmp.read_bytes()))
