@@ -28,7 +28,11 @@ On a shared machine the wall-clock figures move with other people's load, so the
   outside the window;
 * ``engine_cpu_ms_per_render``: mean CPU time of one ``DrrProjector.render`` (same threads and geometries);
 * ``ratio_cpu`` = engine CPU / export CPU per sample: the share of the export's work that is rendering, i.e.
-  the steady/engine ratio the export reaches when it has its cores to itself.
+  the steady/engine ratio the export reaches when it has its cores to itself;
+* with 2+ workers, ``engine_cpu_ms_per_render_side_by_side`` and ``ratio_cpu_side_by_side``: the same with
+  ``workers - 1`` other engine processes rendering meanwhile, as the export's workers render side by side. A
+  render alone has the caches and memory bandwidth to itself; ``ratio_cpu`` counts the cost of sharing them
+  (~10 % per 512^2 render here) as export overhead, this one does not.
 
 ``--repeats N`` runs each configuration N times (engine measured after each run) and reports medians.
 
@@ -55,8 +59,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "XraySegSim"))
 
 
-def engine_rate(size: int, workers: int, cts: int, views: int) -> tuple[float, float]:
-    """(samples/s of ``workers`` engines, CPU ms of one render), over the export's own geometries."""
+def engine_rate(size: int, workers: int, cts: int, views: int, concurrent: bool = False,
+                load_forever: bool = False) -> tuple[float, float]:
+    """(samples/s of ``workers`` engines, CPU ms of one render), over the export's own geometries.
+
+    ``concurrent``: ``workers - 1`` other engine processes render the same views meanwhile, as the export's
+    workers do side by side (shared caches and memory bandwidth). ``load_forever``: be such a process."""
     from XraySegSimLib import DrrProjector
     from XraySegSimLib.export import ExportConfig, available_cores
     from XraySegSimLib.export_geometry import random_geometry, sample_rng
@@ -74,12 +82,27 @@ def engine_rate(size: int, workers: int, cts: int, views: int) -> tuple[float, f
     geometries = [random_geometry(config, iso, sample_rng(config.seed, f"chest{i}", v))[0]
                   for i in range(cts) for v in range(views)]
     projector.render(geometries[0])  # kernel load
+    if load_forever:
+        print("ready", flush=True)
+        while True:
+            for geometry in geometries:
+                projector.render(geometry)
+    others = []
+    if concurrent:
+        for _ in range(workers - 1):
+            others.append(subprocess.Popen([sys.executable, __file__, "--engine-load", str(size), str(workers),
+                                            str(cts), str(views)], stdout=subprocess.PIPE, text=True))
+        for other in others:
+            other.stdout.readline()  # "ready": CT loaded, kernel compiled
     times, cpu = [], []
     for geometry in geometries:
         t0, c0 = time.perf_counter(), time.process_time()
         projector.render(geometry)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+    for other in others:
+        other.kill()
+        other.wait()
     return workers / statistics.mean(times), 1000 * statistics.mean(cpu)
 
 
@@ -158,7 +181,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--physics", default="none")
     parser.add_argument("--output", type=Path, default=REPO / "bench-results" / "export.json")
+    parser.add_argument("--engine-load", type=int, nargs=4, metavar=("SIZE", "WORKERS", "CTS", "VIEWS"),
+                        help=argparse.SUPPRESS)  # internal: one of the concurrent engines
     args = parser.parse_args()
+    if args.engine_load:
+        engine_rate(*args.engine_load, load_forever=True)
     from XraySegSimLib.export import available_cores
 
     print(f"load: {os.getloadavg()}, cores: {available_cores()}")
@@ -166,10 +193,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             for workers in args.workers:
-                runs, engines = [], []
+                runs, engines, side_by_side = [], [], []
                 for repeat in range(args.repeats):
                     runs.append(run_one(size, workers, args.cts, args.views, args.physics, Path(tmp), f"_{repeat}"))
                     engines.append(engine_rate(size, workers, args.cts, args.views))
+                    if workers > 1:
+                        side_by_side.append(engine_rate(size, workers, args.cts, args.views, concurrent=True))
                 row = dict(runs[0])
                 for key in ("samples_per_s", "steady_samples_per_s", "per_ct_samples_per_s", "wall_s",
                             "cpu_ms_per_sample"):
@@ -181,6 +210,11 @@ def main() -> None:
                 row["ratio_per_ct_vs_engine"] = round(row["per_ct_samples_per_s"] / row["engine_samples_per_s"], 3)
                 row["engine_cpu_ms_per_render"] = round(statistics.median(e[1] for e in engines), 1)
                 row["ratio_cpu"] = round(row["engine_cpu_ms_per_render"] / row["cpu_ms_per_sample"], 3)
+                if side_by_side:
+                    row["engine_cpu_ms_per_render_side_by_side"] = round(statistics.median(e[1] for e in side_by_side),
+                                                                         1)
+                    row["ratio_cpu_side_by_side"] = round(row["engine_cpu_ms_per_render_side_by_side"]
+                                                          / row["cpu_ms_per_sample"], 3)
                 row["load_avg_1min"] = round(os.getloadavg()[0], 2)
                 rows.append(row)
                 print(json.dumps(row))
