@@ -117,9 +117,10 @@ train-lumbar: setup
 	$(PY) tools/train-lumbar/train.py --threads 2
 
 # The proximal-femur 3D V-Net demonstrator (issue 14 B): both femurs of the abdomen-pelvis sample CT, held out by
-# side both ways; bundles Resources/Models/femur/. See tools/train-femur/train.py.
+# side both ways (~5 min per fold); bundles Resources/Models/femur/, then the hip-phantom study (~45 min) that its
+# card reports. See tools/train-femur/train.py.
 train-femur: setup
-	$(PY) tools/train-femur/train.py --threads 2
+	$(PY) tools/train-femur/train.py --threads 1
 
 clean:
 	rm -rf out bench-results Testing/Artifacts .pytest_cache

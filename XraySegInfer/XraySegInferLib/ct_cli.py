@@ -45,6 +45,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--l2", type=float, default=1e-4, help="lambda of the L2 weight penalty (default 1e-4)")
     train.add_argument("--full-vnet", action="store_true", help="MONAI's full-size VNet (45.6 M parameters)")
+    train.add_argument("--norm", choices=("instance", "batch"), default="instance",
+                       help="normalisation of the compact V-Net (default instance; batch: MONAI's blocks as they are)")
+    train.add_argument("--no-flip", action="store_true", help="no random left-right flips in the augmentation")
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     train.add_argument("--threads", type=int)
     train.add_argument("--seed", type=int, default=0)
@@ -110,7 +113,9 @@ def run_ct_train(args) -> int:
     set_torch_threads(args)
     config = CtTrainConfig(steps=args.steps, batch_size=args.batch_size, patch_size=tuple(args.patch_size),
                            spacing_mm=tuple(args.spacing), learning_rate=args.lr, l2_weight=args.l2,
-                           architecture={"name": "vnet"} if args.full_vnet else dict(DEFAULT_ARCHITECTURE),
+                           architecture={"name": "vnet"} if args.full_vnet else dict(DEFAULT_ARCHITECTURE,
+                                                                                     norm=args.norm),
+                           flip=not args.no_flip,
                            seed=args.seed, device=args.device, name=args.name,
                            oversample=[[text, _factor(factor)] for text, factor in args.oversample],
                            init_from=str(args.init_from) if args.init_from else "")

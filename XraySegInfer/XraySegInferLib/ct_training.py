@@ -48,6 +48,7 @@ class CtTrainConfig:
     # among many phantom femurs): [[text, factor], ...].
     oversample: list[list[Any]] = field(default_factory=list)
     init_from: str = ""  # a 3D model package whose weights start the run (fine-tuning); empty: random start
+    flip: bool = True  # random left-right flips (off: the augmentation of the first bundled femur model)
 
 
 def l2_penalty(network) -> Any:
@@ -64,13 +65,14 @@ def dice_l2_loss(network, logits, target, l2_weight: float):
     return dice + l2_weight * l2, dice, l2
 
 
-def _augmentation(seed: int):
+def _augmentation(seed: int, flip: bool = True):
     from monai.transforms import (Compose, RandAffined, RandFlipd, RandGaussianNoised, RandScaleIntensityd,
                                   RandShiftIntensityd)
 
+    # Left-right flips: one network for either side (a left femur mirrored is a right one).
+    flips = [RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2)] if flip else []
     transforms = Compose([
-        # Left-right flips: one network for either side (a left femur mirrored is a right one).
-        RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),
+        *flips,
         RandAffined(keys=("image", "label"), prob=0.8, rotate_range=(0.17, 0.17, 0.17), scale_range=(0.1,) * 3,
                     mode=("bilinear", "nearest"), padding_mode="border"),
         RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
@@ -110,10 +112,12 @@ def _batch(volumes: list[tuple[np.ndarray, np.ndarray]], foreground: list[np.nda
     import torch
 
     rng = np.random.default_rng([config.seed, step])
-    transforms = _augmentation(int(rng.integers(2 ** 31)))
+    transforms = _augmentation(int(rng.integers(2 ** 31)), config.flip)
+    uniform = bool(np.allclose(weights, weights[0]))
     images, labels = [], []
     for _ in range(config.batch_size):
-        index = int(rng.choice(len(volumes), p=weights))
+        # Uniform draws as before oversampling existed, so that earlier runs are reproduced.
+        index = int(rng.integers(len(volumes))) if uniform else int(rng.choice(len(volumes), p=weights))
         image, label = volumes[index]
         if rng.random() < config.foreground_fraction and len(foreground[index]):
             centre = foreground[index][int(rng.integers(len(foreground[index])))]
