@@ -32,7 +32,7 @@ On a shared machine the wall-clock figures move with other people's load, so the
 * with 2+ workers, ``engine_cpu_ms_per_render_side_by_side`` and ``ratio_cpu_side_by_side``: the same with
   ``workers - 1`` other engine processes rendering meanwhile, as the export's workers render side by side. A
   render alone has the caches and memory bandwidth to itself; ``ratio_cpu`` counts the cost of sharing them
-  (~10 % per 512^2 render here) as export overhead, this one does not.
+  as export overhead, this one does not (0-4 % per 512^2 render on the 2-core machine here).
 
 ``--repeats N`` runs each configuration N times (engine measured after each run) and reports medians.
 
