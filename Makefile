@@ -63,9 +63,11 @@ train-sample: setup
 # The bundled wrist model (issue 13): 24 virtual wrists (xrayseg phantom wrist, seeds 0-23) and 6 unseen ones
 # (seeds 1000-1005); 10 views of each training wrist at any rotation about the forearm (lao -60..150 deg around
 # wrist-pa covers PA, both obliques and the lateral), the carpals kept in the field of view (isocentre 15-35 mm
-# distal of the labels' centroid, 0.6-0.7 mm pixels); one test export per view preset; training in two phases
+# distal of the labels' centroid, 0.6-0.7 mm pixels); one test export per view preset; training in phases
 # (tools/train-wrist/config.json: 1500 steps, then warm restarts resumed to 3500 steps with config-phase2.json
-# and to 5500 steps with config-phase3.json;
+# and to 5500 steps with config-phase3.json; then a lateral phase to 8500 steps with config-phase4.json on the main
+# export merged with 5 lateral and near-lateral views (lao 60..120 deg) of each training wrist, the best checkpoint
+# chosen afresh on the merged set's validation wrists;
 # one thread: on the loaded, shared 2-core machine two torch threads stalled, ~20 s per step); Dice per bone and per view
 # into the card; Resources/Models/wrist/; then the README's wrist pictures.
 WRIST := out/train-wrist
@@ -75,7 +77,7 @@ WRIST_VIEWS := wrist-pa wrist-oblique-pronated wrist-lateral wrist-oblique-supin
 
 train-wrist: setup
 	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/phantoms --train 0-23 --test 1000-1005
-	rm -rf $(WRIST)/train $(WRIST)/test $(WRIST)/run $(WRIST)/eval
+	rm -rf $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/train-merged $(WRIST)/test $(WRIST)/run $(WRIST)/eval
 	$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
 		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 611 \
 		--dataset-name WristPhantoms --out $(WRIST)/train
@@ -88,6 +90,14 @@ train-wrist: setup
 		--resume --threads 1 --out $(WRIST)/run
 	$(VENV)/bin/xrayseg train $(WRIST)/train/Dataset611_WristPhantoms --config tools/train-wrist/config-phase3.json \
 		--resume --threads 1 --out $(WRIST)/run
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
+		--range lao_deg=60,120 --views-per-ct 5 --seed 2 --test-fraction 0 --dataset-id 613 \
+		--dataset-name WristLateral --out $(WRIST)/train-lateral
+	$(PY) tools/train-wrist/merge_exports.py $(WRIST)/train $(WRIST)/train-lateral \
+		--out $(WRIST)/train-merged/Dataset614_WristMerged
+	rm -f $(WRIST)/run/checkpoint_best.safetensors
+	$(VENV)/bin/xrayseg train $(WRIST)/train-merged/Dataset614_WristMerged \
+		--config tools/train-wrist/config-phase4.json --resume --threads 1 --out $(WRIST)/run
 	$(PY) tools/train-wrist/bundle.py --run $(WRIST) --out Resources/Models/wrist
 	$(PY) tools/train-wrist/figures.py --model Resources/Models/wrist
 

@@ -104,8 +104,23 @@ def amend_card(card: dict, run: Path, per_view: dict) -> dict:
                                                           "randomize_physics", "seed", "ranges")},
         "recipe": "make train-wrist (xrayseg train --config tools/train-wrist/config.json: 1500 steps; then warm "
                   "restarts, xrayseg train --resume with config-phase2.json to 3500 steps and config-phase3.json "
-                  "to 5500 steps)",
+                  "to 5500 steps; then config-phase4.json to 8500 steps on the main export merged with the lateral "
+                  "export (tools/train-wrist/merge_exports.py), the best checkpoint chosen afresh on that set's "
+                  "validation wrists)",
     }
+    lateral = next((run / "train-lateral").glob("Dataset*/export.json"), None)
+    if lateral is not None:  # the lateral phase: more lateral and near-lateral views of the same training wrists
+        config = json.loads(lateral.read_text())["config"]
+        card["training"]["data"]["lateral_export"] = {k: config.get(k) for k in ("view", "views_per_ct", "size",
+                                                                                 "physics", "seed", "ranges")}
+    if not (run / "run" / "checkpoint_best.safetensors").is_file():
+        # The lateral phase chose afresh (make train-wrist removes the older best) and none beat the earlier best
+        # on the harder merged validation set, so the package holds the last step's weights: say so.
+        last = json.loads((run / "run" / "history.json").read_text())[-1]
+        card["metrics"]["validation"] = {
+            "on": "held-out CTs (merged export), last step: the weights are the last step's", "step": last["step"],
+            "mean_dice": last["val_dice"], "dice_per_class": dict(zip([c["name"] for c in card["classes"]],
+                                                                      last["val_dice_per_class"]))}
     card["limitations"] = LIMITATIONS
     card["intended_use"] = "research and software testing; not for clinical use"
     return card
@@ -144,6 +159,8 @@ def readme(card: dict) -> str:
         "## Training data", "",
         f"- {card['training']['data']['phantoms']}",
         f"- export: {json.dumps(card['training']['data']['train_export'])}",
+        *([f"- lateral export: {json.dumps(card['training']['data']['lateral_export'])}"]
+          if "lateral_export" in card["training"]["data"] else []),
         f"- classes: {card['training']['data']['class_mapping']}", "",
         "## Dice per bone and per view on unseen virtual wrists", "",
         test["held_out"], "",
