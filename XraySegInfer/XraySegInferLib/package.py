@@ -185,8 +185,8 @@ def update_card(folder: str | Path, card: dict) -> None:
 
 def seal_package(folder: str | Path) -> Path:
     """Accept the package's current card and weights (after a deliberate edit): check that the card is a card
-    and its weights hash holds, then rewrite ``manifest.json``."""
-    card, folder = read_card(folder)
+    (a 2D radiograph model's or a 3D CT model's) and its weights hash holds, then rewrite ``manifest.json``."""
+    card, folder = _read_any_card(folder)
     weights = folder / card["weights"].get("file", WEIGHTS_FILE)
     if not weights.is_file():
         raise ModelPackageError(f"{folder}: the weights file {weights.name} is missing")
@@ -194,6 +194,24 @@ def seal_package(folder: str | Path) -> Path:
         raise ModelPackageError(f"{weights}: its SHA-256 does not match the card's; a seal covers the card only, "
                                 "the weights must be the ones the card names")
     return write_manifest(folder)
+
+
+def _read_any_card(path: str | Path) -> tuple[dict, Path]:
+    """(card, folder) of a 2D package (checked by :func:`read_card`) or of a 3D CT package (``ct_package``)."""
+    from .ct_package import CT_CARD_FORMAT
+
+    path = Path(path)
+    card_path = path / CARD_FILE if path.is_dir() else path
+    try:
+        is_ct = json.loads(card_path.read_text()).get("format") == CT_CARD_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_ct = False  # read_card says what is wrong
+    if not is_ct:
+        return read_card(path)
+    card = json.loads(card_path.read_text())
+    if not isinstance(card.get("weights"), dict) or "architecture" not in card:
+        raise ModelPackageError(f"{card_path}: the 3D model card lacks its weights or architecture")
+    return card, card_path.parent
 
 
 def verify_manifest(folder: Path, card: dict) -> None:
