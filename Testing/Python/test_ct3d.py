@@ -293,3 +293,105 @@ def test_a_volume_smaller_than_the_patch_is_padded_with_air_as_in_training():
     with torch.inference_mode():
         expected = torch.softmax(network(torch.from_numpy(padded)[None, None]), 1)[0, 1].numpy()[3:13, 2:14, 1:15]
     assert np.allclose(model.probability(volume), expected, atol=1e-5)
+
+
+def test_half_body_training_case_is_the_training_sides_half_cut_at_the_femur_midline(tmp_path):
+    """--train-region half-body: the training case is the right half of the whole CT (never a voxel of the held-out
+    left femur), labelled with the right femur inside the crop rule's slab; the test case is still the mirrored crop."""
+    import SimpleITK as sitk
+    from conftest import write_image
+
+    from XraySegInferLib.ct_sides import x_of_voxels
+    from XraySegInferLib.femur_data import write_femur_dataset
+
+    labels = np.zeros((100, 40, 80), np.uint8)  # [k, j, i], 2 mm voxels
+    labels[10:90, 15:25, 10:20] = 75  # femur_right (low i = low LPS x), top at k = 89
+    labels[20:80, 15:25, 60:70] = 76  # femur_left
+    ct = np.where(labels > 0, 700, 0).astype(np.int16)
+    ct[:, :, 40:] += 1  # marks the left half (i >= 40): none of it may reach the training case
+    affine = np.diag([-2.0, -2.0, 2.0, 1.0])  # RAS affine: LPS x = +2 i, so high i is the patient's left
+    write_image(ct, affine, tmp_path / "ct.nii.gz")
+    write_image(labels, affine, tmp_path / "labels.nii.gz")
+    image = sitk.ReadImage(str(tmp_path / "ct.nii.gz"))
+    x = x_of_voxels(image)
+    for kji in ((0, 0, 0), (7, 3, 61), (99, 39, 79)):
+        assert x[kji] == pytest.approx(image.TransformIndexToPhysicalPoint(tuple(int(v) for v in kji[::-1]))[0])
+    root = write_femur_dataset(tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz",
+                               {75: "femur_right", 76: "femur_left"}, tmp_path / "out", train_side="right",
+                               train_region="half-body")
+    crops = json.loads((root / "crops.json").read_text())["crops"]
+    train = crops["body0_right"]
+    # Femur centroids at i = 14.5 and 64.5: midline i = 39.5 (LPS x 79 mm), so the right half is i = 0..39.
+    assert train["midline_x_mm"] == 79.0
+    assert train["first_index_ijk"] == [0, 0, 0] and train["size_ijk"] == [40, 40, 100]
+    train_ct = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "imagesTr" / "body0_right_0000.nii.gz")))
+    train_label = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "labelsTr" / "body0_right.nii.gz")))
+    assert train_ct.shape == (100, 40, 40) and np.array_equal(train_ct, ct[:, :, :40])  # no left femur voxel
+    assert train_label.sum() == 10 * 10 * 56  # top k = 89; the slab (110 mm below, 10 above) holds k = 34..89
+    assert crops["body0_left_mirrored"]["split"] == "test" and "midline_x_mm" not in crops["body0_left_mirrored"]
+
+
+def test_a_one_sided_model_predicts_the_other_side_mirrored_and_keeps_one_piece_per_side():
+    """ct_sides on a whole CT: the trained (right) side predicted as it is, the left one on the mirrored CT; each side
+    keeps its largest component. The network is a real convolution that looks one voxel towards +i, so a mirrored
+    prediction lands one voxel the other way: the two sides tell which way each was predicted."""
+    import SimpleITK as sitk
+    import torch
+
+    from XraySegInferLib.ct_package import CtModel
+    from XraySegInferLib.ct_sides import implausible, predict_sides
+
+    network = torch.nn.Conv3d(1, 2, (1, 1, 3), padding=(0, 0, 1))
+    with torch.no_grad():
+        network.weight.zero_()
+        network.weight[0, 0, 0, 0, 2], network.weight[1, 0, 0, 0, 2] = -10.0, 10.0
+        network.bias[:] = torch.tensor([5.0, -5.0])  # foreground where the next voxel along i is above 500 HU
+    hu = np.full((16, 16, 32), -1000, np.int16)
+    hu[4:12, 4:12, 3:9] = 1000  # right block (low LPS x)
+    hu[1, 1, 12:14] = 1000  # a small fragment on the right
+    hu[4:12, 4:12, 22:28] = 1000  # left block
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing((2.0, 2.0, 2.0))  # identity direction: LPS x = 2 i; midline at x 32 mm = i 16
+    card = {"spacing_mm": [2.0, 2.0, 2.0], "patch_size": [8, 8, 8]}
+    model = CtModel(network.eval(), dict(card, trained_side="right"), torch.device("cpu"))
+    mask, info = predict_sides(model, ct, midline_x=32.0)
+    expected = np.zeros(hu.shape, bool)
+    expected[4:12, 4:12, 2:8] = True  # as it is: one voxel towards -i
+    expected[4:12, 4:12, 23:29] = True  # mirrored: one voxel towards +i; the fragment dropped
+    assert np.array_equal(mask, expected)
+    assert info["volume_ml_per_side"] == {"left": 8 * 8 * 6 * 0.008, "right": 8 * 8 * 6 * 0.008}
+    old_mask, old_info = predict_sides(CtModel(network.eval(), card, torch.device("cpu")), ct)
+    assert "volume_ml_per_side" not in old_info and old_mask.sum() == 8 * 8 * 6  # one block: the largest piece
+    assert implausible({"volume_ml": 5749.0, "volume_ml_per_side": {"left": 2948.0, "right": 120.0}}).startswith(
+        "implausible femur volume left 2948 ml")
+    assert implausible({"volume_ml": 240.0, "volume_ml_per_side": {"left": 120.0, "right": 120.0}}) is None
+    assert implausible({"volume_ml": 5749.0}) is not None and implausible({"volume_ml": 240.0}) is None
+
+
+def test_batch_dice_charges_the_false_positives_of_a_patch_without_the_structure():
+    """Per-patch Dice: an empty patch with soft false positives scores ~1 whatever it predicts (a gradient of order
+    the smoothing term, 1e-5); batch Dice: its false positives lower the one Dice of the batch, by the
+    hand-computed amount, and push its logits down."""
+    import torch
+
+    from XraySegInferLib.ct_training import dice_l2_loss
+
+    network = torch.nn.Conv3d(1, 1, 1)
+    target = torch.zeros(2, 1, 2, 2, 2)
+    target[0, 0, 0] = 1  # patch 0: 4 foreground voxels, predicted exactly; patch 1: empty, 4 voxels predicted
+    logits = torch.full((2, 2, 2, 2, 2), -50.0)
+    logits[:, 1] = 50.0 * (2 * target[:, 0] - 1)
+    logits[1, 1, 0] = 50.0
+    logits[:, 0] = -logits[:, 1]
+    per_patch = dice_l2_loss(network, logits, target, 0.0)[1]
+    batch = dice_l2_loss(network, logits, target, 0.0, batch_dice=True)[1]
+    assert float(per_patch) == pytest.approx(0.5, abs=1e-3)  # (0 + 1) / 2
+    assert float(batch) == pytest.approx(1 - 2 * 4 / (8 + 4), abs=1e-3)  # tp 4, 8 predicted, 4 true
+    soft = logits.clone()
+    soft[1] = 0.0  # the empty patch: probability 0.5 everywhere
+    gradients = {}
+    for batch_dice in (False, True):
+        x = soft.clone().requires_grad_(True)
+        dice_l2_loss(network, x, target, 0.0, batch_dice=batch_dice)[1].backward()
+        gradients[batch_dice] = float(x.grad[1, 1].abs().max())
+    assert gradients[False] < 1e-5 < 1e-2 < gradients[True]

@@ -29,6 +29,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                       help="hip phantom folders ('xrayseg phantom hip'): both femurs of each go to imagesTr")
     data.add_argument("--ct-test-only", action="store_true",
                       help="both femurs of the CT go to imagesTs (train on the phantoms alone)")
+    data.add_argument("--train-region", choices=("crop", "half-body"), default="crop",
+                      help="the CT's training case: the crop (default) or the training side's half of the whole CT "
+                           "(cut at the midline between the femurs), so the network also sees the rest of the body")
     data.add_argument("--out", type=Path, required=True)
     data.set_defaults(handler=run_femur_data)
 
@@ -48,6 +51,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--norm", choices=("instance", "batch"), default="instance",
                        help="normalisation of the compact V-Net (default instance; batch: MONAI's blocks as they are)")
     train.add_argument("--no-flip", action="store_true", help="no random left-right flips in the augmentation")
+    train.add_argument("--foreground-fraction", type=float, default=0.7,
+                       help="share of patches centred on a label voxel; the rest anywhere in a case (default 0.7)")
+    train.add_argument("--batch-dice", action="store_true",
+                       help="one Dice over the batch, so patches away from the structure still cost their false "
+                            "positives (use with femur-data --train-region half-body)")
+    train.add_argument("--trained-side", choices=("left", "right"),
+                       help="the body side of the training cases (femur-data --train-side): the card says so, and "
+                            "ct-segment then predicts the other side of a whole CT mirrored, per side")
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     train.add_argument("--threads", type=int)
     train.add_argument("--seed", type=int, default=0)
@@ -101,7 +112,7 @@ def run_femur_data(args) -> int:
         raise InputError("--ct-test-only leaves nothing to train on; give --phantoms DIR ... as well")
     root = write_femur_dataset(args.ct, args.labels, names_table(args.names), args.out, args.train_side,
                                args.dataset_id, case_prefix=args.case_prefix, phantoms=args.phantoms,
-                               ct_test_only=args.ct_test_only)
+                               ct_test_only=args.ct_test_only, train_region=args.train_region)
     print(f"wrote {root} (train side {args.train_side}; other sides mirrored to it)")
     return 0
 
@@ -115,7 +126,8 @@ def run_ct_train(args) -> int:
                            spacing_mm=tuple(args.spacing), learning_rate=args.lr, l2_weight=args.l2,
                            architecture={"name": "vnet"} if args.full_vnet else dict(DEFAULT_ARCHITECTURE,
                                                                                      norm=args.norm),
-                           flip=not args.no_flip,
+                           flip=not args.no_flip, foreground_fraction=_fraction(args.foreground_fraction),
+                           trained_side=args.trained_side or "", batch_dice=args.batch_dice,
                            seed=args.seed, device=args.device, name=args.name,
                            oversample=[[text, _factor(factor)] for text, factor in args.oversample],
                            init_from=str(args.init_from) if args.init_from else "")
@@ -138,12 +150,24 @@ def _factor(text: str) -> float:
         raise InputError(f"--oversample TEXT FACTOR: '{text}' is not a number; give e.g. --oversample body0 16") from None
 
 
+def _fraction(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        from .errors import InputError
+
+        raise InputError(f"--foreground-fraction {value}: give a share between 0 and 1, e.g. 0.5")
+    return value
+
+
 def run_ct_segment(args) -> int:
     from .ct_segment import segment_ct
 
     set_torch_threads(args)
     summary = segment_ct(args.ct, _load(args), args.out)
-    print(f"{args.ct}: {summary['structure']} {summary['volume_ml']:.1f} ml -> {args.out}")
+    sides = summary.get("volume_ml_per_side")
+    per_side = f" (left {sides['left']:.1f}, right {sides['right']:.1f})" if sides else ""
+    print(f"{args.ct}: {summary['structure']} {summary['volume_ml']:.1f} ml{per_side} -> {args.out}")
+    if summary.get("warning"):
+        print(f"warning: {summary['warning']}", file=sys.stderr)
     return 0
 
 

@@ -3,7 +3,7 @@
 The CT is resampled to the model's spacing, predicted with a Gaussian-weighted sliding window, and the probability
 is resampled back onto the CT's own grid (linear) before the 0.5 threshold, so the labels lie exactly on the input
 grid. Only the largest connected component is kept (a proximal femur is one piece; stray bone fragments of the
-pelvis are the typical false positives).
+pelvis are the typical false positives); per side of the body for a one-sided model (``ct_sides``).
 """
 
 from __future__ import annotations
@@ -19,16 +19,29 @@ from .metrics import largest_component
 from .volume_metrics import score_case, summarise
 
 
-def predict_on_grid(model: CtModel, ct_image) -> np.ndarray:
-    """Binary mask ``[k, j, i]`` on the grid of the SimpleITK image ``ct_image`` (HU)."""
+def probability_on_grid(model: CtModel, ct_image, mirrored: bool = False) -> np.ndarray:
+    """Foreground probability ``[k, j, i]`` on the grid of the SimpleITK image ``ct_image`` (HU); ``mirrored``:
+    predicted on the CT flipped left-right (array axis i) and flipped back."""
     import SimpleITK as sitk
 
     working = resample(ct_image, model.spacing_mm, False)
-    probability = model.probability(normalise_hu(sitk.GetArrayFromImage(working).astype(np.float32)))
-    prob_image = sitk.GetImageFromArray(probability.astype(np.float32))
+    array = normalise_hu(sitk.GetArrayFromImage(working).astype(np.float32))
+    if mirrored:
+        probability = model.probability(np.ascontiguousarray(array[:, :, ::-1]))[:, :, ::-1]
+    else:
+        probability = model.probability(array)
+    prob_image = sitk.GetImageFromArray(np.ascontiguousarray(probability, dtype=np.float32))
     prob_image.CopyInformation(working)
     back = sitk.Resample(prob_image, ct_image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return largest_component(sitk.GetArrayFromImage(back) >= 0.5)
+    return sitk.GetArrayFromImage(back)
+
+
+def predict_on_grid(model: CtModel, ct_image) -> np.ndarray:
+    """Binary mask ``[k, j, i]`` on the grid of the SimpleITK image ``ct_image`` (HU), cleaned up as
+    ``ct_sides.predict_sides`` says (per side for a one-sided model, else the largest component)."""
+    from .ct_sides import predict_sides
+
+    return predict_sides(model, ct_image)[0]
 
 
 def segment_ct(ct_path: str | Path, model: CtModel, out_dir: str | Path) -> dict[str, Any]:
@@ -39,8 +52,10 @@ def segment_ct(ct_path: str | Path, model: CtModel, out_dir: str | Path) -> dict
     import SimpleITK as sitk
     from XraySegSimLib.io import write_json
 
+    from .ct_sides import implausible, predict_sides
+
     ct_image = read_image(ct_path)
-    mask = predict_on_grid(model, ct_image)
+    mask, info = predict_sides(model, ct_image)
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -51,7 +66,8 @@ def segment_ct(ct_path: str | Path, model: CtModel, out_dir: str | Path) -> dict
         voxel_ml = float(np.prod(ct_image.GetSpacing())) / 1000
         summary = {"ct": str(ct_path), "model": model.card.get("name"), "structure": model.card.get("structure"),
                    "voxels": int(mask.sum()), "volume_ml": round(float(mask.sum()) * voxel_ml, 3),
-                   "labels": {"0": "background", "1": model.card.get("structure")}}
+                   "labels": {"0": "background", "1": model.card.get("structure")}, **info,
+                   "warning": implausible(info) if model.card.get("structure") == "proximal_femur" else None}
         write_json(staging / "segmentation.json", summary)
         if out.exists():
             shutil.rmtree(out)

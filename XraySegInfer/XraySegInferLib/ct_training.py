@@ -49,6 +49,10 @@ class CtTrainConfig:
     oversample: list[list[Any]] = field(default_factory=list)
     init_from: str = ""  # a 3D model package whose weights start the run (fine-tuning); empty: random start
     flip: bool = True  # random left-right flips (off: the augmentation of the first bundled femur model)
+    # The body side the training cases show ("left"/"right"; empty: either). On a whole CT, ct-segment predicts the
+    # other side on the mirrored CT and keeps the largest component per side (ct_sides).
+    trained_side: str = ""
+    batch_dice: bool = False  # one Dice over the batch (see dice_l2_loss)
 
 
 def l2_penalty(network) -> Any:
@@ -56,11 +60,15 @@ def l2_penalty(network) -> Any:
     return sum((p ** 2).sum() for name, p in network.named_parameters() if p.ndim > 1)
 
 
-def dice_l2_loss(network, logits, target, l2_weight: float):
-    """(total, dice part, L2 part) for logits (B, 2, ...) and a binary target (B, 1, ...)."""
+def dice_l2_loss(network, logits, target, l2_weight: float, batch_dice: bool = False):
+    """(total, dice part, L2 part) for logits (B, 2, ...) and a binary target (B, 1, ...).
+
+    ``batch_dice``: one Dice over the whole batch instead of the mean of per-patch Dice. A patch without the
+    structure then still costs its false positives (its own Dice is ~1 whatever it predicts, so it gives no
+    gradient): needed when many patches lie away from the structure (femur-data --train-region half-body)."""
     from monai.losses import DiceLoss
 
-    dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True)(logits, target)
+    dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=batch_dice)(logits, target)
     l2 = l2_penalty(network)
     return dice + l2_weight * l2, dice, l2
 
@@ -225,7 +233,8 @@ def train_ct(dataset_dir: str | Path, out_dir: str | Path, config: CtTrainConfig
     while step < config.steps:
         torch.manual_seed(config.seed * 1_000_003 + step)  # dropout draws, step-seeded for exact resume
         images, labels = _batch(volumes, foreground, config, step, weights)
-        loss, dice, l2 = dice_l2_loss(network, network(images.to(device)), labels.to(device), config.l2_weight)
+        loss, dice, l2 = dice_l2_loss(network, network(images.to(device)), labels.to(device), config.l2_weight,
+                                      config.batch_dice)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -242,12 +251,15 @@ def train_ct(dataset_dir: str | Path, out_dir: str | Path, config: CtTrainConfig
         "spacing_mm": list(config.spacing_mm), "patch_size": list(config.patch_size), "hu_window": [-1000, 2000],
         "training": {"dataset": dataset.root.name, "cases": [c.case_id for c in dataset.train],
                      "steps": config.steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-                     "loss": f"Dice + {config.l2_weight:g} * sum of squared convolution weights",
+                     "loss": ("batch " if config.batch_dice else "") +
+                             f"Dice + {config.l2_weight:g} * sum of squared convolution weights",
                      "final_loss": _tail_mean(history), "seconds_this_run": round(seconds, 1),
                      "seed": config.seed, "oversample": config.oversample,
                      "init_from": Path(config.init_from).name if config.init_from else None},
         "metrics": {},
     }
+    if config.trained_side:
+        card["trained_side"] = config.trained_side
     return save_ct_package(out / "model", network.eval(), card)
 
 

@@ -10,6 +10,11 @@ femur" (head, neck, trochanters, upper shaft). Where the CT ends sooner, the cro
 Hold-out by side: the training side is cropped as it is; the other side is mirrored left-right (``sitk.Flip`` about the
 grid centre, so it keeps its physical placement) to look like the training side, and goes to imagesTs/labelsTs.
 Hip phantoms (``xrayseg phantom hip``) add both their femurs to imagesTr, mirrored the same way.
+
+``train_region="half-body"``: the CT's training case is not the crop but the training side's half of the whole CT
+(cut at the sagittal midline between the two femur centroids, so the held-out femur is never in training, not even
+as background), labelled with that femur in the crop rule's slab; the network then also sees the other bones and soft
+tissue of that half of the body. The test case stays the mirrored crop of the other side.
 """
 
 from __future__ import annotations
@@ -86,15 +91,47 @@ def _femur_crops(ct_path: str | Path, labels_path: str | Path, names: dict[int, 
                first, size, bounded)
 
 
+def _half_body(ct_path: str | Path, labels_path: str | Path, names: dict[int, str], side: str):
+    """(CT, femur label, first index, size, bounds) of ``side``'s half of the whole CT, cut at the femur midline."""
+    import SimpleITK as sitk
+
+    from .ct_data import read_image
+    from .ct_sides import side_of_voxels, x_of_voxels
+
+    ct, labels = read_image(ct_path), read_image(labels_path)
+    label_array = sitk.GetArrayFromImage(labels)
+    value_of = {n: v for v, n in names.items()}
+    x = x_of_voxels(ct)
+    femurs = {s: label_array == value_of[n] for s, n in FEMUR_NAMES.items()}
+    midline = float(np.mean([x[f].mean() for f in femurs.values()]))
+    half = side_of_voxels(x, midline)[side]
+    columns = np.flatnonzero(half[0, 0])  # i indices of that half
+    if not (half == half[:1, :1, :]).all() or len(columns) == 0 or np.ptp(columns) + 1 != len(columns):
+        raise DatasetError(f"{ct_path}: the left-right axis is not the grid's i axis; resample the CT to an axial grid")
+    femur = femurs[side]
+    top = _physical(ct, np.argwhere(femur))[:, 2].max()
+    z = _physical(ct, np.argwhere(np.ones(label_array.shape[:1] + (1, 1), bool)))[:, 2]
+    in_slab = ((z >= top - BELOW_HEAD_MM) & (z <= top + ABOVE_HEAD_MM))[:, None, None]
+    femur_image = sitk.GetImageFromArray((femur & in_slab).astype(np.uint8))
+    femur_image.CopyInformation(labels)
+    first = (int(columns[0]), 0, 0)
+    size = (len(columns), *ct.GetSize()[1:])
+    bounded = {"head_top_lps_z_mm": round(float(top), 2), "midline_x_mm": round(midline, 2),
+               "region": f"the {side} half of the whole CT"}
+    return (sitk.RegionOfInterest(ct, size, first), sitk.RegionOfInterest(femur_image, size, first), first, size,
+            bounded)
+
+
 def write_femur_dataset(ct_path: str | Path, labels_path: str | Path, names: dict[int, str], out_dir: str | Path,
                         train_side: str = "left", dataset_id: int = 701, name: str = "ProximalFemur",
                         case_prefix: str = "body0", phantoms: Sequence[str | Path] = (),
-                        ct_test_only: bool = False) -> Path:
+                        ct_test_only: bool = False, train_region: str = "crop") -> Path:
     """Write ``Dataset<ID>_<Name>/`` with the training side in imagesTr and the mirrored other side in imagesTs.
 
     ``phantoms``: folders of ``xrayseg phantom hip`` (ct.nii.gz, labels.nii.gz, names.csv); both their femurs go
     to imagesTr, the one not on ``train_side`` mirrored. ``ct_test_only``: both femurs of the CT go to imagesTs
     (the training side as it is, the other mirrored), so a model trained on phantoms alone is tested on both.
+    ``train_region``: "crop" (the crop rule) or "half-body" (the training side's half of the whole CT; see above).
     """
     import SimpleITK as sitk
 
@@ -103,6 +140,8 @@ def write_femur_dataset(ct_path: str | Path, labels_path: str | Path, names: dic
 
     if train_side not in FEMUR_NAMES:
         raise DatasetError(f"train side must be left or right, got '{train_side}'")
+    if train_region not in ("crop", "half-body"):
+        raise DatasetError(f"train region must be crop or half-body, got '{train_region}'")
     sources = [(case_prefix, Path(ct_path), Path(labels_path), names, False)]
     for folder in map(Path, phantoms):
         files = [folder / n for n in ("ct.nii.gz", "labels.nii.gz", "names.csv")]
@@ -119,6 +158,8 @@ def write_femur_dataset(ct_path: str | Path, labels_path: str | Path, names: dic
                 ct_crop = sitk.Flip(ct_crop, [True, False, False])
                 label_crop = sitk.Flip(label_crop, [True, False, False])
             held_out = not is_phantom and (mirrored or ct_test_only)
+            if train_region == "half-body" and not is_phantom and not held_out:
+                ct_crop, label_crop, first, size, bounded = _half_body(ct_file, labels_file, table, side)
             case_id = f"{prefix}_{side}" + ("_mirrored" if mirrored else "")
             images, label_folder = ("imagesTs", "labelsTs") if held_out else ("imagesTr", "labelsTr")
             (root / images).mkdir(parents=True, exist_ok=True)
@@ -133,10 +174,11 @@ def write_femur_dataset(ct_path: str | Path, labels_path: str | Path, names: dic
         "description": f"Proximal femur crops ({ABOVE_HEAD_MM:g} mm above the femoral head to {BELOW_HEAD_MM:g} mm "
                        f"below it); train side {train_side}, other sides mirrored to it; the CT's "
                        + ("femurs are both test cases" if ct_test_only else "other side is the test case")
+                       + ("; the CT's training case is its whole half-body" if train_region == "half-body" else "")
                        + (f"; {len(phantoms)} hip phantoms (both femurs) in training" if phantoms else ""),
     })
     write_json(root / "crops.json", {"ct": str(ct_path), "labels": str(labels_path), "crops": crops,
                                       "phantoms": [str(p) for p in phantoms],
                                       "rule": {"above_head_mm": ABOVE_HEAD_MM, "below_head_mm": BELOW_HEAD_MM,
-                                               "margin_mm": MARGIN_MM}})
+                                               "margin_mm": MARGIN_MM, "train_region": train_region}})
     return root
