@@ -7,6 +7,8 @@ abdomen-pelvis-ct`; 3 mm voxels, TotalSegmentator labels, not manual truth) and 
 1. The bundled model (BUNDLE_OPTIONS): the CT alone, held out by side both ways (fold "right": trained on the right
    femur, tested on the left one mirrored; fold "left" the reverse), 2 mm, batch norm, no flips, 300 steps. The
    bundled model is fold "right" (trained on the natural right femur; the left one holds a metal implant).
+   It is also scored on the WHOLE sample CT (ct_sides.score_whole_ct, as ct-segment runs it): trained on crops
+   only, it paints the whole body there, and the card says so (``whole_ct``).
 2. The phantom study (STUDY_OPTIONS, 3 mm, instance norm, flips): "phantoms" trained on the phantom femurs alone and
    tested on BOTH femurs of the CT (a body it never saw); then, per side, that model fine-tuned on the phantoms +
    the CT femur of that side (drawn OVERSAMPLE times as often as a phantom femur) and tested on the other side.
@@ -33,6 +35,11 @@ BUNDLE_OPTIONS = ["--steps", "300", "--patch-size", "32", "48", "48", "--spacing
                   "--no-flip", *NAME]
 # 3 mm working voxels (the CT's own), 32x48x48 patches: a patch holds most of a crop (~40x45x45 voxels).
 STUDY_OPTIONS = ["--patch-size", "32", "48", "48", "--spacing", "3", "3", "3", *NAME]
+WHOLE_CT_VERDICT = ("UNRELIABLE on a whole CT: trained on crops around one femur, it labels most of the body "
+                    "(both hip bones, soft tissue) as femur; ct-segment warns when a femur volume is implausible. "
+                    "Crop the CT around the hip first (femur-data's rule). Trained on the training side's half of "
+                    "the whole CT instead (femur-data --train-region half-body, 300 steps), it did not do better "
+                    "(see the README)")
 PRETRAIN_STEPS = 1400
 FINETUNE_STEPS = 300
 
@@ -51,6 +58,8 @@ def main() -> int:
 
     from XraySegInferLib.ct_package import load_ct_package, update_card
     from XraySegInferLib.ct_segment import evaluate_ct_dataset
+    from XraySegInferLib.ct_sides import score_whole_ct
+    from XraySegSimLib.export_inputs import names_table
     from XraySegInferLib.volume_metrics import volume_r2
     from XraySegSimLib.sample_data import fetch_sample
 
@@ -104,6 +113,10 @@ def main() -> int:
         "validated": "two femurs of ONE real body (3 mm CT, TotalSegmentator labels as reference), each held out "
                      "once and mirrored; no QCT, no manual truth, no other real bodies",
     }
+    whole = score_whole_ct(load_ct_package(bundle_runs["right"]["model"]), sample["ct"], sample["labels"],
+                           names_table(sample["names"]))
+    print("whole CT", json.dumps(whole), flush=True)
+    metrics["whole_ct"] = dict(whole, verdict=WHOLE_CT_VERDICT)
     shutil.rmtree(args.bundle, ignore_errors=True)
     shutil.copytree(bundle_runs["right"]["model"], args.bundle)
     update_card(args.bundle, metrics=metrics, data={
