@@ -161,6 +161,18 @@ def test_ct_labelling_real_run(app, tmp_path):
     assert np.array_equal(volume.array > 0, expected > 0)
 
 
+def test_ct_labelling_passes_on_the_runs_doubt_about_a_femur(app, tmp_path):
+    """A proximal-femur model whose output volume no femur has (this untrained one labels the whole phantom):
+    the job still loads the labels, and carries ct-segment's one-line warning for the panel to show."""
+    hu, _ = phantom_arrays()
+    ct = add_volume(app.scene, hu, ct_ijk_to_ras(), "CT")
+    job = start_ct_labelling(app.scene, ct, tiny_ct_model(tmp_path / "model", structure="proximal_femur"))
+    status = job.wait(600)
+    assert status.state == "succeeded", status.message
+    assert job.finish(app.scene) is not None
+    assert job.warning is not None and job.warning.startswith("implausible femur volume")
+
+
 @pytest.mark.slow
 def test_label_transfer_real_run_from_a_scene_atlas(app, tmp_path):
     """xrayseg label-transfer in a child process: the atlas (CT + segmentation of two bones) moved by 10 mm is the

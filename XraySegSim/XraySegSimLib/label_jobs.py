@@ -197,6 +197,7 @@ class LabelJob:
     def __init__(self, run: BackgroundProcess, work: Path, ct_node, classes: Sequence[ClassEntry] | None,
                  name: str) -> None:
         self.run, self.work, self.ct_node, self.classes, self.name = run, work, ct_node, classes, name
+        self.warning: str | None = None  # set by finish(): the run's doubt about its result (e.g. a femur volume)
 
     def poll(self) -> RunStatus:
         """The run's status now (never blocks); a missing package in the child gets a hint how to install it."""
@@ -230,6 +231,7 @@ class LabelJob:
             classes = self.classes
             if classes is None:  # ct-segment: the structure of label 1 is in its summary
                 summary = json.loads((out / "segmentation.json").read_text())
+                self.warning = summary.get("warning")
                 classes = [structure_entry(str(name), int(value)) for value, name in summary["labels"].items()
                            if int(value) > 0]
             return load_labels_result(scene, out / "labels.nii.gz", self.ct_node, classes, self.name)

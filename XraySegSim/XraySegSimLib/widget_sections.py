@@ -175,6 +175,9 @@ class LabelJobSection:
         self.ui.labelsProgressBar.value = self.ui.labelsProgressBar.maximum
         self.ui.labelsStatusLabel.text = _("{name}: {count} segments, now the bone labels").format(
             name=node.GetName(), count=node.GetSegmentation().GetNumberOfSegments())
+        if job.warning:  # e.g. the femur model on a whole CT: the labels are there, but say they are doubtful
+            self.ui.labelsStatusLabel.text += " (" + job.warning + ")"
+            slicer.util.warningDisplay(_("The labels may be wrong: {warning}").format(warning=job.warning))
         if self._parameterNode:
             self._parameterNode.inputLabels = node
 
