@@ -144,6 +144,14 @@ def _joint(root: ET.Element, name: str) -> ET.Element:
     raise InputError(f"{OSIM_FILE}: no joint {name}")
 
 
+def placed_by_joint(root: ET.Element, joint_name: str, rotation: np.ndarray) -> np.ndarray:
+    """4x4 (metres) of a joint's child body in its parent body: the parent frame, the joint's ``rotation``, then
+    back out of the child frame (the lumbar and hip phantoms pose their bodies with it)."""
+    joint = _joint(root, joint_name)
+    parent, child = joint.findtext("socket_parent_frame"), joint.findtext("socket_child_frame")
+    return _frame(joint, parent) @ rotation @ np.linalg.inv(_frame(joint, child))
+
+
 def _rotation_z4(angle: float) -> np.ndarray:
     m = np.eye(4)
     m[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..volume import Volume
-from .lumbar import OPENSIM_TO_RAS, _abdomen, _smoothed
+from .lumbar import _abdomen, box_grid, opensim_to_ras, posed_model_meshes
 
 PHANTOM_VERSION = 1
 HIP_FILES = {
@@ -119,42 +119,28 @@ def body_transforms(osim: Path, params: HipParams) -> dict[str, np.ndarray]:
     """4x4 (metres) of the femurs and the sacrum in the pelvis frame."""
     import xml.etree.ElementTree as ET
 
-    from .hand_meshes import _frame, _joint
+    from .hand_meshes import _joint, placed_by_joint
 
     root = ET.parse(str(osim)).getroot()
-
-    def placed(joint_name: str, rotation: np.ndarray) -> np.ndarray:
-        joint = _joint(root, joint_name)
-        parent, child = joint.findtext("socket_parent_frame"), joint.findtext("socket_child_frame")
-        return _frame(joint, parent) @ rotation @ np.linalg.inv(_frame(joint, child))
-
-    out = {"pelvis": np.eye(4), "sacrum": placed("sacrumjnt", np.eye(4))}
+    out = {"pelvis": np.eye(4), "sacrum": placed_by_joint(root, "sacrumjnt", np.eye(4))}
     for index, side in enumerate(SIDES):
         s = side[0]
         joint = _joint(root, f"hip_{s}")
         values = {f"hip_flexion_{s}": np.radians(params.flexion_deg[index]),
                   f"hip_adduction_{s}": np.radians(params.adduction_deg[index]),
                   f"hip_rotation_{s}": np.radians(params.rotation_deg[index])}
-        out[f"femur_{s}"] = placed(f"hip_{s}", _custom_joint_rotation(joint, values))
+        out[f"femur_{s}"] = placed_by_joint(root, f"hip_{s}", _custom_joint_rotation(joint, values))
     return out
 
 
 def posed_meshes(params: HipParams, folder: Path | None = None) -> tuple[dict[str, object], dict[str, np.ndarray]]:
     """({label name: vtkPolyData in RAS mm}, {side: femoral head centre in RAS mm})."""
-    from ..mesh_labels import read_mesh, transform_polydata
-    from .hand_meshes import fetch_hand_meshes, hand_mesh_scales
+    from .hand_meshes import fetch_hand_meshes
 
     folder = folder or fetch_hand_meshes(files=HIP_FILES, folder_name="pose2sim-hip")
-    osim = folder / "Model_Pose2Sim_Body25b.osim"
-    transforms = body_transforms(osim, params)
-    scales = hand_mesh_scales(osim)
-    to_ras = np.eye(4)
-    to_ras[:3, :3] = OPENSIM_TO_RAS * params.scale
-    meshes = {}
-    for name, (body, file) in MESHES.items():
-        poly = read_mesh(folder / file, scale=1.0, lps=False)
-        scale = np.diag([scales.get(file, 1.0)] * 3 + [1.0])
-        meshes[name] = _smoothed(transform_polydata(poly, to_ras @ transforms[body] @ scale))
+    transforms = body_transforms(folder / "Model_Pose2Sim_Body25b.osim", params)
+    meshes = posed_model_meshes(folder, MESHES, transforms, params.scale)
+    to_ras = opensim_to_ras(params.scale)
     heads = {side: (to_ras @ transforms[f"femur_{side[0]}"])[:3, 3] for side in SIDES}
     return meshes, heads
 
@@ -176,12 +162,7 @@ def _grid(meshes: dict[str, object], params: HipParams) -> Volume:
     low = np.array([centre_r - params.body_width_mm / 2 - 8, back - 8, head_top - BELOW_HEAD_MM * params.scale])
     high = np.array([centre_r + params.body_width_mm / 2 + 8, back + params.body_depth_mm + 8,
                      head_top + ABOVE_HEAD_MM * params.scale])
-    h = params.voxel_mm
-    shape_ijk = np.ceil((high - low) / h).astype(int) + 1
-    matrix = np.eye(4)
-    matrix[:3, :3] = np.eye(3) * h
-    matrix[:3, 3] = low
-    return Volume(np.zeros(shape_ijk[::-1], np.int16), matrix, "hip phantom")
+    return box_grid(low, high, params.voxel_mm, "hip phantom")
 
 
 def _voxel_ras(grid: Volume) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

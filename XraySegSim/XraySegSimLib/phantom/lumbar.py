@@ -86,20 +86,14 @@ def body_transforms(osim: Path, params: LumbarParams) -> dict[str, np.ndarray]:
     """4x4 (metres) of each body in the pelvis frame."""
     import xml.etree.ElementTree as ET
 
-    from .hand_meshes import _frame, _joint
+    from .hand_meshes import placed_by_joint
 
     root = ET.parse(str(osim)).getroot()
-
-    def placed(joint_name: str, rotation: np.ndarray) -> np.ndarray:
-        joint = _joint(root, joint_name)
-        parent, child = joint.findtext("socket_parent_frame"), joint.findtext("socket_child_frame")
-        return _frame(joint, parent) @ rotation @ np.linalg.inv(_frame(joint, child))
-
-    out = {"pelvis": np.eye(4), "sacrum": placed("sacrumjnt", np.eye(4))}
+    out = {"pelvis": np.eye(4), "sacrum": placed_by_joint(root, "sacrumjnt", np.eye(4))}
     parent = "sacrum"
     for index, (body, joint, _, _) in enumerate(CHAIN):
         rotation = _joint_rotation(params.flexion_deg[index], params.bending_deg[index])
-        out[body] = out[parent] @ placed(joint, rotation)
+        out[body] = out[parent] @ placed_by_joint(root, joint, rotation)
         parent = body
     return out
 
@@ -122,24 +116,47 @@ def _smoothed(poly):
 
 def posed_meshes(params: LumbarParams, folder: Path | None = None) -> dict[str, object]:
     """{label name: vtkPolyData in RAS mm}, S1 still part of 'sacrum'."""
-    from ..mesh_labels import read_mesh, transform_polydata
-    from .hand_meshes import fetch_hand_meshes, hand_mesh_scales
+    from .hand_meshes import fetch_hand_meshes
 
     folder = folder or fetch_hand_meshes(files=SPINE_FILES, folder_name="pose2sim-spine")
     osim = folder / "Model_Pose2Sim_Body25b.osim"
-    transforms = body_transforms(osim, params)
-    scales = hand_mesh_scales(osim)
-    to_ras = np.eye(4)
-    to_ras[:3, :3] = OPENSIM_TO_RAS * params.scale
     files = {"sacrum": ("sacrum", "sacrum.vtp"), "hip_right": ("pelvis", "r_pelvis.vtp"),
              "hip_left": ("pelvis", "l_pelvis.vtp"),
              **{name: (body, f"{body}.vtp") for body, _, _, name in CHAIN}}
+    return posed_model_meshes(folder, files, body_transforms(osim, params), params.scale)
+
+
+def opensim_to_ras(scale: float) -> np.ndarray:
+    """4x4 from the OpenSim model frame (metres) to RAS mm, times the phantom's overall ``scale``."""
+    to_ras = np.eye(4)
+    to_ras[:3, :3] = OPENSIM_TO_RAS * scale
+    return to_ras
+
+
+def posed_model_meshes(folder: Path, files: dict[str, tuple[str, str]], transforms: dict[str, np.ndarray],
+                       scale: float) -> dict[str, object]:
+    """{label name: vtkPolyData in RAS mm} of the model meshes ``files`` ({name: (body, mesh file)}), each scaled
+    as the .osim scales it, placed by its body's transform (``body_transforms``) and ``_smoothed``."""
+    from ..mesh_labels import read_mesh, transform_polydata
+    from .hand_meshes import hand_mesh_scales
+
+    scales = hand_mesh_scales(folder / "Model_Pose2Sim_Body25b.osim")
+    to_ras = opensim_to_ras(scale)
     meshes = {}
     for name, (body, file) in files.items():
         poly = read_mesh(folder / file, scale=1.0, lps=False)
-        scale = np.diag([scales.get(file, 1.0)] * 3 + [1.0])
-        meshes[name] = _smoothed(transform_polydata(poly, to_ras @ transforms[body] @ scale))
+        file_scale = np.diag([scales.get(file, 1.0)] * 3 + [1.0])
+        meshes[name] = _smoothed(transform_polydata(poly, to_ras @ transforms[body] @ file_scale))
     return meshes
+
+
+def box_grid(low: np.ndarray, high: np.ndarray, voxel_mm: float, name: str) -> Volume:
+    """An empty axis-aligned RAS grid (int16) of ``voxel_mm`` voxels from ``low`` to at least ``high`` (mm)."""
+    shape_ijk = np.ceil((high - low) / voxel_mm).astype(int) + 1
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.eye(3) * voxel_mm
+    matrix[:3, 3] = low
+    return Volume(np.zeros(shape_ijk[::-1], np.int16), matrix, name)
 
 
 def _grid(meshes: dict[str, object], params: LumbarParams) -> Volume:
@@ -154,12 +171,7 @@ def _grid(meshes: dict[str, object], params: LumbarParams) -> Volume:
     low = np.array([centre_r - params.abdomen_width_mm / 2 - 8, back - 8, float(sacrum[:, 2].min()) - 30.0])
     high = np.array([centre_r + params.abdomen_width_mm / 2 + 8, back + params.abdomen_depth_mm + 8,
                      float(spine[:, 2].max()) + 50.0])
-    h = params.voxel_mm
-    shape_ijk = np.ceil((high - low) / h).astype(int) + 1
-    matrix = np.eye(4)
-    matrix[:3, :3] = np.eye(3) * h
-    matrix[:3, 3] = low
-    return Volume(np.zeros(shape_ijk[::-1], np.int16), matrix, "lumbar phantom")
+    return box_grid(low, high, params.voxel_mm, "lumbar phantom")
 
 
 def _abdomen(grid: Volume, params: LumbarParams, rng: np.random.Generator) -> np.ndarray:
