@@ -72,6 +72,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     hip.set_defaults(handler=run_hip)
 
 
+def _write_and_report(kind: str, write, params, args: argparse.Namespace) -> int:
+    """``write(args.out, params)``, then one line: the phantom's seed, grid, voxel size and time."""
+    started = time.perf_counter()
+    files = write(args.out, params)
+    shape = "x".join(str(n) for n in json.loads(files["json"].read_text())["shape_ijk"])
+    print(f"wrote a {kind} phantom (seed {args.seed}, {shape} voxels of {args.voxel_mm:g} mm) in "
+          f"{time.perf_counter() - started:.1f} s -> {args.out}")
+    return 0
+
+
 def run_wrist(args: argparse.Namespace) -> int:
     from .phantom.wrist import random_params, write_wrist_phantom
 
@@ -85,13 +95,7 @@ def run_wrist(args: argparse.Namespace) -> int:
             raise InputError(f"--{key.replace('_', '-')} must be positive")
     params = random_params(args.seed, side=args.side, voxel_mm=args.voxel_mm, extent=args.extent,
                            forearm_mm=args.forearm_mm, **fixed)
-    started = time.perf_counter()
-    files = write_wrist_phantom(args.out, params)
-    record = json.loads(files["json"].read_text())
-    shape = "x".join(str(n) for n in record["shape_ijk"])
-    print(f"wrote a wrist phantom (seed {args.seed}, {shape} voxels of {args.voxel_mm:g} mm) in "
-          f"{time.perf_counter() - started:.1f} s -> {args.out}")
-    return 0
+    return _write_and_report("wrist", write_wrist_phantom, params, args)
 
 
 def run_lumbar(args: argparse.Namespace) -> int:
@@ -102,12 +106,7 @@ def run_lumbar(args: argparse.Namespace) -> int:
     if not 0.5 <= args.voxel_mm <= 3.0:
         raise InputError(f"--voxel-mm {args.voxel_mm}: use 0.5 to 3 mm")
     params = dataclasses.replace(random_params(args.seed), voxel_mm=args.voxel_mm)
-    started = time.perf_counter()
-    files = write_lumbar_phantom(args.out, params)
-    shape = "x".join(str(n) for n in json.loads(files["json"].read_text())["shape_ijk"])
-    print(f"wrote a lumbar phantom (seed {args.seed}, {shape} voxels of {args.voxel_mm:g} mm) in "
-          f"{time.perf_counter() - started:.1f} s -> {args.out}")
-    return 0
+    return _write_and_report("lumbar", write_lumbar_phantom, params, args)
 
 
 def run_hip(args: argparse.Namespace) -> int:
@@ -115,9 +114,4 @@ def run_hip(args: argparse.Namespace) -> int:
 
     if not 0.5 <= args.voxel_mm <= 3.0:
         raise InputError(f"--voxel-mm {args.voxel_mm}: use 0.5 to 3 mm")
-    started = time.perf_counter()
-    files = write_hip_phantom(args.out, random_params(args.seed, voxel_mm=args.voxel_mm))
-    shape = "x".join(str(n) for n in json.loads(files["json"].read_text())["shape_ijk"])
-    print(f"wrote a hip phantom (seed {args.seed}, {shape} voxels of {args.voxel_mm:g} mm) in "
-          f"{time.perf_counter() - started:.1f} s -> {args.out}")
-    return 0
+    return _write_and_report("hip", write_hip_phantom, random_params(args.seed, voxel_mm=args.voxel_mm), args)
