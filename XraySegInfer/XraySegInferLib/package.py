@@ -203,12 +203,11 @@ def _read_any_card(path: str | Path) -> tuple[dict, Path]:
     path = Path(path)
     card_path = path / CARD_FILE if path.is_dir() else path
     try:
-        is_ct = json.loads(card_path.read_text()).get("format") == CT_CARD_FORMAT
-    except (OSError, ValueError, AttributeError):
-        is_ct = False  # read_card says what is wrong
-    if not is_ct:
-        return read_card(path)
-    card = json.loads(card_path.read_text())
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError):
+        card = None
+    if not isinstance(card, dict) or card.get("format") != CT_CARD_FORMAT:
+        return read_card(path)  # a 2D card, or one read_card says what is wrong with
     if not isinstance(card.get("weights"), dict) or "architecture" not in card:
         raise ModelPackageError(f"{card_path}: the 3D model card lacks its weights or architecture")
     return card, card_path.parent
