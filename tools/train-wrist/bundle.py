@@ -52,22 +52,32 @@ def _fmt(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def evaluate_views(package: Path, run: Path) -> dict:
-    """{view: {"per_class": {name: dice}, "mean_dice": .., "images": n}} on the test exports."""
+def score_views(predictor, run: Path, eval_root: Path, on_view=None) -> dict:
+    """{view: {"per_class": {name: dice}, "mean_dice": .., "images": n}} of ``predictor`` (ours or nnU-Net's
+    adapter) on the test exports under ``run/test``; ``on_view(view, entry)`` is called as each view is done."""
     from XraySegInferLib.evaluate import evaluate_dataset
-    from XraySegInferLib.inference import Predictor
 
-    predictor = Predictor.from_package(package, "cpu")
     out = {}
     for view in VIEWS:
         dataset = next((run / "test" / view).glob("Dataset*"))
-        report = evaluate_dataset(predictor, dataset, run / "eval" / view, split="train", hd95=False)
+        report = evaluate_dataset(predictor, dataset, eval_root / view, split="train", hd95=False)
         per_class = {row["class"]: row["dice"] for row in report.per_class()}
         dices = [d for d in per_class.values() if not math.isnan(d)]
         out[view] = {"angle_about_forearm_deg": ANGLE[view], "images": report.summary()["cases"],
                      "per_class": per_class, "mean_dice": sum(dices) / len(dices)}
-        print(f"{view}: mean Dice {out[view]['mean_dice']:.3f} on {out[view]['images']} images", flush=True)
+        if on_view is not None:
+            on_view(view, out[view])
     return out
+
+
+def evaluate_views(package: Path, run: Path) -> dict:
+    """Our packaged model's ``score_views`` on the test exports."""
+    from XraySegInferLib.inference import Predictor
+
+    def report(view: str, entry: dict) -> None:
+        print(f"{view}: mean Dice {entry['mean_dice']:.3f} on {entry['images']} images", flush=True)
+
+    return score_views(Predictor.from_package(package, "cpu"), run, run / "eval", report)
 
 
 def amend_card(card: dict, run: Path, per_view: dict) -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -121,22 +120,16 @@ def evaluate(run: Path, out: Path, ours_card: Path) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from bundle import ANGLE, VIEWS
-    from XraySegInferLib.evaluate import evaluate_dataset
+    from bundle import score_views
     from XraySegInferLib.nnunet import NnUNetPredictorAdapter
 
     predictor = NnUNetPredictorAdapter(results_folder(out), folds=("all",), device="cpu")
     ours = json.loads(ours_card.read_text())["metrics"]["held_out_phantoms"]["per_view"]
-    per_view = {}
-    for view in VIEWS:
-        dataset = next((run / "test" / view).glob("Dataset*"))
-        report = evaluate_dataset(predictor, dataset, out / "eval" / view, split="train", hd95=False)
-        per_class = {row["class"]: row["dice"] for row in report.per_class()}
-        dices = [d for d in per_class.values() if not math.isnan(d)]
-        per_view[view] = {"angle_about_forearm_deg": ANGLE[view], "images": report.summary()["cases"],
-                          "per_class": per_class, "mean_dice": sum(dices) / len(dices)}
-        print(f"nnU-Net {view}: mean Dice {per_view[view]['mean_dice']:.3f} (ours {ours[view]['mean_dice']:.3f})",
-              flush=True)
+
+    def report(view: str, entry: dict) -> None:
+        print(f"nnU-Net {view}: mean Dice {entry['mean_dice']:.3f} (ours {ours[view]['mean_dice']:.3f})", flush=True)
+
+    per_view = score_views(predictor, run, out / "eval", report)
     budget = json.loads((results_folder(out) / "xrayseg_budget.json").read_text())
     result = {"budget": budget, "nnunet": per_view, "ours": ours}
     (out / "side_by_side.json").write_text(json.dumps(result, indent=2))
