@@ -223,3 +223,33 @@ def test_export_device_cuda_without_a_gpu_writes_nothing(tmp_path, capsys):
     assert main(command + ["--device", "cuda"]) == 2
     assert "no CUDA GPU is usable" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_reused_output_arrays_never_change_a_result_the_caller_still_holds():
+    """Renders reuse the previous render's arrays only once nothing refers to them: a held result, or a view
+    of one, keeps its values through later renders of other views; a dropped one is recycled and the
+    recycled render equals a render into fresh arrays (the kernel zeroes what it reuses)."""
+    volume, labels = body_in_air()
+    projector = DrrProjector(volume, labels)
+    first_view, second_view = (geometry_for(volume, *g) for g in GEOMETRIES[:2])
+    held = projector.render(first_view)
+    held_copy = (held.line_integral.copy(), held.thickness_mm.copy())
+    view_of_thickness = projector.render(second_view).thickness_mm[1]  # the result itself is dropped
+    view_copy = view_of_thickness.copy()
+    for _ in range(3):
+        again = projector.render(second_view)
+        assert not np.shares_memory(again.thickness_mm, held.thickness_mm)
+        assert not np.shares_memory(again.thickness_mm, view_of_thickness)
+        del again
+    np.testing.assert_array_equal(held.line_integral, held_copy[0])
+    np.testing.assert_array_equal(held.thickness_mm, held_copy[1])
+    np.testing.assert_array_equal(view_of_thickness, view_copy)
+    dropped = projector.render(second_view)
+    addresses = [a.__array_interface__["data"][0] for a in (dropped.line_integral, dropped.thickness_mm)]
+    del dropped
+    recycled = projector.render(first_view)  # into the arrays just dropped, dirty with another view's values
+    assert [a.__array_interface__["data"][0] for a in (recycled.line_integral, recycled.thickness_mm)] == addresses
+    fresh = DrrProjector(volume, labels).render(first_view)
+    np.testing.assert_array_equal(recycled.line_integral, fresh.line_integral)
+    np.testing.assert_array_equal(recycled.thickness_mm, fresh.thickness_mm)
+    np.testing.assert_array_equal(recycled.line_integral, held_copy[0])

@@ -301,6 +301,18 @@ _trace_ray_plain = _INLINE(make_trace_ray(False, _INLINE))
 _trace_ray_materials = _INLINE(make_trace_ray(True, _INLINE))
 
 
+@_INLINE
+def _zero_row(row, line_integral, thickness, materials):  # pragma: no cover - compiled
+    """Zero one detector row of every output, on the thread that then traces it: the outputs are allocated
+    uninitialised, so the zeroing runs on all threads (not one memset) and leaves the row's lines in cache
+    for the writes that follow."""
+    line_integral[row, :] = 0.0
+    for c in range(thickness.shape[0]):
+        thickness[c, row, :] = 0.0
+    for m in range(materials.shape[0]):
+        materials[m, row, :] = 0.0
+
+
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 def _trace_rays_plain(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                       hull_directions, hull_lower, hull_upper, row_order, line_integral, thickness, material_lut,
@@ -309,6 +321,7 @@ def _trace_rays_plain(packed, mu_lut, mu_scale, mu_offset, source, origin, colum
     flat = packed.reshape(packed.size)
     for r in numba.prange(n_rows):
         row = row_order[r]
+        _zero_row(row, line_integral, thickness, materials)
         for col in range(n_cols):
             _trace_ray_plain(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                              hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness,
@@ -323,6 +336,7 @@ def _trace_rays_materials(packed, mu_lut, mu_scale, mu_offset, source, origin, c
     flat = packed.reshape(packed.size)
     for r in numba.prange(n_rows):
         row = row_order[r]
+        _zero_row(row, line_integral, thickness, materials)
         for col in range(n_cols):
             _trace_ray_materials(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step,
                                  metric, hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness,
@@ -343,8 +357,9 @@ def row_schedule(rows: int, threads: int, block: int = 8) -> np.ndarray:
 
 def trace_rays_cpu(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull,
                    row_order, line_integral, thickness, material_lut, materials, soft_only_below) -> None:
-    """Trace every detector pixel on the CPU threads (rows in ``row_order``, which balances the threads);
-    ``hull`` = (directions, lower, upper) from ``matter_hull`` or ``box_hull``."""
+    """Trace every detector pixel on the CPU threads (rows in ``row_order``, which balances the threads, and
+    must hold every row once); ``hull`` = (directions, lower, upper) from ``matter_hull`` or ``box_hull``.
+    The outputs may be uninitialised (``np.empty``): each row is zeroed before it is traced."""
     kernel = _trace_rays_materials if materials.shape[0] > 0 else _trace_rays_plain
     kernel(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric, *hull, row_order,
            line_integral, thickness, material_lut, materials, soft_only_below)
