@@ -82,27 +82,34 @@ class DrrResult:
 
 
 class ReusedOutputs:
-    """The output arrays of the last render, handed out again once nothing else refers to them.
+    """Output arrays of earlier renders, handed out again once nothing else refers to them.
 
     A fresh array of tens of MB comes from the kernel as untouched pages, and their first touch costs more
-    than the render's labels (49 classes at 256^2: 3,136 page faults, ~3 ms, about 8% of the render). In the
-    usual loop (render, use, drop, render) the previous result is gone when the next render starts, so its
-    arrays are reused; an array the caller still holds (directly, through a DrrResult or a view) is never
-    touched: a fresh one replaces it here. The kernels overwrite every element, so nothing carries over.
+    than the render's labels (49 classes at 256^2: 3,136 page faults, ~3 ms, about 8% of the render). When a
+    result has been dropped by the time a later render starts (a loop that renders and uses each view; the
+    export, whose writer thread holds at most two results while the next one renders), its arrays are
+    reused. An array the caller still holds (directly, through a DrrResult or a view) is never touched; it
+    leaves the pool when ``keep`` newer ones are kept. The kernels overwrite every element of what they get.
     """
 
-    def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
+    def __init__(self, keep: int = 3) -> None:
+        self.keep = keep
+        self._arrays: dict[str, list[np.ndarray]] = {}
         self._lock = threading.Lock()  # check and hand out in one step if two threads render at once
 
     def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """An uninitialised float32 array of ``shape``: the kept one when only this pool refers to it."""
+        """An uninitialised float32 array of ``shape``: a kept one when only this pool refers to it."""
         with self._lock:
-            array = self._arrays.get(name)
-            # References when free: the dict, ``array`` and getrefcount's argument.
-            if array is None or array.shape != shape or sys.getrefcount(array) > 3:
-                array = np.empty(shape, np.float32)
-                self._arrays[name] = array
+            kept = self._arrays.setdefault(name, [])
+            for index in range(len(kept)):  # not enumerate: its cached tuple would hold a reference
+                array = kept[index]
+                # References when free: the list, ``array`` and getrefcount's argument.
+                if array.shape == shape and sys.getrefcount(array) <= 3:
+                    kept.append(kept.pop(index))  # most recently used last
+                    return array
+            array = np.empty(shape, np.float32)
+            kept.append(array)
+            del kept[:-self.keep]
             return array
 
 
