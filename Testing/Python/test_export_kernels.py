@@ -68,6 +68,16 @@ def test_fused_sample_kernels_equal_the_reference_path(n_classes, tmp_path):
     ref_top = np.array([c[-1] if c else 0 for c in ref_combos])[ref_codes]
     assert np.array_equal(top, ref_top) and np.array_equal(counts, local.reshape(len(local), -1).sum(1))
     assert (bits is None) == (n_classes > 64)
+    if n_classes <= 64:  # class rows marked empty (as DrrResult.class_rows does) are not read
+        sparse = thickness.copy()
+        empty = rng.random(sparse.shape[:2]) < 0.5
+        sparse[empty] = 0
+        want = sample_masks(sparse, threshold, local_to_global, n_classes)
+        sparse[empty] = 5.0  # would be in the masks if it were read
+        got = sample_masks(sparse, threshold, local_to_global, n_classes, rows_hit=(~empty).astype(np.uint8))
+        assert got[2] == want[2] and want[0].sum() > 0
+        for g, w in zip(got[:2] + got[3:], want[:2] + want[3:]):
+            np.testing.assert_array_equal(g, w)
     ignored = rng.random(thickness.shape[1:]) < 0.2
     if n_classes <= 64:  # the ignore value written as the masks are made: with_ignored's stack, the rest unchanged
         fused = sample_masks(thickness, threshold, local_to_global, n_classes, ignored, 255)

@@ -119,7 +119,8 @@ other = GEOMETRIES[(int(sys.argv[3]) + 1) % len(GEOMETRIES)]
 projector.render(geometry_for(volume, *other, size=(24, 20)))  # first another view: the buffers are reused
 view, lao, cranial = GEOMETRIES[int(sys.argv[3])]
 result = projector.render(geometry_for(volume, view, lao, cranial, size=(24, 20)))
-np.savez(sys.argv[2], line=result.line_integral, thickness=result.thickness_mm, materials=result.material_g_cm2)
+np.savez(sys.argv[2], line=result.line_integral, thickness=result.thickness_mm, materials=result.material_g_cm2,
+         class_rows=result.class_rows)
 print(json.dumps({"device": projector.device}))
 """
 
@@ -146,6 +147,8 @@ def assert_matches_cpu(gpu, geometry_index):
     np.testing.assert_allclose(gpu["materials"], cpu.material_g_cm2, rtol=1e-6, atol=1e-6)
     gpu_masks = (gpu["thickness"] >= cpu.min_mask_thickness_mm) & (gpu["thickness"] > 0)
     np.testing.assert_array_equal(gpu_masks, cpu.masks())
+    np.testing.assert_array_equal(gpu["class_rows"], cpu.class_rows)
+    np.testing.assert_array_equal(gpu["class_rows"], (gpu["thickness"] > 0).any(axis=2))
 
 
 @pytest.mark.slow
@@ -164,11 +167,11 @@ dispatcher.get_current_device = lambda: pytypes.SimpleNamespace(compute_capabili
 from XraySegSimLib.projector_cuda import make_kernel
 f64, f32 = types.float64, types.float32
 a1, a2 = types.Array(f64, 1, "C"), types.Array(f64, 2, "C")
-img, stack = types.Array(f32, 2, "C"), types.Array(f32, 3, "C")
+img, stack, rows = types.Array(f32, 2, "C"), types.Array(f32, 3, "C"), types.Array(types.uint8, 2, "C")
 for with_materials in (False, True):
     kernel = make_kernel(with_materials)
     signature = (types.Array(types.uint32, 3, "C"), types.Array(types.uint32, 1, "C"), a1, f64, f64, a1, a1, a1, a1,
-                 a2, a2, a1, a1, img, stack, img, stack, types.int64)
+                 a2, a2, a1, a1, img, stack, rows, img, stack, types.int64)
     compiled = compiler.compile_cuda(kernel.py_func, types.void, signature, cc=(9, 0))
     assert "define" in compiled.library.get_llvm_str()
 print("ok")
@@ -252,3 +255,16 @@ def test_reused_output_arrays_never_change_a_result_the_caller_still_holds():
     np.testing.assert_array_equal(recycled.line_integral, fresh.line_integral)
     np.testing.assert_array_equal(recycled.thickness_mm, fresh.thickness_mm)
     np.testing.assert_array_equal(recycled.line_integral, held_copy[0])
+
+
+@pytest.mark.parametrize("with_materials", [False, True])
+def test_class_rows_mark_exactly_the_rows_with_path_length(with_materials):
+    """DrrResult.class_rows, set by the kernel where it adds path length, is the rows' any(thickness > 0),
+    on every view (so the export's masks may skip the rows it marks empty), also when the row is recycled."""
+    volume, labels = body_in_air()
+    projector = DrrProjector(volume, labels, materials=MaterialModel() if with_materials else None)
+    for view, lao, cranial in GEOMETRIES + GEOMETRIES:  # the second round renders into recycled arrays
+        result = projector.render(geometry_for(volume, view, lao, cranial))
+        expected = (result.thickness_mm > 0).any(axis=2)
+        assert result.class_rows.dtype == np.uint8 and 0 < expected.sum() < expected.size
+        np.testing.assert_array_equal(result.class_rows, expected)

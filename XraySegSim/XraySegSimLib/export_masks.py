@@ -39,12 +39,13 @@ def combination_codes(masks: np.ndarray) -> tuple[np.ndarray, list[tuple[int, ..
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _masks_bits_kernel(thickness, threshold, local_to_global, absent, ignored, value, masks, bits, top,
+def _masks_bits_kernel(thickness, rows_hit, threshold, local_to_global, absent, ignored, value, masks, bits, top,
                        counts):  # pragma: no cover - compiled
     """A row at a time, so the row's bits and top stay in L1 while every class plane passes over it; a class
-    with no pixel in the row (most of them: 16 % of the class rows of a chest AP view have one) costs one
-    vectorised compare and a copy. ``ignored`` (H, W) bool: ``value`` goes into every mask plane there; bits,
-    top and counts are those of the 0/1 masks."""
+    with no pixel in the row (most of them: 16 % of the class rows of a chest AP view have one) costs a copy,
+    without reading its path lengths when ``rows_hit`` (L, H) says the render put none there, else one
+    vectorised compare. ``ignored`` (H, W) bool: ``value`` goes into every mask plane there; bits, top and
+    counts are those of the 0/1 masks."""
     n_local, rows, cols = thickness.shape
     background = np.empty(cols, np.uint8)  # a mask row without the class: the ignore value where ignored
     inside = np.empty(cols, np.uint8)
@@ -61,6 +62,10 @@ def _masks_bits_kernel(thickness, threshold, local_to_global, absent, ignored, v
         for c in range(n_local):
             g = local_to_global[c]
             thickness_row, plane_row = thickness[c, r], masks[g, r]
+            if rows_hit[c, r] == 0:
+                for col in range(cols):
+                    plane_row[col] = background[col]
+                continue
             count = np.uint32(0)
             for col in range(cols):  # branch-free: vectorises
                 v = thickness_row[col]
@@ -143,13 +148,15 @@ def _combos_of_keys(keys: np.ndarray, n_classes: int) -> list[tuple[int, ...]]:
 
 
 def sample_masks(thickness: np.ndarray, threshold: float, local_to_global: np.ndarray, n_classes: int,
-                 ignored: np.ndarray | None = None, ignore_value: int = 255, out: np.ndarray | None = None):
+                 ignored: np.ndarray | None = None, ignore_value: int = 255, out: np.ndarray | None = None,
+                 rows_hit: np.ndarray | None = None):
     """From a render's per-class path lengths (L, H, W) to the dataset's masks and codes in one pass.
 
     ``ignored`` (H, W) bool, <= 64 classes only: the returned masks hold ``ignore_value`` in every plane there
     (as :func:`with_ignored`, without a second pass); everything else is computed from the 0/1 masks. ``out``:
     a (C, H, W) uint8 C-contiguous array the masks are written into and returned as (<= 64 classes; a buffer
-    kept between samples spares the page faults of a fresh 16 MB array, ~8 ms at 63 x 512^2).
+    kept between samples spares the page faults of a fresh 16 MB array, ~8 ms at 63 x 512^2). ``rows_hit``:
+    the render's ``DrrResult.class_rows`` (L, H); rows where it is 0 must hold no path length (not read).
     Returns ``(masks, codes, combos, top, counts, bits)``: ``masks`` (C, H, W) uint8 in dataset order (the local class
     ``l`` goes to plane ``local_to_global[l]``; others are 0), ``codes``/``combos`` as :func:`combination_codes`
     of ``masks``, ``top`` (H, W) the highest 1-based class index of each pixel (0: none), ``counts`` (L,) the
@@ -177,7 +184,10 @@ def sample_masks(thickness: np.ndarray, threshold: float, local_to_global: np.nd
     counts = np.zeros(n_local, np.int64)
     absent = np.setdiff1d(np.arange(n_classes), local_to_global).astype(np.int64)
     ignored = np.zeros((rows, cols), np.bool_) if ignored is None else np.ascontiguousarray(ignored, np.bool_)
-    _masks_bits_kernel(np.ascontiguousarray(thickness, np.float32), np.float32(threshold), local_to_global,
+    rows_hit = np.ones((n_local, rows), np.uint8) if rows_hit is None else np.ascontiguousarray(rows_hit, np.uint8)
+    if rows_hit.shape != (n_local, rows):
+        raise ValueError(f"sample_masks(rows_hit=...) needs shape {(n_local, rows)}, not {rows_hit.shape}")
+    _masks_bits_kernel(np.ascontiguousarray(thickness, np.float32), rows_hit, np.float32(threshold), local_to_global,
                        absent, ignored, np.uint8(ignore_value), masks, bits, top, counts)
     codes = np.empty(rows * cols, np.uint16)
     keys, ok = _unique_codes_kernel(bits.reshape(-1), codes)

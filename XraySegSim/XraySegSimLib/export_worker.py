@@ -115,7 +115,8 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     masks, codes, combos, top, counts, bits = sample_masks(result.thickness_mm, result.min_mask_thickness_mm,
                                                            ctx.local_to_global, len(mapping),
                                                            ignored if fused else None, IGNORE_MASK_VALUE,
-                                                           _mask_buffer(len(mapping), codes_shape))
+                                                           _mask_buffer(len(mapping), codes_shape),
+                                                           result.class_rows)
     if ignored is None:
         ignored = np.zeros(codes.shape, bool)
     present_local = np.flatnonzero(counts)

@@ -60,6 +60,10 @@ class DrrResult:
     min_mask_thickness_mm: float = 0.0  # default mask rule: path length through the class >= this
     material_g_cm2: np.ndarray | None = None  # (n_materials, rows, cols): density line integrals, if requested
     material_names: tuple[str, ...] = ()
+    # (n_classes, rows) uint8 from the kernel: 0 where the row holds no path length through the class, 1 where
+    # the render added some (lets per-row consumers such as the export's masks skip the ~85 % of class rows
+    # that are empty). Code that zeroes path lengths afterwards (the collimator) may leave a 1: it means "may".
+    class_rows: np.ndarray | None = None
 
     @property
     def transmission(self) -> np.ndarray:
@@ -97,8 +101,8 @@ class ReusedOutputs:
         self._arrays: dict[str, list[np.ndarray]] = {}
         self._lock = threading.Lock()  # check and hand out in one step if two threads render at once
 
-    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """An uninitialised float32 array of ``shape``: a kept one when only this pool refers to it."""
+    def get(self, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+        """An uninitialised array of ``shape``: a kept one when only this pool refers to it (one dtype per name)."""
         with self._lock:
             kept = self._arrays.setdefault(name, [])
             for index in range(len(kept)):  # not enumerate: its cached tuple would hold a reference
@@ -107,7 +111,7 @@ class ReusedOutputs:
                 if array.shape == shape and sys.getrefcount(array) <= 3:
                     kept.append(kept.pop(index))  # most recently used last
                     return array
-            array = np.empty(shape, np.float32)
+            array = np.empty(shape, dtype)
             kept.append(array)
             del kept[:-self.keep]
             return array
@@ -223,6 +227,7 @@ class DrrProjector:
         # Uninitialised: both kernels write every pixel (the CPU one zeroes each row on its thread first).
         line_integral = self._outputs.get("line_integral", (rows, cols))
         thickness = self._outputs.get("thickness", (len(self.classes), rows, cols))
+        class_rows = self._outputs.get("class_rows", (len(self.classes), rows), np.uint8)
         n_materials = len(self.materials.channels) if self.materials else 0
         material_g_cm2 = self._outputs.get("materials", (n_materials, rows, cols))
         args = (self.mu_water_per_mm / 1000.0, self.mu_water_per_mm, source, origin, column_step, row_step, metric,
@@ -232,7 +237,7 @@ class DrrProjector:
 
             if self._gpu is None:
                 self._gpu = GpuVolume(self.packed, self.mu_lut, self.material_lut, self.hull)
-            self._gpu.trace(*args, line_integral, thickness, material_g_cm2, SOFT_ONLY_BELOW_HU)
+            self._gpu.trace(*args, line_integral, thickness, class_rows, material_g_cm2, SOFT_ONLY_BELOW_HU)
         else:
             previous_threads = numba.get_num_threads()
             if self.threads:
@@ -240,10 +245,10 @@ class DrrProjector:
             try:
                 # Blocks of neighbouring rows dealt to the threads in turn (edge rows miss the body and are cheap).
                 row_order = row_schedule(rows, numba.get_num_threads())
-                trace_rays_cpu(self.packed, self.mu_lut, *args, row_order, line_integral, thickness,
+                trace_rays_cpu(self.packed, self.mu_lut, *args, row_order, line_integral, thickness, class_rows,
                                self.material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU)
             finally:
                 numba.set_num_threads(previous_threads)
         return DrrResult(geometry, line_integral, thickness, self.classes, list(self.unknown_values),
                          float(self.ct.spacing.min()), material_g_cm2 if n_materials else None,
-                         self.materials.channels if self.materials else ())
+                         self.materials.channels if self.materials else (), class_rows)

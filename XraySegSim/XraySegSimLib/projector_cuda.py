@@ -15,18 +15,19 @@ def make_kernel(with_materials: bool):
 
     @cuda.jit
     def trace_rays_cuda(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
-                        hull_directions, hull_lower, hull_upper, line_integral, thickness, material_lut,
-                        materials, soft_only_below):  # pragma: no cover - compiled
+                        hull_directions, hull_lower, hull_upper, line_integral, thickness, class_rows,
+                        material_lut, materials, soft_only_below):  # pragma: no cover - compiled
         col, row = cuda.grid(2)
         if row < line_integral.shape[0] and col < line_integral.shape[1]:
-            # Outputs come uninitialised from device_array: this thread owns its pixel.
+            # Outputs come uninitialised from device_array: this thread owns its pixel (class_rows, shared
+            # by a row's threads, comes zeroed; they only ever write 1 into it).
             line_integral[row, col] = 0.0
             for c in range(thickness.shape[0]):
                 thickness[c, row, col] = 0.0
             for m in range(materials.shape[0]):
                 materials[m, row, col] = 0.0
             trace(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
-                  hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness, material_lut,
-                  materials, soft_only_below)
+                  hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness, class_rows,
+                  material_lut, materials, soft_only_below)
 
     return trace_rays_cuda

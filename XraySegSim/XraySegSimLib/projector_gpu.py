@@ -75,22 +75,25 @@ class GpuVolume:
         return self._outputs[key]
 
     def trace(self, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull,
-              line_integral, thickness, materials, soft_only_below) -> None:
-        """Fill the host arrays ``line_integral`` (rows, cols), ``thickness`` and ``materials``
-        (channels, rows, cols) like ``trace_rays_cpu`` does; ``hull`` must be the one given at construction."""
+              line_integral, thickness, class_rows, materials, soft_only_below) -> None:
+        """Fill the host arrays ``line_integral`` (rows, cols), ``thickness``, ``class_rows`` (classes, rows)
+        and ``materials`` (channels, rows, cols) like ``trace_rays_cpu`` does; ``hull`` must be the one given
+        at construction."""
         from numba import cuda
 
         rows, cols = line_integral.shape
         d_line, d_thickness, d_materials = self._buffers(line_integral, thickness, materials)
         view = cuda.to_device(np.concatenate([np.ravel(a) for a in (source, origin, column_step, row_step, metric)])
                               .astype(np.float64))  # one upload: 4 points/vectors and the 3x3 metric
+        d_class_rows = cuda.to_device(np.zeros(class_rows.shape, np.uint8))  # small: rows x classes bytes
         grid = ((cols + BLOCK[0] - 1) // BLOCK[0], (rows + BLOCK[1] - 1) // BLOCK[1])
         kernel = _kernel(materials.shape[0] > 0)
         kernel[grid, BLOCK](self.packed, self.flat, self.mu_lut, float(mu_scale), float(mu_offset), view[0:3],
                             view[3:6], view[6:9], view[9:12], view[12:21].reshape(3, 3), *self.hull, d_line,
-                            d_thickness, self.material_lut, d_materials, int(soft_only_below))
+                            d_thickness, d_class_rows, self.material_lut, d_materials, int(soft_only_below))
         d_line.copy_to_host(line_integral)
         if thickness.size:
             d_thickness.copy_to_host(thickness)
+            d_class_rows.copy_to_host(class_rows)
         if materials.size:
             d_materials.copy_to_host(materials)

@@ -117,7 +117,7 @@ def make_accumulate(with_materials: bool):
     segment (plain Python, compiled for the CPU or CUDA like ``trace_ray``)."""
 
     def accumulate(word, segment, t, total, m0, m1, m2, m3, run_class, run_start, mu_lut, material_lut,
-                   soft_only_below, thickness, row, col, length_mm):  # pragma: no cover - compiled
+                   soft_only_below, thickness, class_rows, row, col, length_mm):  # pragma: no cover - compiled
         total += segment * mu_lut[word & 0xFFFF]  # max(0, mu_offset + mu_scale * HU), one load
         if with_materials:
             # Soft-tissue voxels (most of them) cost nothing here: their partial density is the mu
@@ -134,6 +134,7 @@ def make_accumulate(with_materials: bool):
             # A run of one class ends: its length is a difference of t (no sum per step to keep).
             if run_class != 0:
                 thickness[run_class - 1, row, col] += (t - run_start) * length_mm
+                class_rows[run_class - 1, row] = 1
             run_class = c
             run_start = t
         return total, m0, m1, m2, m3, run_class, run_start
@@ -148,12 +149,13 @@ def make_trace_ray(with_materials: bool, compile_helper):
     accumulate = compile_helper(make_accumulate(with_materials))
 
     def trace_ray(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
-                  hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness, material_lut,
-                  materials, soft_only_below):  # pragma: no cover - compiled
+                  hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness, class_rows,
+                  material_lut, materials, soft_only_below):  # pragma: no cover - compiled
         """Trace the ray from ``source`` to detector pixel (row, col) and write that pixel of every output.
 
         All points are in IJK shifted by +0.5, so voxel v spans [v, v+1); the ray is ``source + t * d`` with
-        t in [0, 1] (Amanatides & Woo stepping, exact segment lengths). Outputs must hold zeros for the pixel.
+        t in [0, 1] (Amanatides & Woo stepping, exact segment lengths). Outputs must hold zeros for the pixel;
+        ``class_rows[c, row]`` is set to 1 when the ray adds path length to class c (zeroed per row).
         ``flat`` is ``packed`` raveled: one running offset, indexed unsigned (no wrap-around code), replaces the
         3D index arithmetic (11% less time per chest AP view, same values bit for bit).
 
@@ -243,7 +245,7 @@ def make_trace_ray(with_materials: bool, compile_helper):
                 word = np.int64(flat[np.uint64(offset)])
                 total, m0, m1, m2, m3, run_class, run_start = accumulate(
                     word, next_a - t, t, total, m0, m1, m2, m3, run_class, run_start, mu_lut, material_lut,
-                    soft_only_below, thickness, row, col, length_mm)
+                    soft_only_below, thickness, class_rows, row, col, length_mm)
                 t = next_a
                 next_a += delta_a
                 offset += stride_a
@@ -256,7 +258,7 @@ def make_trace_ray(with_materials: bool, compile_helper):
             t_exit = t1 if t1 < t_exit else t_exit
             total, m0, m1, m2, m3, run_class, run_start = accumulate(
                 word, t_exit - t, t, total, m0, m1, m2, m3, run_class, run_start, mu_lut, material_lut,
-                soft_only_below, thickness, row, col, length_mm)
+                soft_only_below, thickness, class_rows, row, col, length_mm)
             if t_exit >= t1:
                 break
             t = t_exit
@@ -280,6 +282,7 @@ def make_trace_ray(with_materials: bool, compile_helper):
                 offset += stride_c
         if run_class != 0:
             thickness[run_class - 1, row, col] += (t_exit - run_start) * length_mm
+            class_rows[run_class - 1, row] = 1
         line_integral[row, col] = total * length_mm
         if n_materials > 0:
             m0 += total / mu_offset  # sum of segment * max(0, 1 + HU/1000): the soft-tissue line
@@ -302,45 +305,46 @@ _trace_ray_materials = _INLINE(make_trace_ray(True, _INLINE))
 
 
 @_INLINE
-def _zero_row(row, line_integral, thickness, materials):  # pragma: no cover - compiled
+def _zero_row(row, line_integral, thickness, class_rows, materials):  # pragma: no cover - compiled
     """Zero one detector row of every output, on the thread that then traces it: the outputs are allocated
     uninitialised, so the zeroing runs on all threads (not one memset) and leaves the row's lines in cache
     for the writes that follow."""
     line_integral[row, :] = 0.0
     for c in range(thickness.shape[0]):
         thickness[c, row, :] = 0.0
+        class_rows[c, row] = 0
     for m in range(materials.shape[0]):
         materials[m, row, :] = 0.0
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 def _trace_rays_plain(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
-                      hull_directions, hull_lower, hull_upper, row_order, line_integral, thickness, material_lut,
-                      materials, soft_only_below):  # pragma: no cover - compiled; covered through DrrProjector tests
+                      hull_directions, hull_lower, hull_upper, row_order, line_integral, thickness, class_rows,
+                      material_lut, materials, soft_only_below):  # pragma: no cover - compiled; covered through DrrProjector tests
     n_rows, n_cols = line_integral.shape
     flat = packed.reshape(packed.size)
     for r in numba.prange(n_rows):
         row = row_order[r]
-        _zero_row(row, line_integral, thickness, materials)
+        _zero_row(row, line_integral, thickness, class_rows, materials)
         for col in range(n_cols):
             _trace_ray_plain(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                              hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness,
-                             material_lut, materials, soft_only_below)
+                             class_rows, material_lut, materials, soft_only_below)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 def _trace_rays_materials(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                           hull_directions, hull_lower, hull_upper, row_order, line_integral, thickness,
-                          material_lut, materials, soft_only_below):  # pragma: no cover - compiled
+                          class_rows, material_lut, materials, soft_only_below):  # pragma: no cover - compiled
     n_rows, n_cols = line_integral.shape
     flat = packed.reshape(packed.size)
     for r in numba.prange(n_rows):
         row = row_order[r]
-        _zero_row(row, line_integral, thickness, materials)
+        _zero_row(row, line_integral, thickness, class_rows, materials)
         for col in range(n_cols):
             _trace_ray_materials(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step,
                                  metric, hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness,
-                                 material_lut, materials, soft_only_below)
+                                 class_rows, material_lut, materials, soft_only_below)
 
 
 def row_schedule(rows: int, threads: int, block: int = 8) -> np.ndarray:
@@ -356,10 +360,11 @@ def row_schedule(rows: int, threads: int, block: int = 8) -> np.ndarray:
 
 
 def trace_rays_cpu(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull,
-                   row_order, line_integral, thickness, material_lut, materials, soft_only_below) -> None:
+                   row_order, line_integral, thickness, class_rows, material_lut, materials,
+                   soft_only_below) -> None:
     """Trace every detector pixel on the CPU threads (rows in ``row_order``, which balances the threads, and
     must hold every row once); ``hull`` = (directions, lower, upper) from ``matter_hull`` or ``box_hull``.
     The outputs may be uninitialised (``np.empty``): each row is zeroed before it is traced."""
     kernel = _trace_rays_materials if materials.shape[0] > 0 else _trace_rays_plain
     kernel(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric, *hull, row_order,
-           line_integral, thickness, material_lut, materials, soft_only_below)
+           line_integral, thickness, class_rows, material_lut, materials, soft_only_below)
