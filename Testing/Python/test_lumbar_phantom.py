@@ -34,14 +34,23 @@ def test_levels_are_stacked_top_down_with_totalsegmentator_values(coarse_phantom
     ct, labels, names, report = coarse_phantoms[0]
     assert names == NAMES and names[31] == "vertebrae_L1" and names[26] == "vertebrae_S1"
     superior = {}
-    for value in (31, 30, 29, 28, 27, 26):
+    for value in (33, 32, 31, 30, 29, 28, 27, 26):
         mask = labels.array == value
         assert mask.sum() > 50, names[value]
         superior[value] = labels.centroid_ras(mask)[2]
-    heights = [superior[v] for v in (31, 30, 29, 28, 27, 26)]
-    assert heights == sorted(heights, reverse=True)  # L1 highest, S1 lowest
+    heights = [superior[v] for v in (33, 32, 31, 30, 29, 28, 27, 26)]
+    assert heights == sorted(heights, reverse=True)  # T11 highest, S1 lowest
     gaps = -np.diff(heights)
     assert np.all((gaps > 20) & (gaps < 50)), gaps  # 25-40 mm per lumbar level in adults
+    # Femoral heads below S1, each on its own side (RAS: right is +R); the rib cage around T11-T12.
+    for value, side in ((76, 1), (75, -1)):
+        centre = labels.centroid_ras(labels.array == value)
+        assert centre[2] < superior[26] - 30 and side * (centre[0] - labels.centroid_ras(labels.array == 26)[0]) > 50
+    ribs = labels.array == 200
+    k = np.flatnonzero(ribs.any(axis=(1, 2)))
+    assert ribs.sum() > 200 and k.size and (k[0] + k[-1]) / 2 > np.flatnonzero((labels.array == 31).any(axis=(1, 2))).mean()
+    box = ribs[k[0]:k[-1] + 1][:, ribs.any(axis=(0, 2))][:, :, ribs.any(axis=(0, 1))]
+    assert box.mean() < 0.3  # thin curved bones, not a leaked solid (the rib-cage mesh has a few holes)
     bone = labels.array > 0
     assert 150 < np.median(ct.array[bone]) < 1300 and np.median(ct.array[~bone & (ct.array > -500)]) < 100
 

@@ -1,15 +1,22 @@
-"""A labelled lumbar-spine phantom (L1-L5, S1, sacrum, both hip bones in an abdomen), from OpenSim's meshes.
+"""A labelled lumbar-spine phantom (T11-L5, S1, sacrum, hip bones, femoral heads and the lower ribs in an
+abdomen), from OpenSim's meshes.
 
 Source: the ``pose2sim==0.3.7`` wheel (BSD-3-Clause): ``lumbar1..5.vtp``, ``sacrum.vtp``, ``r_pelvis.vtp``,
-``l_pelvis.vtp`` and the joints of ``Model_Pose2Sim_Body25b.osim`` (fetched and checked like the hand meshes).
-The chain pelvis -> sacrum (weld) -> L5 -> ... -> L1 follows the model's intervertebral joints; each joint gets a
-random flexion/extension and lateral bending within a few degrees, so lordosis varies. OpenSim frames (X anterior,
-Y superior, Z right, metres) become RAS mm.
+``l_pelvis.vtp``, ``thoracic11_s.vtp``, ``thoracic12_s.vtp``, ``hat_ribs_scap.vtp``, ``femur_r.vtp``,
+``femur_l.vtp`` and the joints of ``Model_Pose2Sim_Body25b.osim`` (fetched and checked like the hand meshes).
+The chain pelvis -> sacrum (weld) -> L5 -> ... -> L1 -> torso follows the model's intervertebral joints; each
+joint gets a random flexion/extension and lateral bending within a few degrees, so lordosis varies. The torso
+carries T11, T12 and the rib cage (one mesh, with the scapulae: only its part inside the grid counts), placed by
+their geometry frames; the femurs hang from the hip joints with a small random flexion. OpenSim frames (X
+anterior, Y superior, Z right, metres) become RAS mm. Version 2 added T11-T12, the ribs and the femoral heads:
+on lateral radiographs they are what overlaps L1 and S1 (version 1 had the lumbar spine and pelvis only).
 
-Labels use TotalSegmentator v2's values and names (vertebrae_L1 = 31 ... vertebrae_L5 = 27, vertebrae_S1 = 26,
-sacrum = 25, hip_left = 77, hip_right = 78), so one ``--names``/``--classes`` serves this phantom and the
-TotalSegmentator CTs. S1 is the top ``S1_HEIGHT_MM`` (scaled) of the sacrum mesh: an approximation of the S1
-segment, stated here because the mesh is one piece.
+Labels use TotalSegmentator v2's values and names (vertebrae_T11 = 33, vertebrae_T12 = 32, vertebrae_L1 = 31 ...
+vertebrae_L5 = 27, vertebrae_S1 = 26, sacrum = 25, femur_left = 75, femur_right = 76, hip_left = 77,
+hip_right = 78), so one ``--names``/``--classes`` serves this phantom and the TotalSegmentator CTs. The rib cage
+is one mesh, so it cannot take TotalSegmentator's per-rib labels: it is ``ribs_and_scapulae`` = 200. S1 is the
+top ``S1_HEIGHT_MM`` (scaled) of the sacrum mesh: an approximation of the S1 segment, stated here because the
+mesh is one piece.
 
 Tissues (HU): cortical shell ``cortical_mm`` thick (900-1,300 HU x bone density), trabecular core (200-340 HU with
 a smooth texture), an elliptical abdomen (skin, subcutaneous fat of random thickness, muscle/organs at 35-50 HU),
@@ -25,7 +32,7 @@ import numpy as np
 
 from ..volume import Volume
 
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2
 SPINE_FILES = {
     "Model_Pose2Sim_Body25b.osim": "72a9baa6a2e7b5e364ca5445155b5a8415060a39bb754fb337b985b32dc8ba95",
     "lumbar1.vtp": "e5accaeba10f253693f894e66accecc6b61abccc950da6982359a9193ad3e7a8",
@@ -36,13 +43,24 @@ SPINE_FILES = {
     "sacrum.vtp": "eff7a350f40a5ff22316a3e7494dc7215a912cb8f84d0935f83eaa7007fecb73",
     "r_pelvis.vtp": "d0c0ed912a48cf3b26c0ab60c95331c6a153629dde41e868f8e0c6d9bc67144e",
     "l_pelvis.vtp": "b459443d1dc435ecb17ede29a5684645b231442cfb57d762e90f4374403574ee",
+    "thoracic11_s.vtp": "dc4e3ec249f7279968cd257db06d88a7e5768f5fef4465a9e17485dbfc01e8e2",
+    "thoracic12_s.vtp": "b5ccd8df5620f30f4a0c294d5aa33f02034cf511f58ba7d3321e280532334267",
+    "hat_ribs_scap.vtp": "75e3979f5468550db8cd21adb70cbca880d93d2c74244a3a9524c8b233e41e0f",
+    "femur_r.vtp": "ac1a67a9309e7929b769418322ad2e942db7e2eed870548eb6095bad56d01b7b",
+    "femur_l.vtp": "1447495dfc28396f162ebe8989f14db7c626f1ddb9a8152eb9d63a3423daa784",
 }
+# Meshes of the torso body, each in its own geometry frame: (label name, mesh file).
+TORSO_MESHES = (("vertebrae_T11", "thoracic11_s.vtp"), ("vertebrae_T12", "thoracic12_s.vtp"),
+                ("ribs_and_scapulae", "hat_ribs_scap.vtp"))
 # (body, joint placing it in its parent, label value, label name); parents come first.
 CHAIN = (("lumbar5", "L5_S1_IVDjnt", 27, "vertebrae_L5"), ("lumbar4", "L4_L5_IVDjnt", 28, "vertebrae_L4"),
          ("lumbar3", "L3_L4_IVDjnt", 29, "vertebrae_L3"), ("lumbar2", "L2_L3_IVD_jnt", 30, "vertebrae_L2"),
          ("lumbar1", "L1_L2_IVD_jnt", 31, "vertebrae_L1"))
 NAMES = {25: "sacrum", 26: "vertebrae_S1", 27: "vertebrae_L5", 28: "vertebrae_L4", 29: "vertebrae_L3",
-         30: "vertebrae_L2", 31: "vertebrae_L1", 77: "hip_left", 78: "hip_right"}
+         30: "vertebrae_L2", 31: "vertebrae_L1", 32: "vertebrae_T12", 33: "vertebrae_T11", 75: "femur_left",
+         76: "femur_right", 77: "hip_left", 78: "hip_right", 200: "ribs_and_scapulae"}
+# Bones that are not the spine: they neither set the grid's extent nor its centre.
+NOT_SPINE = ("sacrum", "hip_left", "hip_right", "femur_left", "femur_right", "ribs_and_scapulae")
 S1_HEIGHT_MM = 28.0
 # OpenSim (X anterior, Y superior, Z right) -> RAS (R = Z, A = X, S = Y), metres -> mm.
 OPENSIM_TO_RAS = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]) * 1000.0
@@ -54,6 +72,8 @@ class LumbarParams:
     scale: float = 1.0  # overall size
     flexion_deg: tuple[float, ...] = (0.0,) * 5  # per joint, L5/S1 first; + flexion, - extension
     bending_deg: tuple[float, ...] = (0.0,) * 5
+    thoracic_flexion_deg: float = 0.0  # the L1/T12 joint
+    hip_flexion_deg: tuple[float, float] = (0.0, 0.0)  # right, left
     bone_density: float = 1.0
     cortical_mm: float = 2.0  # thicker than anatomy: the 1.5 mm grid blurs the thin shell and endplates
     abdomen_width_mm: float = 320.0  # left-right
@@ -71,7 +91,9 @@ def random_params(seed: int) -> LumbarParams:
         bending_deg=tuple(float(v) for v in rng.uniform(-2.0, 2.0, 5)),
         bone_density=float(rng.uniform(0.85, 1.15)), cortical_mm=float(rng.uniform(1.5, 2.5)),
         abdomen_width_mm=float(rng.uniform(280.0, 370.0)), abdomen_depth_mm=float(rng.uniform(200.0, 290.0)),
-        fat_mm=float(rng.uniform(8.0, 40.0)), gas_pockets=int(rng.integers(2, 9)))
+        fat_mm=float(rng.uniform(8.0, 40.0)), gas_pockets=int(rng.integers(2, 9)),
+        thoracic_flexion_deg=float(rng.uniform(-4.0, 3.0)),
+        hip_flexion_deg=(float(rng.uniform(-10.0, 15.0)), float(rng.uniform(-10.0, 15.0))))
 
 
 def _joint_rotation(flexion_deg: float, bending_deg: float) -> np.ndarray:
@@ -86,7 +108,9 @@ def body_transforms(osim: Path, params: LumbarParams) -> dict[str, np.ndarray]:
     """4x4 (metres) of each body in the pelvis frame."""
     import xml.etree.ElementTree as ET
 
-    from .hand_meshes import placed_by_joint
+    from .hand_meshes import _joint, placed_by_joint
+
+    from .hip import _custom_joint_rotation
 
     root = ET.parse(str(osim)).getroot()
     out = {"pelvis": np.eye(4), "sacrum": placed_by_joint(root, "sacrumjnt", np.eye(4))}
@@ -95,6 +119,31 @@ def body_transforms(osim: Path, params: LumbarParams) -> dict[str, np.ndarray]:
         rotation = _joint_rotation(params.flexion_deg[index], params.bending_deg[index])
         out[body] = out[parent] @ placed_by_joint(root, joint, rotation)
         parent = body
+    out["torso"] = out["lumbar1"] @ placed_by_joint(root, "L1_T12_IVD_jnt",
+                                                    _joint_rotation(params.thoracic_flexion_deg, 0.0))
+    for name, file in TORSO_MESHES:  # each torso mesh sits in its own frame of the torso body
+        out[name] = out["torso"] @ geometry_frames(root, "torso")[file]
+    for side, flexion in zip("rl", params.hip_flexion_deg):
+        joint = _joint(root, f"hip_{side}")
+        rotation = _custom_joint_rotation(joint, {f"hip_flexion_{side}": np.radians(flexion)})
+        out[f"femur_{side}"] = placed_by_joint(root, f"hip_{side}", rotation)
+    return out
+
+
+def geometry_frames(root, body: str) -> dict[str, np.ndarray]:
+    """{mesh file: 4x4 (metres)} of the PhysicalOffsetFrame that holds each mesh of ``body``, times the mesh's
+    scale divided by its first factor (``posed_model_meshes`` applies that one: the rib cage is 1 x 1.1 x 1)."""
+    from .hand_meshes import _rotation_xyz
+
+    element = next(e for e in root.iter("Body") if e.get("name") == body)
+    out = {}
+    for frame in element.iter("PhysicalOffsetFrame"):
+        placement = np.eye(4)
+        placement[:3, :3] = _rotation_xyz(frame.findtext("orientation").split())
+        placement[:3, 3] = [float(v) for v in frame.findtext("translation").split()]
+        for mesh in frame.iter("Mesh"):
+            scale = [float(v) for v in mesh.findtext("scale_factors").split()]
+            out[mesh.findtext("mesh_file")] = placement @ np.diag([v / scale[0] for v in scale] + [1.0])
     return out
 
 
@@ -121,8 +170,10 @@ def posed_meshes(params: LumbarParams, folder: Path | None = None) -> dict[str, 
     folder = folder or fetch_hand_meshes(files=SPINE_FILES, folder_name="pose2sim-spine")
     osim = folder / "Model_Pose2Sim_Body25b.osim"
     files = {"sacrum": ("sacrum", "sacrum.vtp"), "hip_right": ("pelvis", "r_pelvis.vtp"),
-             "hip_left": ("pelvis", "l_pelvis.vtp"),
-             **{name: (body, f"{body}.vtp") for body, _, _, name in CHAIN}}
+             "hip_left": ("pelvis", "l_pelvis.vtp"), "femur_right": ("femur_r", "femur_r.vtp"),
+             "femur_left": ("femur_l", "femur_l.vtp"),
+             **{name: (body, f"{body}.vtp") for body, _, _, name in CHAIN},
+             **{name: (name, file) for name, file in TORSO_MESHES}}
     return posed_model_meshes(folder, files, body_transforms(osim, params), params.scale)
 
 
@@ -160,11 +211,10 @@ def box_grid(low: np.ndarray, high: np.ndarray, voxel_mm: float, name: str) -> V
 
 
 def _grid(meshes: dict[str, object], params: LumbarParams) -> Volume:
-    """Axis-aligned RAS grid: the abdomen around the spine, from 50 mm above L1 to 30 mm below the sacrum."""
+    """Axis-aligned RAS grid: the abdomen around the spine, from 50 mm above T11 to 30 mm below the sacrum."""
     from vtk.util.numpy_support import vtk_to_numpy
 
-    spine = np.concatenate([vtk_to_numpy(meshes[n].GetPoints().GetData()) for n in meshes if n != "sacrum"
-                            and not n.startswith("hip")])
+    spine = np.concatenate([vtk_to_numpy(meshes[n].GetPoints().GetData()) for n in meshes if n not in NOT_SPINE])
     sacrum = vtk_to_numpy(meshes["sacrum"].GetPoints().GetData())
     centre_r = float(np.median(spine[:, 0]))
     back = float(spine[:, 1].min()) - 45.0 * params.scale  # posterior skin ~45 mm behind the spinous processes
