@@ -213,7 +213,11 @@ class DrrProjector:
             )
 
     def render(self, geometry: XrayGeometry) -> DrrResult:
-        """Trace every detector pixel once; returns the DRR and the per-class path lengths."""
+        """Trace every detector pixel once; returns the DRR and the per-class path lengths.
+
+        The result's arrays may be those of an earlier result that nothing refers to any more (see
+        ``ReusedOutputs``): keep the result, or any array or view of it, for as long as you use it; copies and
+        arrays derived from it (``masks()``, ``transmission``) are always your own."""
         self.check_geometry(geometry)
         ras_to_ijk = self.ct.ras_to_ijk
         linear, shift = ras_to_ijk[:3, :3], ras_to_ijk[:3, 3] + 0.5  # +0.5: voxel v spans [v, v+1)
