@@ -56,6 +56,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-dice", action="store_true",
                        help="one Dice over the batch, so patches away from the structure still cost their false "
                             "positives (use with femur-data --train-region half-body)")
+    train.add_argument("--metal-fraction", type=float, default=0.0,
+                       help="share of patches given a synthetic metal implant (rods and streaks inside the "
+                            "structure; default 0)")
     train.add_argument("--trained-side", choices=("left", "right"),
                        help="the body side of the training cases (femur-data --train-side): the card says so, and "
                             "ct-segment then predicts the other side of a whole CT mirrored, per side")
@@ -128,6 +131,7 @@ def run_ct_train(args) -> int:
                                                                                      norm=args.norm),
                            flip=not args.no_flip, foreground_fraction=_fraction(args.foreground_fraction),
                            trained_side=args.trained_side or "", batch_dice=args.batch_dice,
+                           metal_fraction=_fraction(args.metal_fraction, "--metal-fraction"),
                            seed=args.seed, device=args.device, name=args.name,
                            oversample=[[text, _factor(factor)] for text, factor in args.oversample],
                            init_from=str(args.init_from) if args.init_from else "")
@@ -150,11 +154,11 @@ def _factor(text: str) -> float:
         raise InputError(f"--oversample TEXT FACTOR: '{text}' is not a number; give e.g. --oversample body0 16") from None
 
 
-def _fraction(value: float) -> float:
+def _fraction(value: float, option: str = "--foreground-fraction") -> float:
     if not 0.0 <= value <= 1.0:
         from .errors import InputError
 
-        raise InputError(f"--foreground-fraction {value}: give a share between 0 and 1, e.g. 0.5")
+        raise InputError(f"{option} {value}: give a share between 0 and 1, e.g. 0.5")
     return value
 
 

@@ -6,7 +6,7 @@ penalises large weights (as weight decay does, but added to the loss explicitly 
 optimiser stays plain Adam). Default lambda = 1e-4: at initialisation the term is about 4% of the loss (bundled network: sum of squares ~270).
 
 Augmentation: random left-right flips (so one network serves both sides), affine (rotation, scale), intensity
-scale/shift and noise.
+scale/shift and noise; optionally synthetic metal implants (``metal_fraction``, ct_augment).
 
 Every step draws its patches and augmentations from generators seeded by (seed, step), so a resumed run is
 bit-identical to an uninterrupted one. Checkpoints are safetensors + JSON (never pickle).
@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .ct_data import CtDataset, load_case, read_ct_dataset
+from .ct_augment import add_synthetic_implant
+from .ct_data import HU_RANGE, CtDataset, load_case, read_ct_dataset
 from .ct_networks import DEFAULT_ARCHITECTURE, size_divisor
 from .errors import DatasetError, InputError
 
@@ -53,6 +54,7 @@ class CtTrainConfig:
     # other side on the mirrored CT and keeps the largest component per side (ct_sides).
     trained_side: str = ""
     batch_dice: bool = False  # one Dice over the batch (see dice_l2_loss)
+    metal_fraction: float = 0.0  # share of patches given a synthetic metal implant (ct_augment)
 
 
 def l2_penalty(network) -> Any:
@@ -131,8 +133,11 @@ def _batch(volumes: list[tuple[np.ndarray, np.ndarray]], foreground: list[np.nda
             centre = foreground[index][int(rng.integers(len(foreground[index])))]
         else:
             centre = np.array([int(rng.integers(n)) for n in image.shape])
-        sample = transforms({"image": _crop(image, centre, config.patch_size, -1.0)[None],
-                             "label": _crop(label, centre, config.patch_size, 0)[None].astype(np.float32)})
+        image_patch, label_patch = _crop(image, centre, config.patch_size, -1.0), _crop(label, centre, config.patch_size, 0)
+        # Drawn only when asked for, so that runs without implants keep their random streams.
+        if config.metal_fraction > 0 and rng.random() < config.metal_fraction:
+            image_patch = add_synthetic_implant(image_patch, label_patch, rng, HU_RANGE[1] / 1000.0)
+        sample = transforms({"image": image_patch[None], "label": label_patch[None].astype(np.float32)})
         images.append(torch.as_tensor(np.asarray(sample["image"]), dtype=torch.float32))
         labels.append(torch.as_tensor(np.asarray(sample["label"]), dtype=torch.float32).round())
     return torch.stack(images), torch.stack(labels)
@@ -163,7 +168,9 @@ def _load_checkpoint(out: Path, network, optimiser, config: CtTrainConfig) -> tu
         raise InputError(f"cannot resume from {out}: its checkpoint is missing or damaged ({error}); start again "
                          "without --resume in a new folder") from None
     # Everything but the number of steps must match (a resume may extend the run; the learning rate is constant).
-    saved, wanted = dict(meta["config"]), json.loads(json.dumps(asdict(config)))
+    # A setting the checkpoint predates had its default then.
+    defaults = json.loads(json.dumps(asdict(CtTrainConfig())))
+    saved, wanted = {**defaults, **meta["config"]}, json.loads(json.dumps(asdict(config)))
     saved.pop("steps"), wanted.pop("steps")
     if saved != wanted:
         raise InputError(f"cannot resume from {out}: it was trained with other settings; use the same options "
