@@ -13,6 +13,7 @@ import json
 import math
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,11 +203,29 @@ def nnunet_lines(card: dict) -> list[str]:
     return lines
 
 
+def score_only(package: Path, run: Path, json_out: Path | None) -> int:
+    """Score a package on ``run``'s test exports (e.g. another pixel size's) without bundling anything."""
+    from XraySegInferLib.inference import Predictor
+
+    with tempfile.TemporaryDirectory(prefix="wrist-score-") as eval_root:
+        per_view = score_views(Predictor.from_package(package, "cpu"), run, Path(eval_root))
+    if json_out is not None:
+        write_json(json_out, {"package": str(package), "run": str(run), "per_view": per_view})
+    print("\n".join(view_table(per_view, list(next(iter(per_view.values()))["per_class"]))))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=ROOT / "out" / "train-wrist")
     parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "Models" / "wrist")
+    parser.add_argument("--score", type=Path, metavar="PACKAGE",
+                        help="only score this model package on --run's test exports (Dice per bone and view into "
+                             "--json, the table printed); bundles nothing")
+    parser.add_argument("--json", type=Path, help="with --score: where to write the per-view figures")
     args = parser.parse_args(argv)
+    if args.score is not None:
+        return score_only(args.score, args.run, args.json)
     package = args.run / "run" / "model"
     model = load_package(package)  # checks the SHA-256 and that the weights fit the card
     per_view = evaluate_views(package, args.run)
