@@ -11,7 +11,7 @@ APT_BENCH := plastimatch
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: setup demo test test-fast bench bench-quick train-sample train-wrist nnunet-wrist train-lumbar train-femur screenshots clean
+.PHONY: setup demo test test-fast bench bench-quick train-sample train-wrist wrist-fine-pixels nnunet-wrist train-lumbar train-femur screenshots clean
 
 setup: $(STAMP)
 
@@ -100,6 +100,54 @@ train-wrist: setup
 		--config tools/train-wrist/config-phase4.json --resume --threads 1 --out $(WRIST)/run
 	$(PY) tools/train-wrist/bundle.py --run $(WRIST) --out Resources/Models/wrist
 	$(PY) tools/train-wrist/figures.py --model Resources/Models/wrist
+
+# The finer-pixel experiment for the wrist model (issue 13; not bundled: it did not beat Resources/Models/wrist).
+# The same phantoms, seeds and other jitter as train-wrist (shift_r_mm +/-12 so the carpals stay in the field),
+# exported at 0.32-0.36 mm pixels (256 px: an 87 mm field on the carpus) and at 0.34-0.38 mm over 512 px (174 mm,
+# a real detector's field); the bundled 8500-step weights fine-tuned on the narrow exports (config-fine.json,
+# 2500 steps, 13 min here), then on the wide ones (config-fine-wide.json, 3500 more steps, 16 min); each model
+# scored per view on each set's test exports, Dice on that set's own pixels (out/train-wrist-fine/*.json).
+# Needs train-wrist's phantoms and run. About 50 min here; exports one numba thread, training one torch thread.
+WRIST_FINE := out/train-wrist-fine
+WRIST_FINE_EXPORT := --names $(abspath $(WRIST))/phantoms/train/wrist_0000/names.csv \
+	--classes tools/train-wrist/classes.json --physics wrist-pa --range shift_s_mm=-35,-15 --range shift_r_mm=-12,12 \
+	--threads 1 --quiet
+WRIST_NARROW := $(WRIST_FINE_EXPORT) --size 256 --range pixel_scale=0.34,0.38
+WRIST_WIDE := $(WRIST_FINE_EXPORT) --size 512 --range pixel_scale=0.72,0.81
+wrist-fine-pixels: setup
+	rm -rf $(WRIST_FINE)
+	for view in $(WRIST_VIEWS); do $(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/test $(WRIST_NARROW) \
+		--view $$view --views-per-ct 6 --seed 1 --test-fraction 0 --dataset-id 622 --dataset-name WristTestFine \
+		--out $(WRIST_FINE)/test/$$view || exit 1; \
+		$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/test $(WRIST_WIDE) --view $$view --views-per-ct 6 \
+		--seed 1 --test-fraction 0 --dataset-id 625 --dataset-name WristTestWide \
+		--out $(WRIST_FINE)/wide/test/$$view || exit 1; done
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/train $(WRIST_NARROW) --view wrist-pa --range lao_deg=-60,150 \
+		--views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 621 --dataset-name WristPhantomsFine --out $(WRIST_FINE)/train
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/train $(WRIST_NARROW) --view wrist-pa --range lao_deg=60,120 \
+		--views-per-ct 5 --seed 2 --test-fraction 0 --dataset-id 623 --dataset-name WristLateralFine \
+		--out $(WRIST_FINE)/train-lateral
+	$(PY) tools/train-wrist/merge_exports.py $(WRIST_FINE)/train $(WRIST_FINE)/train-lateral \
+		--out $(WRIST_FINE)/train-merged/Dataset624_WristMergedFine
+	mkdir -p $(WRIST_FINE)/run $(WRIST_FINE)/wide/run $(WRIST_FINE)/scores
+	cp $(WRIST)/run/checkpoint_last.safetensors $(WRIST_FINE)/run/
+	$(VENV)/bin/xrayseg train $(WRIST_FINE)/train-merged/Dataset624_WristMergedFine --config tools/train-wrist/config-fine.json \
+		--resume --threads 1 --out $(WRIST_FINE)/run
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/train $(WRIST_WIDE) --view wrist-pa --range lao_deg=-60,150 \
+		--views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 626 --dataset-name WristPhantomsWide \
+		--out $(WRIST_FINE)/wide/train
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/train $(WRIST_WIDE) --view wrist-pa --range lao_deg=60,120 \
+		--views-per-ct 5 --seed 2 --test-fraction 0 --dataset-id 627 --dataset-name WristLateralWide \
+		--out $(WRIST_FINE)/wide/train-lateral
+	$(PY) tools/train-wrist/merge_exports.py $(WRIST_FINE)/wide/train $(WRIST_FINE)/wide/train-lateral \
+		--out $(WRIST_FINE)/wide/train-merged/Dataset628_WristMergedWide
+	cp $(WRIST_FINE)/run/checkpoint_last.safetensors $(WRIST_FINE)/wide/run/
+	$(VENV)/bin/xrayseg train $(WRIST_FINE)/wide/train-merged/Dataset628_WristMergedWide \
+		--config tools/train-wrist/config-fine-wide.json --resume --threads 1 --out $(WRIST_FINE)/wide/run
+	for model in Resources/Models/wrist $(WRIST_FINE)/run/model $(WRIST_FINE)/wide/run/model; do \
+		for run in $(WRIST) $(WRIST_FINE) $(WRIST_FINE)/wide; do \
+		$(PY) tools/train-wrist/bundle.py --score $$model --run $$run \
+		--json $(WRIST_FINE)/scores/$$(echo $$model | tr / _)-on-$$(basename $$run).json || exit 1; done; done
 
 # nnU-Net v2 (nnunetv2 2.8.1) side by side with the wrist model (issue 13): the same training export planned and
 # preprocessed (2d configuration only), the stock nnUNetTrainer on fold 'all' on the CPU for a short budget (12
