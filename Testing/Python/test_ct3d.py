@@ -190,7 +190,7 @@ def test_bundled_femur_model_scores_its_held_out_femur_as_its_card_says(tmp_path
     scores = evaluate_ct_dataset(data, model, "test")
     card = model.card["metrics"]["held_out_by_side"]["right"]["summary"]
     assert scores["summary"]["dice"] == pytest.approx(card["dice"], abs=1e-3)
-    assert scores["summary"]["dice"] > 0.7 and scores["summary"]["sensitivity"] > 0.9
+    assert scores["summary"]["dice"] > 0.8 and scores["summary"]["specificity"] > 0.95
 
 
 def test_oversampled_cases_are_drawn_that_much_more_often():

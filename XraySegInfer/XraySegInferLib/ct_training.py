@@ -262,12 +262,20 @@ def train_ct(dataset_dir: str | Path, out_dir: str | Path, config: CtTrainConfig
                              f"Dice + {config.l2_weight:g} * sum of squared convolution weights",
                      "final_loss": _tail_mean(history), "seconds_this_run": round(seconds, 1),
                      "seed": config.seed, "oversample": config.oversample,
+                     "augmentation": training_augmentation(config),
                      "init_from": Path(config.init_from).name if config.init_from else None},
         "metrics": {},
     }
     if config.trained_side:
         card["trained_side"] = config.trained_side
     return save_ct_package(out / "model", network.eval(), card)
+
+
+def training_augmentation(config: CtTrainConfig) -> dict[str, Any]:
+    """What the card says of a run's patches and augmentation."""
+    return {"foreground_fraction": config.foreground_fraction, "left_right_flips": config.flip,
+            "metal_fraction": config.metal_fraction,
+            "affine": "p 0.8, rotation +-0.17 rad, scale +-10 %", "intensity": "scale +-10 %, shift +-0.1, noise 0.03"}
 
 
 def _tail_mean(history: list, n: int = 20) -> float:
