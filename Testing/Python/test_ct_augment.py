@@ -60,3 +60,13 @@ def test_metal_fraction_zero_keeps_the_batches_and_one_paints_metal_into_them(tm
     metal = _batch(volumes, foreground, with_metal, 3, weights)
     assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(first, again))
     assert float(first[0].max()) < 1.0 and float(metal[0].max()) > 1.5  # the affine blurs the rod's edge only
+
+
+def test_rods_laid_anywhere_put_metal_outside_the_structure_too():
+    """--metal-outside: metal is then no sign of the structure (its label is left as it is)."""
+    image, label = _bone_patch()
+    outside = [add_synthetic_implant(image, label, np.random.default_rng(seed), 2.0, outside=1.0)
+               for seed in range(8)]
+    assert any(((out == 2.0) & (label == 0)).any() for out in outside)
+    inside_only = [add_synthetic_implant(image, label, np.random.default_rng(seed), 2.0) for seed in range(8)]
+    assert not any(((out == 2.0) & (label == 0)).any() for out in inside_only)

@@ -26,11 +26,12 @@ def _distance_to_segment(points: np.ndarray, start: np.ndarray, end: np.ndarray)
 
 
 def add_synthetic_implant(image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
-                          metal_value: float) -> np.ndarray:
+                          metal_value: float, outside: float = 0.0) -> np.ndarray:
     """A copy of the normalised patch ``image`` ``[k, j, i]`` with 1-3 metal rods inside ``label`` and streaks.
 
-    ``metal_value``: the network input of saturated metal (the top of the HU window). Patches with fewer than 64
-    structure voxels come back unchanged (no room for a rod)."""
+    ``metal_value``: the network input of saturated metal (the top of the HU window). ``outside``: the share of
+    rods laid anywhere in the patch instead (their metal outside the structure stays background), so that metal
+    alone is no sign of the structure. Patches with fewer than 64 structure voxels come back unchanged."""
     inside = np.argwhere(label > 0)
     out = image.copy()
     if len(inside) < 64:
@@ -38,15 +39,17 @@ def add_synthetic_implant(image: np.ndarray, label: np.ndarray, rng: np.random.G
     grid = np.indices(image.shape).reshape(3, -1).T.astype(np.float64)
     metal = np.zeros(image.shape, bool)
     for _ in range(int(rng.integers(1, 4))):
+        anywhere = outside > 0 and rng.random() < outside  # drawn only when asked for (same streams otherwise)
+        candidates = np.argwhere(np.ones(image.shape, bool)) if anywhere else inside
         for _attempt in range(10):  # a rod at least 4 voxels long
-            start, end = (inside[int(rng.integers(len(inside)))].astype(np.float64) for _ in range(2))
+            start, end = (candidates[int(rng.integers(len(candidates)))].astype(np.float64) for _ in range(2))
             if np.linalg.norm(end - start) >= 4.0:
                 break
         else:
             continue
         radius = float(rng.uniform(1.0, 2.5))  # voxels: a screw or a nail at 2-3 mm
         distance = _distance_to_segment(grid, start, end).reshape(image.shape)
-        rod = (distance <= radius) & (label > 0)
+        rod = (distance <= radius) & ((label > 0) | anywhere)
         if not rod.any():
             continue
         # Streaks: a band in the axial plane through the rod, along a random in-plane direction, darker near it.

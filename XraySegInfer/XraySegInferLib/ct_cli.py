@@ -59,6 +59,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--metal-fraction", type=float, default=0.0,
                        help="share of patches given a synthetic metal implant (rods and streaks inside the "
                             "structure; default 0)")
+    train.add_argument("--metal-outside", type=float, default=0.0,
+                       help="share of the implant rods laid anywhere in the patch (their metal stays background), "
+                            "so that metal alone is no sign of the structure (default 0)")
     train.add_argument("--trained-side", choices=("left", "right"),
                        help="the body side of the training cases (femur-data --train-side): the card says so, and "
                             "ct-segment then predicts the other side of a whole CT mirrored, per side")
@@ -132,6 +135,7 @@ def run_ct_train(args) -> int:
                            flip=not args.no_flip, foreground_fraction=_fraction(args.foreground_fraction),
                            trained_side=args.trained_side or "", batch_dice=args.batch_dice,
                            metal_fraction=_fraction(args.metal_fraction, "--metal-fraction"),
+                           metal_outside=_fraction(args.metal_outside, "--metal-outside"),
                            seed=args.seed, device=args.device, name=args.name,
                            oversample=[[text, _factor(factor)] for text, factor in args.oversample],
                            init_from=str(args.init_from) if args.init_from else "")

@@ -55,6 +55,7 @@ class CtTrainConfig:
     trained_side: str = ""
     batch_dice: bool = False  # one Dice over the batch (see dice_l2_loss)
     metal_fraction: float = 0.0  # share of patches given a synthetic metal implant (ct_augment)
+    metal_outside: float = 0.0  # share of those rods laid anywhere in the patch, not only inside the structure
 
 
 def l2_penalty(network) -> Any:
@@ -136,7 +137,8 @@ def _batch(volumes: list[tuple[np.ndarray, np.ndarray]], foreground: list[np.nda
         image_patch, label_patch = _crop(image, centre, config.patch_size, -1.0), _crop(label, centre, config.patch_size, 0)
         # Drawn only when asked for, so that runs without implants keep their random streams.
         if config.metal_fraction > 0 and rng.random() < config.metal_fraction:
-            image_patch = add_synthetic_implant(image_patch, label_patch, rng, HU_RANGE[1] / 1000.0)
+            image_patch = add_synthetic_implant(image_patch, label_patch, rng, HU_RANGE[1] / 1000.0,
+                                                config.metal_outside)
         sample = transforms({"image": image_patch[None], "label": label_patch[None].astype(np.float32)})
         images.append(torch.as_tensor(np.asarray(sample["image"]), dtype=torch.float32))
         labels.append(torch.as_tensor(np.asarray(sample["label"]), dtype=torch.float32).round())
@@ -274,7 +276,7 @@ def train_ct(dataset_dir: str | Path, out_dir: str | Path, config: CtTrainConfig
 def training_augmentation(config: CtTrainConfig) -> dict[str, Any]:
     """What the card says of a run's patches and augmentation."""
     return {"foreground_fraction": config.foreground_fraction, "left_right_flips": config.flip,
-            "metal_fraction": config.metal_fraction,
+            "metal_fraction": config.metal_fraction, "metal_outside": config.metal_outside,
             "affine": "p 0.8, rotation +-0.17 rad, scale +-10 %", "intensity": "scale +-10 %, shift +-0.1, noise 0.03"}
 
 
