@@ -67,7 +67,8 @@ train-sample: setup
 # (tools/train-wrist/config.json: 1500 steps, then warm restarts resumed to 3500 steps with config-phase2.json
 # and to 5500 steps with config-phase3.json; then a lateral phase to 8500 steps with config-phase4.json on the main
 # export merged with 5 lateral and near-lateral views (lao 60..120 deg) of each training wrist, the best checkpoint
-# chosen afresh on the merged set's validation wrists;
+# chosen afresh on the merged set's validation wrists; then a warm restart on the merged set to 11000 steps with
+# config-phase5.json, 12 min;
 # one thread: on the loaded, shared 2-core machine two torch threads stalled, ~20 s per step); Dice per bone and per view
 # into the card; Resources/Models/wrist/; then the README's wrist pictures.
 WRIST := out/train-wrist
@@ -98,13 +99,16 @@ train-wrist: setup
 	rm -f $(WRIST)/run/checkpoint_best.safetensors
 	$(VENV)/bin/xrayseg train $(WRIST)/train-merged/Dataset614_WristMerged \
 		--config tools/train-wrist/config-phase4.json --resume --threads 1 --out $(WRIST)/run
+	cp $(WRIST)/run/checkpoint_last.safetensors $(WRIST)/checkpoint-8500.safetensors
+	$(VENV)/bin/xrayseg train $(WRIST)/train-merged/Dataset614_WristMerged \
+		--config tools/train-wrist/config-phase5.json --resume --threads 1 --out $(WRIST)/run
 	$(PY) tools/train-wrist/bundle.py --run $(WRIST) --out Resources/Models/wrist
 	$(PY) tools/train-wrist/figures.py --model Resources/Models/wrist
 
-# The finer-pixel experiment for the wrist model (issue 13; not bundled: it did not beat Resources/Models/wrist).
+# The finer-pixel experiment for the wrist model (issue 13; not bundled: it did not beat the 0.61 mm model).
 # The same phantoms, seeds and other jitter as train-wrist (shift_r_mm +/-12 so the carpals stay in the field),
 # exported at 0.32-0.36 mm pixels (256 px: an 87 mm field on the carpus) and at 0.34-0.38 mm over 512 px (174 mm,
-# a real detector's field); the bundled 8500-step weights fine-tuned on the narrow exports (config-fine.json,
+# a real detector's field); train-wrist's 8500-step weights (checkpoint-8500) fine-tuned on the narrow exports (config-fine.json,
 # 2500 steps, 13 min here), then on the wide ones (config-fine-wide.json, 3500 more steps, 16 min); each model
 # scored per view on each set's test exports, Dice on that set's own pixels (out/train-wrist-fine/*.json).
 # Needs train-wrist's phantoms and run. About 50 min here; exports one numba thread, training one torch thread.
@@ -129,8 +133,11 @@ wrist-fine-pixels: setup
 		--out $(WRIST_FINE)/train-lateral
 	$(PY) tools/train-wrist/merge_exports.py $(WRIST_FINE)/train $(WRIST_FINE)/train-lateral \
 		--out $(WRIST_FINE)/train-merged/Dataset624_WristMergedFine
-	mkdir -p $(WRIST_FINE)/run $(WRIST_FINE)/wide/run $(WRIST_FINE)/scores
-	cp $(WRIST)/run/checkpoint_last.safetensors $(WRIST_FINE)/run/
+	mkdir -p $(WRIST_FINE)/base $(WRIST_FINE)/run $(WRIST_FINE)/wide/run $(WRIST_FINE)/scores
+	cp $(WRIST)/checkpoint-8500.safetensors $(WRIST_FINE)/base/checkpoint_last.safetensors
+	$(VENV)/bin/xrayseg train $(WRIST)/train-merged/Dataset614_WristMerged --config tools/train-wrist/config-phase4.json \
+		--resume --threads 1 --quiet --out $(WRIST_FINE)/base  # 0 steps: packages the 8500-step weights to score
+	cp $(WRIST)/checkpoint-8500.safetensors $(WRIST_FINE)/run/checkpoint_last.safetensors
 	$(VENV)/bin/xrayseg train $(WRIST_FINE)/train-merged/Dataset624_WristMergedFine --config tools/train-wrist/config-fine.json \
 		--resume --threads 1 --out $(WRIST_FINE)/run
 	$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/train $(WRIST_WIDE) --view wrist-pa --range lao_deg=-60,150 \
@@ -144,7 +151,7 @@ wrist-fine-pixels: setup
 	cp $(WRIST_FINE)/run/checkpoint_last.safetensors $(WRIST_FINE)/wide/run/
 	$(VENV)/bin/xrayseg train $(WRIST_FINE)/wide/train-merged/Dataset628_WristMergedWide \
 		--config tools/train-wrist/config-fine-wide.json --resume --threads 1 --out $(WRIST_FINE)/wide/run
-	for model in Resources/Models/wrist $(WRIST_FINE)/run/model $(WRIST_FINE)/wide/run/model; do \
+	for model in $(WRIST_FINE)/base/model $(WRIST_FINE)/run/model $(WRIST_FINE)/wide/run/model; do \
 		for run in $(WRIST) $(WRIST_FINE) $(WRIST_FINE)/wide; do \
 		$(PY) tools/train-wrist/bundle.py --score $$model --run $$run \
 		--json $(WRIST_FINE)/scores/$$(echo $$model | tr / _)-on-$$(basename $$run).json || exit 1; done; done

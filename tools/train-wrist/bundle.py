@@ -117,7 +117,8 @@ def amend_card(card: dict, run: Path, per_view: dict) -> dict:
                   "restarts, xrayseg train --resume with config-phase2.json to 3500 steps and config-phase3.json "
                   "to 5500 steps; then config-phase4.json to 8500 steps on the main export merged with the lateral "
                   "export (tools/train-wrist/merge_exports.py), the best checkpoint chosen afresh on that set's "
-                  "validation wrists)",
+                  "validation wrists; then config-phase5.json, a warm restart on the same merged set, to 11000 "
+                  "steps)",
     }
     lateral = next((run / "train-lateral").glob("Dataset*/export.json"), None)
     if lateral is not None:  # the lateral phase: more lateral and near-lateral views of the same training wrists
