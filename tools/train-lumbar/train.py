@@ -87,7 +87,9 @@ def main() -> int:
                         "--name", f"Lumbar {'L1-L5+S1 (instance-aware' if family == 'instance' else 'vertebra (semantic'}"
                                   f", trained on {body})")
             runs[(body, family)] = run / "model"
-    study = {}
+    from XraySegSimLib.phantom.lumbar import PHANTOM_VERSION
+
+    study = {"phantom_version": PHANTOM_VERSION}  # the study's figures depend on it (version 2: T11-T12, ribs, femurs)
     for train_body, test_body in (("ct", "phantom"), ("phantom", "ct")):
         report = out / f"compare-{train_body}-to-{test_body}"
         xrayseg("lumbar-compare", datasets[test_body], "--semantic", runs[(train_body, "semantic")],
