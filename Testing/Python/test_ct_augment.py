@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from XraySegInferLib.ct_augment import STREAK_HALF_LENGTH_VOXELS, add_synthetic_implant
 
@@ -43,8 +44,10 @@ def test_same_generator_same_implant_and_small_structures_are_left_alone():
     assert np.array_equal(add_synthetic_implant(image, tiny, np.random.default_rng(7), 2.0), image)
 
 
-def test_metal_fraction_zero_keeps_the_batches_and_one_paints_metal_into_them(tmp_path):
-    """Runs without implants draw exactly the patches they drew before the option existed."""
+def test_metal_fraction_zero_keeps_the_batches_and_one_paints_metal_into_them(tmp_path, monkeypatch):
+    """Runs without implants draw exactly the patches they drew before the option existed: no implant and no
+    extra random draw (one ``random()`` per patch, the foreground choice), so their random streams are unchanged."""
+    from XraySegInferLib import ct_training
     from XraySegInferLib.ct_training import CtTrainConfig, _batch
 
     image, label = _bone_patch()
@@ -60,6 +63,27 @@ def test_metal_fraction_zero_keeps_the_batches_and_one_paints_metal_into_them(tm
     metal = _batch(volumes, foreground, with_metal, 3, weights)
     assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(first, again))
     assert float(first[0].max()) < 1.0 and float(metal[0].max()) > 1.5  # the affine blurs the rod's edge only
+
+    draws = {"random": 0}
+    real_rng = np.random.default_rng
+
+    class CountingRng:
+        def __init__(self, seed):
+            self._rng = real_rng(seed)
+
+        def random(self, *args, **kwargs):
+            draws["random"] += 1
+            return self._rng.random(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._rng, name)
+
+    monkeypatch.setattr(ct_training.np.random, "default_rng", CountingRng)
+    monkeypatch.setattr(ct_training, "add_synthetic_implant",
+                        lambda *a, **k: pytest.fail("an implant was drawn with metal_fraction 0"))
+    counted = _batch(volumes, foreground, plain, 3, weights)
+    assert draws["random"] == plain.batch_size
+    assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(first, counted))
 
 
 def test_rods_laid_anywhere_put_metal_outside_the_structure_too():

@@ -47,7 +47,7 @@ def add_synthetic_implant(image: np.ndarray, label: np.ndarray, rng: np.random.G
                 break
         else:
             continue
-        radius = float(rng.uniform(1.0, 2.5))  # voxels: a screw or a nail at 2-3 mm
+        radius = float(rng.uniform(1.0, 2.5))  # voxels: 3-7.5 mm at 3 mm voxels, a screw's or a nail's radius
         distance = _distance_to_segment(grid, start, end).reshape(image.shape)
         rod = (distance <= radius) & ((label > 0) | anywhere)
         if not rod.any():
