@@ -268,3 +268,22 @@ def test_class_rows_mark_exactly_the_rows_with_path_length(with_materials):
         expected = (result.thickness_mm > 0).any(axis=2)
         assert result.class_rows.dtype == np.uint8 and 0 < expected.sum() < expected.size
         np.testing.assert_array_equal(result.class_rows, expected)
+
+
+def test_output_pool_hands_out_only_free_arrays_and_stays_under_its_byte_cap():
+    """ReusedOutputs: an array someone holds is never handed out again; dropped ones are; the pool keeps at
+    most ``keep`` arrays per output and, while idle, no more than ``max_bytes`` (beyond the newest array)."""
+    from XraySegSimLib.projector import ReusedOutputs
+
+    pool = ReusedOutputs(keep=3, max_bytes=2 * 4000)
+    held = [pool.get("thickness", (1000,)) for _ in range(4)]  # all held: four distinct arrays
+    assert len({a.__array_interface__["data"][0] for a in held}) == 4
+    kept = pool._arrays["thickness"]
+    assert len(kept) <= 2 and sum(a.nbytes for a in kept) <= 8000  # the byte cap: two arrays of 4 kB
+    address = held[-1].__array_interface__["data"][0]
+    del held[-1]
+    again = pool.get("thickness", (1000,))
+    assert again.__array_interface__["data"][0] == address  # the newest, once dropped, comes back
+    assert not any(np.shares_memory(again, a) for a in held)
+    other_shape = pool.get("thickness", (10,))
+    assert other_shape.shape == (10,) and not np.shares_memory(other_shape, again)

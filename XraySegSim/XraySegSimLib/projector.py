@@ -85,6 +85,13 @@ class DrrResult:
         return np.where(self.masks(min_thickness_mm).any(axis=0), winner, 0).astype(dtype)
 
 
+def _references(kept: list[np.ndarray], index: int) -> int:
+    """sys.getrefcount of ``kept[index]`` through one fixed code path, so that a free array's count can be
+    measured once (``ReusedOutputs``) instead of assumed: CPython versions count borrowed locals differently."""
+    array = kept[index]
+    return sys.getrefcount(array)
+
+
 class ReusedOutputs:
     """Output arrays of earlier renders, handed out again once nothing else refers to them.
 
@@ -93,28 +100,33 @@ class ReusedOutputs:
     result has been dropped by the time a later render starts (a loop that renders and uses each view; the
     export, whose writer thread holds at most two results while the next one renders), its arrays are
     reused. An array the caller still holds (directly, through a DrrResult or a view) is never touched; it
-    leaves the pool when ``keep`` newer ones are kept. The kernels overwrite every element of what they get.
+    leaves the pool when ``keep`` newer ones are kept, or when the pool would hold more than ``max_bytes``
+    (a projector kept open in Slicer holds at most that much while idle). The kernels overwrite every element.
     """
 
-    def __init__(self, keep: int = 3) -> None:
-        self.keep = keep
+    def __init__(self, keep: int = 3, max_bytes: int = 512 * 2 ** 20) -> None:
+        self.keep, self.max_bytes = keep, max_bytes
         self._arrays: dict[str, list[np.ndarray]] = {}
         self._lock = threading.Lock()  # check and hand out in one step if two threads render at once
+        self._free_references = _references([np.empty(0)], 0)  # the count of an array only the pool holds
 
     def get(self, name: str, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
         """An uninitialised array of ``shape``: a kept one when only this pool refers to it (one dtype per name)."""
         with self._lock:
             kept = self._arrays.setdefault(name, [])
             for index in range(len(kept)):  # not enumerate: its cached tuple would hold a reference
-                array = kept[index]
-                # References when free: the list, ``array`` and getrefcount's argument.
-                if array.shape == shape and sys.getrefcount(array) <= 3:
+                if kept[index].shape == shape and _references(kept, index) <= self._free_references:
                     kept.append(kept.pop(index))  # most recently used last
-                    return array
+                    return kept[-1]
             array = np.empty(shape, dtype)
             kept.append(array)
             del kept[:-self.keep]
+            while len(kept) > 1 and sum(a.nbytes for a in self._all()) > self.max_bytes:
+                del kept[0]
             return array
+
+    def _all(self):
+        return (a for arrays in self._arrays.values() for a in arrays)
 
 
 class DrrProjector:
