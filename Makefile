@@ -61,14 +61,15 @@ train-sample: setup
 	OUT=$(SAMPLE) tools/train-sample/retrain.sh
 
 # The bundled wrist model (issue 13): 24 virtual wrists (xrayseg phantom wrist, seeds 0-23) and 6 unseen ones
-# (seeds 1000-1005); 10 views of each training wrist at any rotation about the forearm (lao -60..150 deg around
+# (seeds 1000-1005), used to choose between runs, and 6 fresh ones (seeds 2000-2005, out/train-wrist/fresh) used for
+# no choice at all (the card's metrics.fresh_phantoms); 10 views of each training wrist at any rotation about the forearm (lao -60..150 deg around
 # wrist-pa covers PA, both obliques and the lateral), the carpals kept in the field of view (isocentre 15-35 mm
 # distal of the labels' centroid, 0.6-0.7 mm pixels); one test export per view preset; training in phases
 # (tools/train-wrist/config.json: 1500 steps, then warm restarts resumed to 3500 steps with config-phase2.json
 # and to 5500 steps with config-phase3.json; then a lateral phase to 8500 steps with config-phase4.json on the main
 # export merged with 5 lateral and near-lateral views (lao 60..120 deg) of each training wrist, the best checkpoint
-# chosen afresh on the merged set's validation wrists; then a warm restart on the merged set to 11000 steps with
-# config-phase5.json, 12 min;
+# chosen afresh on the merged set's validation wrists; then warm restarts on the merged set to 11000 steps with
+# config-phase5.json and to 13500 steps with config-phase6.json, ~12 min each;
 # one thread: on the loaded, shared 2-core machine two torch threads stalled, ~20 s per step); Dice per bone and per view
 # into the card; Resources/Models/wrist/; then the README's wrist pictures.
 WRIST := out/train-wrist
@@ -78,13 +79,18 @@ WRIST_VIEWS := wrist-pa wrist-oblique-pronated wrist-lateral wrist-oblique-supin
 
 train-wrist: setup
 	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/phantoms --train 0-23 --test 1000-1005
-	rm -rf $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/train-merged $(WRIST)/test $(WRIST)/run $(WRIST)/eval
+	rm -rf $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/train-merged $(WRIST)/test $(WRIST)/run $(WRIST)/eval \
+		$(WRIST)/fresh/test $(WRIST)/fresh/eval
 	$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
 		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 611 \
 		--dataset-name WristPhantoms --out $(WRIST)/train
 	for view in $(WRIST_VIEWS); do $(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/test $(WRIST_EXPORT) \
 		--view $$view --views-per-ct 6 --seed 1 --test-fraction 0 --dataset-id 612 --dataset-name WristTest \
 		--out $(WRIST)/test/$$view || exit 1; done
+	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/fresh/phantoms --train none --test 2000-2005
+	for view in $(WRIST_VIEWS); do $(VENV)/bin/xrayseg export --folder $(WRIST)/fresh/phantoms/test $(WRIST_EXPORT) \
+		--view $$view --views-per-ct 6 --seed 1 --test-fraction 0 --dataset-id 632 --dataset-name WristFresh \
+		--out $(WRIST)/fresh/test/$$view || exit 1; done
 	$(VENV)/bin/xrayseg train $(WRIST)/train/Dataset611_WristPhantoms --config tools/train-wrist/config.json \
 		--threads 1 --out $(WRIST)/run
 	$(VENV)/bin/xrayseg train $(WRIST)/train/Dataset611_WristPhantoms --config tools/train-wrist/config-phase2.json \
@@ -102,7 +108,9 @@ train-wrist: setup
 	cp $(WRIST)/run/checkpoint_last.safetensors $(WRIST)/checkpoint-8500.safetensors
 	$(VENV)/bin/xrayseg train $(WRIST)/train-merged/Dataset614_WristMerged \
 		--config tools/train-wrist/config-phase5.json --resume --threads 1 --out $(WRIST)/run
-	$(PY) tools/train-wrist/bundle.py --run $(WRIST) --out Resources/Models/wrist
+	$(VENV)/bin/xrayseg train $(WRIST)/train-merged/Dataset614_WristMerged \
+		--config tools/train-wrist/config-phase6.json --resume --threads 1 --out $(WRIST)/run
+	$(PY) tools/train-wrist/bundle.py --run $(WRIST) --fresh $(WRIST)/fresh --out Resources/Models/wrist
 	$(PY) tools/train-wrist/figures.py --model Resources/Models/wrist
 
 # The finer-pixel experiment for the wrist model (issue 13; not bundled: it did not beat the 0.61 mm model).

@@ -20,6 +20,8 @@ from XraySegSimLib.phantom.wrist import random_params, write_wrist_phantom  # no
 
 
 def seeds(text: str) -> list[int]:
+    if text == "none":
+        return []
     first, _, last = text.partition("-")
     return list(range(int(first), int(last or first) + 1))
 
@@ -27,8 +29,8 @@ def seeds(text: str) -> list[int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--train", default="0-23", help="training seeds, FIRST-LAST (default 0-23)")
-    parser.add_argument("--test", default="1000-1005", help="test seeds, FIRST-LAST (default 1000-1005)")
+    parser.add_argument("--train", default="0-23", help="training seeds, FIRST-LAST or none (default 0-23)")
+    parser.add_argument("--test", default="1000-1005", help="test seeds, FIRST-LAST or none (default 1000-1005)")
     args = parser.parse_args()
     started = time.perf_counter()
     for split, spec in (("train", args.train), ("test", args.test)):
