@@ -395,3 +395,28 @@ def test_batch_dice_charges_the_false_positives_of_a_patch_without_the_structure
         dice_l2_loss(network, x, target, 0.0, batch_dice=batch_dice)[1].backward()
         gradients[batch_dice] = float(x.grad[1, 1].abs().max())
     assert gradients[False] < 1e-5 < 1e-2 < gradients[True]
+
+
+def test_a_checkpoint_that_predates_a_setting_resumes_with_its_default_only(tmp_path):
+    """A checkpoint written before --metal-fraction/--metal-outside existed (no such keys in its config) resumes
+    when the run keeps their defaults, and is refused (one-line InputError) when it asks for implants."""
+    import dataclasses
+
+    import torch
+
+    from XraySegInferLib.ct_training import CHECKPOINT, train_ct
+    from XraySegSimLib.errors import InputError
+
+    torch.set_num_threads(1)
+    dataset = _sphere_dataset(tmp_path)
+    train_ct(dataset, tmp_path / "old", _tiny_config(10))
+    meta_path = tmp_path / "old" / f"{CHECKPOINT}.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("metal_fraction", "metal_outside"):  # as written before the options existed
+        assert key in meta["config"]
+        del meta["config"][key]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="other settings"):
+        train_ct(dataset, tmp_path / "old", dataclasses.replace(_tiny_config(20), metal_fraction=0.5), resume=True)
+    train_ct(dataset, tmp_path / "old", _tiny_config(20), resume=True)
+    assert json.loads(meta_path.read_text())["step"] == 20
