@@ -31,6 +31,28 @@ BODY_HU = -500  # voxels above this (or labelled) are body; the same rule as the
 BLOCK = 8  # cells per side of the blocks the walk passes over whole (empty) or stops in (full)
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _walk_start(pb, pc, db, dc, t, t1, nb, nc):  # pragma: no cover - compiled
+    """Start of a 2D Amanatides & Woo walk of (pb + t db, pc + t dc) over an nb x nc grid of unit cells, at t
+    (nudged just inside [t, t1], so the start cell is the right one; clamped onto the grid): (ib, ic, step_b,
+    next_b, delta_b, step_c, next_c, delta_c). The cell walk and the block walk (in block units) share it."""
+    tm = t if t1 - t < 1e-12 else t + 1e-9 * (t1 - t)
+    ib = min(max(int(np.floor(pb + tm * db)), 0), nb - 1)
+    ic = min(max(int(np.floor(pc + tm * dc)), 0), nc - 1)
+    inf = np.inf
+    step_b, next_b, delta_b = 0, inf, inf
+    if db > 0.0:
+        step_b, next_b, delta_b = 1, (ib + 1 - pb) / db, 1.0 / db
+    elif db < 0.0:
+        step_b, next_b, delta_b = -1, (ib - pb) / db, -1.0 / db
+    step_c, next_c, delta_c = 0, inf, inf
+    if dc > 0.0:
+        step_c, next_c, delta_c = 1, (ic + 1 - pc) / dc, 1.0 / dc
+    elif dc < 0.0:
+        step_c, next_c, delta_c = -1, (ic - pc) / dc, -1.0 / dc
+    return ib, ic, step_b, next_b, delta_b, step_c, next_c, delta_c
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _cell_walk_hits(section, pb, pc, db, dc, t0, t1):  # pragma: no cover - compiled
     """True if the 2D segment (pb + t db, pc + t dc), t in [t0, t1], visits a cell of ``section`` [c, b] that is
@@ -50,20 +72,7 @@ def _cell_walk_hits(section, pb, pc, db, dc, t0, t1):  # pragma: no cover - comp
             t0, t1 = max(t0, ta), min(t1, tb)
     if t0 >= t1:
         return False
-    tm = t0 if t1 - t0 < 1e-12 else t0 + 1e-9 * (t1 - t0)  # just inside, so the start cell is the right one
-    ib = min(max(int(np.floor(pb + tm * db)), 0), nb - 1)
-    ic = min(max(int(np.floor(pc + tm * dc)), 0), nc - 1)
-    inf = np.inf
-    step_b, next_b, delta_b = 0, inf, inf
-    if db > 0.0:
-        step_b, next_b, delta_b = 1, (ib + 1 - pb) / db, 1.0 / db
-    elif db < 0.0:
-        step_b, next_b, delta_b = -1, (ib - pb) / db, -1.0 / db
-    step_c, next_c, delta_c = 0, inf, inf
-    if dc > 0.0:
-        step_c, next_c, delta_c = 1, (ic + 1 - pc) / dc, 1.0 / dc
-    elif dc < 0.0:
-        step_c, next_c, delta_c = -1, (ic - pc) / dc, -1.0 / dc
+    ib, ic, step_b, next_b, delta_b, step_c, next_c, delta_c = _walk_start(pb, pc, db, dc, t0, t1, nb, nc)
     while True:
         if section[ic, ib]:
             return True
@@ -110,20 +119,7 @@ def _walk_hits(section, blocks, reach, box, pb, pc, db, dc, t0, t1):  # pragma: 
         return False
     t = t0
     while True:  # (re)start the block walk at t: at the entry, and after each jump over empty blocks
-        tm = t if t1 - t < 1e-12 else t + 1e-9 * (t1 - t)  # just inside, so the block is the right one
-        ib = min(max(int(np.floor(qb + tm * eb)), 0), nb - 1)
-        ic = min(max(int(np.floor(qc + tm * ec)), 0), nc - 1)
-        inf = np.inf
-        step_b, next_b, delta_b = 0, inf, inf
-        if eb > 0.0:
-            step_b, next_b, delta_b = 1, (ib + 1 - qb) / eb, 1.0 / eb
-        elif eb < 0.0:
-            step_b, next_b, delta_b = -1, (ib - qb) / eb, -1.0 / eb
-        step_c, next_c, delta_c = 0, inf, inf
-        if ec > 0.0:
-            step_c, next_c, delta_c = 1, (ic + 1 - qc) / ec, 1.0 / ec
-        elif ec < 0.0:
-            step_c, next_c, delta_c = -1, (ic - qc) / ec, -1.0 / ec
+        ib, ic, step_b, next_b, delta_b, step_c, next_c, delta_c = _walk_start(qb, qc, eb, ec, t, t1, nb, nc)
         while True:
             t_out = min(next_b, next_c, t1)
             state = blocks[ic, ib]
