@@ -62,16 +62,13 @@ def _masks_bits_kernel(thickness, rows_hit, threshold, local_to_global, absent, 
         for c in range(n_local):
             g = local_to_global[c]
             thickness_row, plane_row = thickness[c, r], masks[g, r]
-            if rows_hit[c, r] == 0:
-                for col in range(cols):
-                    plane_row[col] = background[col]
-                continue
             count = np.uint32(0)
-            for col in range(cols):  # branch-free: vectorises
-                v = thickness_row[col]
-                hit = np.uint8((v >= threshold) & (v > np.float32(0)))  # float32, as DrrResult.masks
-                inside[col] = hit
-                count += np.uint32(hit)
+            if rows_hit[c, r] != 0:  # else the render put no path length in this row: nothing to read
+                for col in range(cols):  # branch-free: vectorises
+                    v = thickness_row[col]
+                    hit = np.uint8((v >= threshold) & (v > np.float32(0)))  # float32, as DrrResult.masks
+                    inside[col] = hit
+                    count += np.uint32(hit)
             if count == 0:
                 for col in range(cols):
                     plane_row[col] = background[col]
