@@ -121,8 +121,9 @@ def body_transforms(osim: Path, params: LumbarParams) -> dict[str, np.ndarray]:
         parent = body
     out["torso"] = out["lumbar1"] @ placed_by_joint(root, "L1_T12_IVD_jnt",
                                                     _joint_rotation(params.thoracic_flexion_deg, 0.0))
+    frames = geometry_frames(root, "torso")
     for name, file in TORSO_MESHES:  # each torso mesh sits in its own frame of the torso body
-        out[name] = out["torso"] @ geometry_frames(root, "torso")[file]
+        out[name] = out["torso"] @ frames[file]
     for side, flexion in zip("rl", params.hip_flexion_deg):
         joint = _joint(root, f"hip_{side}")
         rotation = _custom_joint_rotation(joint, {f"hip_flexion_{side}": np.radians(flexion)})
