@@ -1,5 +1,5 @@
-"""README picture of the lumbar phantom: a lateral and an AP DRR, each bare and with its labels (label image:
-the class with the longest path wins), for phantom seed 4 at 1.5 mm.
+"""README picture of the lumbar phantom: a lateral and an AP DRR, each bare and with its labels (overlay.overlay_rgb:
+the class with the longest path tinted, every class outlined), for phantom seed 4 at 1.5 mm.
 
     .venv/bin/python tools/train-lumbar/phantom_figure.py [--seed 4] [--out Resources/Screenshots/lumbar-phantom-drr.png]
 """
@@ -18,20 +18,16 @@ sys.path.insert(0, str(ROOT / "XraySegSim"))
 
 from XraySegSimLib import DrrProjector, views  # noqa: E402
 from XraySegSimLib.io import atomic_path  # noqa: E402
+from XraySegSimLib.overlay import overlay_rgb  # noqa: E402
 from XraySegSimLib.phantom.lumbar import build_lumbar_phantom, random_params  # noqa: E402
 from XraySegSimLib.physics import normalize_radiograph  # noqa: E402
 
 
 def tinted(result) -> tuple[np.ndarray, np.ndarray]:
-    """(gray RGB, gray RGB with each pixel's winning class tinted 40 % in its colour)."""
+    """(gray RGB, the same with the project's label overlay: winning class tinted, every class outlined)."""
     gray = (np.clip(normalize_radiograph(result.line_integral, "MONOCHROME2"), 0, 1) * 255).astype(np.uint8)
-    plain = np.repeat(gray[..., None], 3, axis=-1)
-    overlay = plain.astype(np.float32)
-    label = result.label_image()
-    for index, cls in enumerate(result.classes.classes, start=1):
-        inside = label == index
-        overlay[inside] = 0.6 * overlay[inside] + 0.4 * 255 * np.asarray(cls.color, np.float32)
-    return plain, overlay.round().astype(np.uint8)
+    return (np.repeat(gray[..., None], 3, axis=-1),
+            overlay_rgb(gray, result.masks(), result.label_image(), result.classes))
 
 
 def main() -> int:
