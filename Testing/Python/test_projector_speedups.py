@@ -171,7 +171,8 @@ img, stack, rows = types.Array(f32, 2, "C"), types.Array(f32, 3, "C"), types.Arr
 for with_materials in (False, True):
     kernel = make_kernel(with_materials)
     signature = (types.Array(types.uint32, 3, "C"), types.Array(types.uint32, 1, "C"), a1, f64, f64, a1, a1, a1, a1,
-                 a2, a2, a1, a1, img, stack, rows, img, stack, types.int64)
+                 a2, a2, a1, a1, img, stack, rows, img, stack, types.int64, types.Array(types.int16, 1, "C"),
+                 types.Array(types.uint16, 1, "C"))
     compiled = compiler.compile_cuda(kernel.py_func, types.void, signature, cc=(9, 0))
     assert "define" in compiled.library.get_llvm_str()
 print("ok")

@@ -39,7 +39,9 @@ from .errors import GeometryError, InputError
 from .geometry import XrayGeometry
 from .labels import LabelClasses, unknown_label_values
 from .materials import MAX_MATERIALS, SOFT_BONE_KNEE_HU, MaterialModel
-from .projector_kernels import attenuation_table, box_hull, matter_hull, pack_voxels, row_schedule, trace_rays_cpu
+from .projector_kernels import (NO_PALETTE_CLASS, NO_PALETTE_HU, attenuation_table, box_hull, matter_hull,
+                                pack_voxels, row_schedule, trace_rays_cpu)
+from .projector_palette import PaletteVolume, build_palette_volume
 from .volume import Volume
 
 MU_WATER_60KEV_PER_MM = 0.0206
@@ -179,15 +181,45 @@ class DrrProjector:
         label_array = np.zeros((1, 1, 1), np.uint8)
         if labels is not None:
             class_lut, label_array = self._prepare_labels(ct, labels, classes, names_table)
-        # One 32-bit word per voxel: low 16 bits HU (int16), high 16 bits class index. One load per voxel
-        # step gives both, which halves the cost of projecting labels compared with two arrays.
-        self.packed = np.empty(ct.array.shape, np.uint32)
-        pack_voxels(np.ascontiguousarray(ct.array), label_array, class_lut, labels is not None, self.packed)
+        hu = np.ascontiguousarray(ct.array)
+        self.mu_lut = attenuation_table(self.mu_water_per_mm / 1000.0, self.mu_water_per_mm)  # 512 KB
+        # Two bytes per voxel where the (HU, class) pairs fit a 16-bit palette (projector_palette: the traversal
+        # is bound by memory traffic), else one 32-bit word per voxel: low 16 bits HU (int16), high 16 bits
+        # class index; one load per voxel step gives both either way.
+        self._packed: np.ndarray | None = None
+        self.palette = build_palette_volume(hu, label_array, class_lut, labels is not None, len(self.classes))
+        if self.palette is None:
+            self._packed = np.empty(ct.array.shape, np.uint32)
+            pack_voxels(hu, label_array, class_lut, labels is not None, self._packed)
         # Empty-space skipping: rays start and end on a polytope around the voxels with attenuation or a label.
-        self.hull = matter_hull(self.packed) if skip_empty else box_hull(self.packed.shape)
+        self.hull = matter_hull(*self._traversal_volume()[:3]) if skip_empty else box_hull(ct.array.shape)
         self._gpu = None  # device copy of the packed volume, made on the first CUDA render
         self._outputs = ReusedOutputs()
-        self.mu_lut = attenuation_table(self.mu_water_per_mm / 1000.0, self.mu_water_per_mm)  # 512 KB
+
+    @property
+    def packed(self) -> np.ndarray:
+        """The voxels as 32-bit words (class index << 16 | HU as uint16), what the rest of the library reads
+        (export geometry, truncation, virtual patients). Decoded from the palette on first use and kept."""
+        if self._packed is None:
+            self._packed = self.palette.packed()
+        return self._packed
+
+    @packed.setter
+    def packed(self, words: np.ndarray) -> None:
+        """Replace the voxels with 32-bit words (a virtual patient's): the palette no longer applies."""
+        self._packed, self.palette = words, None
+
+    def _traversal_volume(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(voxels, pair HU, pair class, attenuation table, material table) for the CPU kernel: the palette's
+        with per-pair tables, or the packed words with tables per HU code and empty pair tables."""
+        palette: PaletteVolume | None = self.palette
+        if palette is None:
+            return self._packed, NO_PALETTE_HU, NO_PALETTE_CLASS, self.mu_lut, self.material_lut
+        if getattr(self, "_palette_tables", (None,))[0] is not palette:  # per-pair tables, made once per palette
+            materials = palette.per_pair(self.material_lut) if self.materials else self.material_lut
+            self._palette_tables = (palette, palette.per_pair(self.mu_lut), materials)
+        _, mu_per_pair, materials_per_pair = self._palette_tables
+        return palette.voxels, palette.hu, palette.class_index, mu_per_pair, materials_per_pair
 
     def _prepare_labels(self, ct, labels, classes, names_table) -> tuple[np.ndarray, np.ndarray]:
         if not labels.same_grid_as(ct):
@@ -262,8 +294,9 @@ class DrrProjector:
             try:
                 # Blocks of neighbouring rows dealt to the threads in turn (edge rows miss the body and are cheap).
                 row_order = row_schedule(rows, numba.get_num_threads())
-                trace_rays_cpu(self.packed, self.mu_lut, *args, row_order, line_integral, thickness, class_rows,
-                               self.material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU)
+                voxels, pair_hu, pair_class, mu_lut, material_lut = self._traversal_volume()
+                trace_rays_cpu(voxels, mu_lut, *args, row_order, line_integral, thickness, class_rows,
+                               material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU, pair_hu, pair_class)
             finally:
                 numba.set_num_threads(previous_threads)
         return DrrResult(geometry, line_integral, thickness, self.classes, list(self.unknown_values),

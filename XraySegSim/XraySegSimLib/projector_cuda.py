@@ -9,14 +9,15 @@ from .projector_kernels import make_trace_ray
 
 
 def make_kernel(with_materials: bool):
-    """Compile the kernel: one thread per detector pixel, tracing with the CPU kernel's ``trace_ray``."""
+    """Compile the kernel: one thread per detector pixel, tracing with the CPU kernel's ``trace_ray`` (packed
+    words; the palette tables ``pair_hu``, ``pair_class`` are passed empty, see projector_palette)."""
     device_function = cuda.jit(device=True)
     trace = device_function(make_trace_ray(with_materials, device_function))
 
     @cuda.jit
     def trace_rays_cuda(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                         hull_directions, hull_lower, hull_upper, line_integral, thickness, class_rows,
-                        material_lut, materials, soft_only_below):  # pragma: no cover - compiled
+                        material_lut, materials, soft_only_below, pair_hu, pair_class):  # pragma: no cover - compiled
         col, row = cuda.grid(2)
         if row < line_integral.shape[0] and col < line_integral.shape[1]:
             # Outputs come uninitialised from device_array: this thread owns its pixel (class_rows, shared
@@ -28,6 +29,6 @@ def make_kernel(with_materials: bool):
                 materials[m, row, col] = 0.0
             trace(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                   hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness, class_rows,
-                  material_lut, materials, soft_only_below)
+                  material_lut, materials, soft_only_below, pair_hu, pair_class)
 
     return trace_rays_cuda

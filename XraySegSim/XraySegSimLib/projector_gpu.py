@@ -64,6 +64,8 @@ class GpuVolume:
         self.mu_lut = cuda.to_device(np.ascontiguousarray(mu_lut, np.float64))
         self.material_lut = cuda.to_device(np.ascontiguousarray(material_lut))
         self.hull = [cuda.to_device(np.ascontiguousarray(a, np.float64)) for a in hull]
+        # Packed words, not palette indices (projector_palette): the palette tables are passed empty.
+        self.no_palette = (cuda.to_device(np.zeros(0, np.int16)), cuda.to_device(np.zeros(0, np.uint16)))
         self._outputs: dict[tuple, tuple] = {}
 
     def _buffers(self, line_integral, thickness, materials) -> tuple:
@@ -90,7 +92,8 @@ class GpuVolume:
         kernel = _kernel(materials.shape[0] > 0)
         kernel[grid, BLOCK](self.packed, self.flat, self.mu_lut, float(mu_scale), float(mu_offset), view[0:3],
                             view[3:6], view[6:9], view[9:12], view[12:21].reshape(3, 3), *self.hull, d_line,
-                            d_thickness, d_class_rows, self.material_lut, d_materials, int(soft_only_below))
+                            d_thickness, d_class_rows, self.material_lut, d_materials, int(soft_only_below),
+                            *self.no_palette)
         d_line.copy_to_host(line_integral)
         if thickness.size:
             d_thickness.copy_to_host(thickness)

@@ -20,7 +20,12 @@ import math
 import numba
 import numpy as np
 
+from .projector_palette import voxel_hu_class
+
 AIR_HU = -1000
+# The per-pair tables of "no palette": the volume holds packed words (class << 16 | HU).
+NO_PALETTE_HU = np.zeros(0, np.int16)
+NO_PALETTE_CLASS = np.zeros(0, np.uint16)
 # Directions of the polytope's slabs in IJK: axes first (with bounds [0, n] they are the volume box).
 HULL_DIRECTIONS = np.array(
     [[1, 0, 0], [0, 1, 0], [0, 0, 1],
@@ -35,34 +40,38 @@ def pack_voxels(hu, labels, class_lut, has_labels, packed):  # pragma: no cover 
     for k in numba.prange(nk):
         for j in range(nj):
             for i in range(ni):
-                h = min(max(round(hu[k, j, i]), -32768), 32767)
-                word = np.uint32(np.int64(h) & 0xFFFF)
-                if has_labels:
-                    value = labels[k, j, i]
-                    if value < class_lut.shape[0]:
-                        word |= np.uint32(class_lut[value]) << 16
-                packed[k, j, i] = word
+                h, c = voxel_hu_class(hu, labels, class_lut, has_labels, k, j, i)
+                packed[k, j, i] = np.uint32((c << 16) | (h & 0xFFFF))
+
+
+@numba.njit(inline="always", nogil=True)
+def decode_word(word, pair_hu, pair_class):  # pragma: no cover - compiled
+    """(HU, class index) of a voxel word: a packed word, or a palette index when ``pair_class`` is not empty."""
+    if pair_class.shape[0] > 0:
+        return np.int64(pair_hu[word]), np.int64(pair_class[word])
+    return np.int64(np.int16(word & 0xFFFF)), word >> 16
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def row_extremes(packed, hu_min):  # pragma: no cover - compiled
+def row_extremes(packed, hu_min, pair_hu=NO_PALETTE_HU, pair_class=NO_PALETTE_CLASS):  # pragma: no cover - compiled
     """(nk, nj, 2) first and last i of the voxels of each row (k, j) with HU > ``hu_min`` or a label; -1 where
     none. With ``hu_min`` = AIR_HU these are the non-empty voxels (the hull below); the exporter uses it with its
-    body threshold to place the detector."""
+    body threshold to place the detector. ``packed`` holds packed words, or palette indices with the palette's
+    ``pair_hu`` and ``pair_class`` (projector_palette)."""
     nk, nj, ni = packed.shape
     out = np.full((nk, nj, 2), -1, np.int32)
     for k in numba.prange(nk):
         for j in range(nj):
             for i in range(ni):
-                word = np.int64(packed[k, j, i])
-                if np.int16(word & 0xFFFF) > hu_min or word >> 16 != 0:
+                h, c = decode_word(np.int64(packed[k, j, i]), pair_hu, pair_class)
+                if h > hu_min or c != 0:
                     out[k, j, 0] = i
                     break
             if out[k, j, 0] < 0:
                 continue
             for i in range(ni - 1, -1, -1):
-                word = np.int64(packed[k, j, i])
-                if np.int16(word & 0xFFFF) > hu_min or word >> 16 != 0:
+                h, c = decode_word(np.int64(packed[k, j, i]), pair_hu, pair_class)
+                if h > hu_min or c != 0:
                     out[k, j, 1] = i
                     break
     return out
@@ -104,10 +113,12 @@ def _hull_bounds(extremes, directions):  # pragma: no cover - compiled
     return lower, upper
 
 
-def matter_hull(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def matter_hull(packed: np.ndarray, pair_hu: np.ndarray = NO_PALETTE_HU, pair_class: np.ndarray = NO_PALETTE_CLASS
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(directions, lower, upper): the tightest 13-direction polytope (in IJK + 0.5, voxel v = [v, v+1))
-    holding every non-empty voxel; an empty polytope (lower > upper) when all voxels are empty."""
-    lower, upper = _hull_bounds(row_extremes(packed, np.int64(AIR_HU)), HULL_DIRECTIONS)
+    holding every non-empty voxel; an empty polytope (lower > upper) when all voxels are empty. ``packed``:
+    packed words, or palette indices with their ``pair_hu`` and ``pair_class``."""
+    lower, upper = _hull_bounds(row_extremes(packed, np.int64(AIR_HU), pair_hu, pair_class), HULL_DIRECTIONS)
     return HULL_DIRECTIONS.copy(), lower, upper
 
 
@@ -117,19 +128,25 @@ def make_accumulate(with_materials: bool):
     segment (plain Python, compiled for the CPU or CUDA like ``trace_ray``)."""
 
     def accumulate(word, segment, t, total, m0, m1, m2, m3, run_class, run_start, mu_lut, material_lut,
-                   soft_only_below, thickness, class_rows, row, col, length_mm):  # pragma: no cover - compiled
-        total += segment * mu_lut[word & 0xFFFF]  # max(0, mu_offset + mu_scale * HU), one load
+                   soft_only_below, thickness, class_rows, row, col, length_mm, pair_hu, pair_class,
+                   palette):  # pragma: no cover - compiled
+        # A palette index: the tables are per pair; a packed word: per HU code (low 16 bits), class above.
+        if palette:
+            code = word
+            c = np.int64(pair_class[word])
+        else:
+            code = word & 0xFFFF
+            c = word >> 16
+        total += segment * mu_lut[code]  # max(0, mu_offset + mu_scale * HU), one load
         if with_materials:
             # Soft-tissue voxels (most of them) cost nothing here: their partial density is the mu
             # integrand / mu_water, added from ``total`` at the end. Others correct that and add theirs.
-            hu_value = np.int16(word & 0xFFFF)  # the int16 in the low bits
+            hu_value = np.int64(pair_hu[code]) if palette else np.int64(np.int16(code))
             if soft_only_below <= hu_value:
-                code = word & 0xFFFF
                 m0 += segment * (material_lut[code, 0] - (1.0 + 0.001 * hu_value))
                 m1 += segment * material_lut[code, 1]
                 m2 += segment * material_lut[code, 2]
                 m3 += segment * material_lut[code, 3]
-        c = word >> 16
         if c != run_class:
             # A run of one class ends: its length is a difference of t (no sum per step to keep).
             if run_class != 0:
@@ -150,7 +167,7 @@ def make_trace_ray(with_materials: bool, compile_helper):
 
     def trace_ray(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                   hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness, class_rows,
-                  material_lut, materials, soft_only_below):  # pragma: no cover - compiled
+                  material_lut, materials, soft_only_below, pair_hu, pair_class):  # pragma: no cover - compiled
         """Trace the ray from ``source`` to detector pixel (row, col) and write that pixel of every output.
 
         All points are in IJK shifted by +0.5, so voxel v spans [v, v+1); the ray is ``source + t * d`` with
@@ -161,8 +178,11 @@ def make_trace_ray(with_materials: bool, compile_helper):
 
         The axis the ray crosses most often ("a", e.g. j for a chest AP view) is stepped in a tight inner
         loop up to the next crossing of the two others ("b", "c") or the end: no three-way choice per voxel.
-        Each axis counts the steps left before the volume's face, so no index is kept or tested."""
+        Each axis counts the steps left before the volume's face, so no index is kept or tested.
+        ``packed`` holds packed words, or palette indices when ``pair_class`` is not empty; ``mu_lut`` and
+        ``material_lut`` are then per pair (projector_palette)."""
         nk, nj, ni = packed.shape
+        palette = pair_class.shape[0] > 0
         n_materials = materials.shape[0] if with_materials else 0
         sx, sy, sz = source[0], source[1], source[2]
         dx = origin[0] + col * column_step[0] + row * row_step[0] - sx
@@ -245,7 +265,7 @@ def make_trace_ray(with_materials: bool, compile_helper):
                 word = np.int64(flat[np.uint64(offset)])
                 total, m0, m1, m2, m3, run_class, run_start = accumulate(
                     word, next_a - t, t, total, m0, m1, m2, m3, run_class, run_start, mu_lut, material_lut,
-                    soft_only_below, thickness, class_rows, row, col, length_mm)
+                    soft_only_below, thickness, class_rows, row, col, length_mm, pair_hu, pair_class, palette)
                 t = next_a
                 next_a += delta_a
                 offset += stride_a
@@ -258,7 +278,7 @@ def make_trace_ray(with_materials: bool, compile_helper):
             t_exit = t1 if t1 < t_exit else t_exit
             total, m0, m1, m2, m3, run_class, run_start = accumulate(
                 word, t_exit - t, t, total, m0, m1, m2, m3, run_class, run_start, mu_lut, material_lut,
-                soft_only_below, thickness, class_rows, row, col, length_mm)
+                soft_only_below, thickness, class_rows, row, col, length_mm, pair_hu, pair_class, palette)
             if t_exit >= t1:
                 break
             t = t_exit
@@ -320,7 +340,7 @@ def _zero_row(row, line_integral, thickness, class_rows, materials):  # pragma: 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 def _trace_rays_plain(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                       hull_directions, hull_lower, hull_upper, row_order, line_integral, thickness, class_rows,
-                      material_lut, materials, soft_only_below):  # pragma: no cover - compiled; covered through DrrProjector tests
+                      material_lut, materials, soft_only_below, pair_hu, pair_class):  # pragma: no cover - compiled; covered through DrrProjector tests
     n_rows, n_cols = line_integral.shape
     flat = packed.reshape(packed.size)
     for r in numba.prange(n_rows):
@@ -329,13 +349,13 @@ def _trace_rays_plain(packed, mu_lut, mu_scale, mu_offset, source, origin, colum
         for col in range(n_cols):
             _trace_ray_plain(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                              hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness,
-                             class_rows, material_lut, materials, soft_only_below)
+                             class_rows, material_lut, materials, soft_only_below, pair_hu, pair_class)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 def _trace_rays_materials(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric,
                           hull_directions, hull_lower, hull_upper, row_order, line_integral, thickness,
-                          class_rows, material_lut, materials, soft_only_below):  # pragma: no cover - compiled
+                          class_rows, material_lut, materials, soft_only_below, pair_hu, pair_class):  # pragma: no cover - compiled
     n_rows, n_cols = line_integral.shape
     flat = packed.reshape(packed.size)
     for r in numba.prange(n_rows):
@@ -344,7 +364,7 @@ def _trace_rays_materials(packed, mu_lut, mu_scale, mu_offset, source, origin, c
         for col in range(n_cols):
             _trace_ray_materials(packed, flat, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step,
                                  metric, hull_directions, hull_lower, hull_upper, row, col, line_integral, thickness,
-                                 class_rows, material_lut, materials, soft_only_below)
+                                 class_rows, material_lut, materials, soft_only_below, pair_hu, pair_class)
 
 
 def row_schedule(rows: int, threads: int, block: int = 8) -> np.ndarray:
@@ -361,10 +381,11 @@ def row_schedule(rows: int, threads: int, block: int = 8) -> np.ndarray:
 
 def trace_rays_cpu(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric, hull,
                    row_order, line_integral, thickness, class_rows, material_lut, materials,
-                   soft_only_below) -> None:
+                   soft_only_below, pair_hu=NO_PALETTE_HU, pair_class=NO_PALETTE_CLASS) -> None:
     """Trace every detector pixel on the CPU threads (rows in ``row_order``, which balances the threads, and
     must hold every row once); ``hull`` = (directions, lower, upper) from ``matter_hull`` or ``box_hull``.
-    The outputs may be uninitialised (``np.empty``): each row is zeroed before it is traced."""
+    The outputs may be uninitialised (``np.empty``): each row is zeroed before it is traced. With a palette
+    volume (``packed`` of palette indices), pass its ``pair_hu``, ``pair_class`` and per-pair tables."""
     kernel = _trace_rays_materials if materials.shape[0] > 0 else _trace_rays_plain
     kernel(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric, *hull, row_order,
-           line_integral, thickness, class_rows, material_lut, materials, soft_only_below)
+           line_integral, thickness, class_rows, material_lut, materials, soft_only_below, pair_hu, pair_class)
