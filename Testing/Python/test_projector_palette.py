@@ -99,3 +99,18 @@ def test_palette_on_the_chest_ct_with_its_bones(sample_chest_ct):
     words = with_packed_words(projector).render(geometry)
     for name in ("line_integral", "thickness_mm", "class_rows"):
         np.testing.assert_array_equal(getattr(ours, name), getattr(words, name), err_msg=name)
+
+
+def test_released_words_are_decoded_again_and_renders_do_not_need_them():
+    volume, labels = body_in_air()
+    projector = DrrProjector(volume, labels)
+    geometry = geometry_for(volume, *GEOMETRIES[1])
+    words = projector.packed.copy()
+    before = projector.render(geometry).line_integral.copy()
+    projector.release_packed()
+    assert projector._packed is None  # freed: the palette alone holds the voxels
+    np.testing.assert_array_equal(projector.render(geometry).line_integral, before)
+    np.testing.assert_array_equal(projector.packed, words)
+    words_only = with_packed_words(projector)
+    words_only.release_packed()  # no palette: the words are the voxels and stay
+    np.testing.assert_array_equal(words_only.packed, words)

@@ -244,6 +244,8 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
             else None
         voxel_axes = projector.ct.ijk_to_ras[:3, :3]
         cut_faces = CutFaces(projector.packed, projector.ct.ras_to_ijk) if config.ignore_truncated else None
+        if not config.virtual_patients:  # else each virtual patient is warped from the words
+            projector.release_packed()
         del loaded.ct.array, loaded  # the projector keeps its packed copy only
         report["notes"] = []
         report["unknown_label_values"] = list(projector.unknown_values)

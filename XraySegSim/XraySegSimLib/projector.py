@@ -209,6 +209,12 @@ class DrrProjector:
         """Replace the voxels with 32-bit words (a virtual patient's): the palette no longer applies."""
         self._packed, self.palette = words, None
 
+    def release_packed(self) -> None:
+        """Free the 32-bit words decoded for other readers when the palette holds the voxels (the next use of
+        ``packed`` decodes them again); with no palette the words are the voxels and stay."""
+        if self.palette is not None:
+            self._packed = None
+
     def _traversal_volume(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(voxels, pair HU, pair class, attenuation table, material table) for the CPU kernel: the palette's
         with per-pair tables, or the packed words with tables per HU code and empty pair tables."""
@@ -286,6 +292,7 @@ class DrrProjector:
 
             if self._gpu is None:
                 self._gpu = GpuVolume(self.packed, self.mu_lut, self.material_lut, self.hull)
+                self.release_packed()  # the device holds its copy
             self._gpu.trace(*args, line_integral, thickness, class_rows, material_g_cm2, SOFT_ONLY_BELOW_HU)
         else:
             previous_threads = numba.get_num_threads()
