@@ -104,6 +104,10 @@ def test_virtual_projector_renders_as_a_projector_built_on_the_warped_ct():
     reference = DrrProjector(Volume(hu.astype(np.float32), clone.ct.ijk_to_ras),
                              Volume(np.where(index > 0, 38, 0).astype(np.uint8), clone.ct.ijk_to_ras), classes)
     np.testing.assert_array_equal(clone.packed, reference.packed)
+    # the clone renders from the 2-byte palette made from its warped words: the same as one made from the CT
+    assert clone.palette is not None and projector.palette is not None
+    for part in ("voxels", "hu", "class_index"):
+        np.testing.assert_array_equal(getattr(clone.palette, part), getattr(reference.palette, part))
     for lao in (0.0, 35.0, 90.0):
         geometry = views.from_preset("chest-ap", clone.ct.center_ras, 48, lao_deg=lao)
         mine, theirs = clone.render(geometry), reference.render(geometry)

@@ -98,3 +98,13 @@ def build_palette_volume(hu: np.ndarray, labels: np.ndarray, class_lut: np.ndarr
     _encode_pairs(hu, labels, class_lut, has_labels, index, voxels)
     n_empty = int(np.count_nonzero((pair_class == 0) & (pair_hu <= AIR_HU)))
     return PaletteVolume(voxels, pair_hu.astype(np.int16), pair_class.astype(np.uint16), n_empty)
+
+
+def palette_from_words(words: np.ndarray, n_classes: int) -> PaletteVolume | None:
+    """The palette volume of 32-bit packed words (e.g. a virtual patient's warped voxels), or None as above.
+    The HU and class halves are read through strided views of the words: no copy."""
+    halves = words.view(np.uint16).reshape(words.shape + (2,))  # little-endian: [..., 0] = HU bits, [..., 1] = class
+    if np.little_endian is False:  # pragma: no cover - every platform Slicer ships on is little-endian
+        halves = halves[..., ::-1]
+    identity = np.arange(n_classes + 1, dtype=np.uint16)
+    return build_palette_volume(halves[..., 0].view(np.int16), halves[..., 1], identity, True, n_classes)

@@ -234,6 +234,10 @@ def virtual_projector(projector, values: dict, threads: int | None = None):
     placeholder = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), packed.shape, (0, 0, 0))
     clone.ct = Volume(placeholder, ijk_to_ras, f"{projector.ct.name} (virtual patient {values['index']})")
     clone.packed = packed
+    if getattr(projector, "device", "cpu") == "cpu":  # the CPU traversal reads the 2-byte palette (projector_palette)
+        from .projector_palette import palette_from_words
+
+        clone.palette = palette_from_words(packed, len(projector.classes))
     # What the projector derives from its voxels must be derived again: the empty-space hull (the body moved)
     # and the device copy.
     if hasattr(projector, "hull"):
@@ -282,6 +286,8 @@ def setup_patient(base_projector, ranges: VirtualPatientRanges, seed: int, ct_id
     values.update(jacobian_min=round(low, 4), jacobian_max=round(high, 4), max_displacement_mm=round(largest, 3))
     iso = labelled_centroid_ras(projector.packed, grid.ijk_to_ras) if aim_at_labels and len(projector.classes) \
         else None
-    return PatientSetup(values, projector, grid.center_ras if iso is None else iso,
-                        body_points_ras(projector.packed, grid.ijk_to_ras) if body_hull else None,
-                        grid.ijk_to_ras[:3, :3], CutFaces(projector.packed, grid.ras_to_ijk) if cut_faces else None)
+    setup = PatientSetup(values, projector, grid.center_ras if iso is None else iso,
+                         body_points_ras(projector.packed, grid.ijk_to_ras) if body_hull else None,
+                         grid.ijk_to_ras[:3, :3], CutFaces(projector.packed, grid.ras_to_ijk) if cut_faces else None)
+    projector.release_packed()  # the renders read the palette, when there is one
+    return setup
