@@ -233,6 +233,8 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
         projector = DrrProjector(loaded.ct, loaded.labels, classes_ct if loaded.labels is not None else None,
                                  threads=task.threads, names_table=loaded.names,
                                  materials=MaterialModel() if physics_on else None, device=task.device)
+        # The projector keeps its own copy of the voxels: free the CT's and the labels' before anything decodes it.
+        loaded.ct, loaded.labels = loaded.ct.grid_only(), None
         if config.isocenter == "labels" and len(projector.classes):
             base_iso = labelled_centroid_ras(projector.packed, loaded.ct.ijk_to_ras)
             if base_iso is None:
@@ -246,7 +248,7 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
         cut_faces = CutFaces(projector.packed, projector.ct.ras_to_ijk) if config.ignore_truncated else None
         if not config.virtual_patients:  # else each virtual patient is warped from the words
             projector.release_packed()
-        del loaded.ct.array, loaded  # the projector keeps its packed copy only
+        del loaded
         report["notes"] = []
         report["unknown_label_values"] = list(projector.unknown_values)
     except (XraySegError, OSError, ValueError, MemoryError) as error:
