@@ -115,6 +115,9 @@ from XraySegSimLib import DrrProjector
 from XraySegSimLib.materials import MaterialModel
 volume, labels = body_in_air()
 projector = DrrProjector(volume, labels, materials=MaterialModel(), device="cuda")
+assert projector.palette is not None
+if sys.argv[4] == "words":  # the 32-bit words a virtual patient renders from, not the 2-byte palette
+    projector.packed = projector.packed.copy()
 other = GEOMETRIES[(int(sys.argv[3]) + 1) % len(GEOMETRIES)]
 projector.render(geometry_for(volume, *other, size=(24, 20)))  # first another view: the buffers are reused
 view, lao, cranial = GEOMETRIES[int(sys.argv[3])]
@@ -125,10 +128,10 @@ print(json.dumps({"device": projector.device}))
 """
 
 
-def render_in_subprocess(tmp_path, geometry_index: int, simulator: bool):
+def render_in_subprocess(tmp_path, geometry_index: int, simulator: bool, voxels: str = "palette"):
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1" if simulator else "0")
     out = tmp_path / f"gpu-{geometry_index}.npz"
-    done = subprocess.run([sys.executable, "-c", GPU_SCRIPT, str(HERE), str(out), str(geometry_index)],
+    done = subprocess.run([sys.executable, "-c", GPU_SCRIPT, str(HERE), str(out), str(geometry_index), voxels],
                           capture_output=True, text=True, env=env, cwd=HERE, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["device"] == "cuda"
@@ -153,8 +156,10 @@ def assert_matches_cpu(gpu, geometry_index):
 
 @pytest.mark.slow
 def test_cuda_kernel_in_the_simulator_matches_the_cpu(tmp_path):
-    """The same kernel source, run thread by thread by numba's CUDA simulator, on an oblique view."""
+    """The same kernel source, run thread by thread by numba's CUDA simulator, on an oblique view: over the
+    2-byte palette (what a projector uploads) and over the 32-bit words (a virtual patient's)."""
     assert_matches_cpu(render_in_subprocess(tmp_path, 1, simulator=True), 1)
+    assert_matches_cpu(render_in_subprocess(tmp_path, 2, simulator=True, voxels="words"), 2)
 
 
 COMPILE_SCRIPT = """
@@ -170,11 +175,12 @@ a1, a2 = types.Array(f64, 1, "C"), types.Array(f64, 2, "C")
 img, stack, rows = types.Array(f32, 2, "C"), types.Array(f32, 3, "C"), types.Array(types.uint8, 2, "C")
 for with_materials in (False, True):
     kernel = make_kernel(with_materials)
-    signature = (types.Array(types.uint32, 3, "C"), types.Array(types.uint32, 1, "C"), a1, f64, f64, a1, a1, a1, a1,
-                 a2, a2, a1, a1, img, stack, rows, img, stack, types.int64, types.Array(types.int16, 1, "C"),
-                 types.Array(types.uint16, 1, "C"))
-    compiled = compiler.compile_cuda(kernel.py_func, types.void, signature, cc=(9, 0))
-    assert "define" in compiled.library.get_llvm_str()
+    for word in (types.uint32, types.uint16):  # packed words, palette indices
+        signature = (types.Array(word, 3, "C"), types.Array(word, 1, "C"), a1, f64, f64, a1, a1, a1, a1,
+                     a2, a2, a1, a1, img, stack, rows, img, stack, types.int64, types.Array(types.int16, 1, "C"),
+                     types.Array(types.uint16, 1, "C"))
+        compiled = compiler.compile_cuda(kernel.py_func, types.void, signature, cc=(9, 0))
+        assert "define" in compiled.library.get_llvm_str()
 print("ok")
 """
 

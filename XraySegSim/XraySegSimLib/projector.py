@@ -291,8 +291,8 @@ class DrrProjector:
             from .projector_gpu import GpuVolume
 
             if self._gpu is None:
-                self._gpu = GpuVolume(self.packed, self.mu_lut, self.material_lut, self.hull)
-                self.release_packed()  # the device holds its copy
+                voxels, pair_hu, pair_class, mu_lut, material_lut = self._traversal_volume()
+                self._gpu = GpuVolume(voxels, mu_lut, material_lut, self.hull, pair_hu, pair_class)
             self._gpu.trace(*args, line_integral, thickness, class_rows, material_g_cm2, SOFT_ONLY_BELOW_HU)
         else:
             previous_threads = numba.get_num_threads()

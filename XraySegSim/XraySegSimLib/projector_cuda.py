@@ -10,7 +10,7 @@ from .projector_kernels import make_trace_ray
 
 def make_kernel(with_materials: bool):
     """Compile the kernel: one thread per detector pixel, tracing with the CPU kernel's ``trace_ray`` (packed
-    words; the palette tables ``pair_hu``, ``pair_class`` are passed empty, see projector_palette)."""
+    words, with the palette tables ``pair_hu``, ``pair_class`` empty, or palette indices: projector_palette)."""
     device_function = cuda.jit(device=True)
     trace = device_function(make_trace_ray(with_materials, device_function))
 

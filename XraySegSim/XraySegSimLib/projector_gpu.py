@@ -53,10 +53,13 @@ def _kernel(with_materials: bool):
 
 
 class GpuVolume:
-    """The packed volume, tables and hull on the GPU, uploaded once per projector; output buffers are kept
-    per output shape, so a render costs one small upload (the view), the kernel and the copies back."""
+    """The voxels, tables and hull on the GPU, uploaded once per projector; output buffers are kept per output
+    shape, so a render costs one small upload (the view), the kernel and the copies back. ``packed``: 32-bit
+    packed words, or 16-bit palette indices with the palette's ``pair_hu`` and ``pair_class`` and per-pair
+    ``mu_lut`` and ``material_lut`` (projector_palette: half the memory traffic)."""
 
-    def __init__(self, packed: np.ndarray, mu_lut: np.ndarray, material_lut: np.ndarray, hull) -> None:
+    def __init__(self, packed: np.ndarray, mu_lut: np.ndarray, material_lut: np.ndarray, hull,
+                 pair_hu: np.ndarray | None = None, pair_class: np.ndarray | None = None) -> None:
         from numba import cuda
 
         self.packed = cuda.to_device(packed)
@@ -64,8 +67,9 @@ class GpuVolume:
         self.mu_lut = cuda.to_device(np.ascontiguousarray(mu_lut, np.float64))
         self.material_lut = cuda.to_device(np.ascontiguousarray(material_lut))
         self.hull = [cuda.to_device(np.ascontiguousarray(a, np.float64)) for a in hull]
-        # Packed words, not palette indices (projector_palette): the palette tables are passed empty.
-        self.no_palette = (cuda.to_device(np.zeros(0, np.int16)), cuda.to_device(np.zeros(0, np.uint16)))
+        # Empty pair tables mean packed words (the kernel's test); the index dtype fixes the kernel's types.
+        self.palette = (cuda.to_device(np.zeros(0, np.int16) if pair_hu is None else pair_hu),
+                        cuda.to_device(np.zeros(0, np.uint16) if pair_class is None else pair_class))
         self._outputs: dict[tuple, tuple] = {}
 
     def _buffers(self, line_integral, thickness, materials) -> tuple:
@@ -93,7 +97,7 @@ class GpuVolume:
         kernel[grid, BLOCK](self.packed, self.flat, self.mu_lut, float(mu_scale), float(mu_offset), view[0:3],
                             view[3:6], view[6:9], view[9:12], view[12:21].reshape(3, 3), *self.hull, d_line,
                             d_thickness, d_class_rows, self.material_lut, d_materials, int(soft_only_below),
-                            *self.no_palette)
+                            *self.palette)
         d_line.copy_to_host(line_integral)
         if thickness.size:
             d_thickness.copy_to_host(thickness)
