@@ -19,8 +19,10 @@ default the CT's smallest voxel spacing. Rays that only clip the corner of a bou
 out: that halo comes from the label map's voxel staircase, not from anatomy (on a smooth surface of radius R
 the threshold h moves the edge by only h^2 / 8R, e.g. 0.01 mm for a 5 mm rib and 0.7 mm voxels).
 Speed: each ray is first clipped to a polytope around the voxels that have attenuation or a label (empty-space
-skipping, see projector_kernels); inside it the traversal is the exact one above. ``device="cuda"`` runs the
-same per-ray code as a numba.cuda kernel (projector_gpu).
+skipping, see projector_kernels); inside it the traversal is the exact one above. The traversal is bound by
+memory traffic, so each voxel is stored in 2 bytes where it can: an index into a palette of the CT's (HU, class)
+pairs (projector_palette), else one 32-bit word (HU and class). ``device="cuda"`` runs the same per-ray code as
+a numba.cuda kernel (projector_gpu).
 
 Masks keep overlaps (a pixel may belong to several classes). The single-label image gives each pixel the
 class with the longest path through it (ties: the lower class index), 0 where none.
