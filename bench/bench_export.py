@@ -78,6 +78,7 @@ def engine_rate(size: int, workers: int, cts: int, views: int, concurrent: bool 
     projector = DrrProjector(loaded.ct, loaded.labels, mapping.classes_for(loaded.names), threads=threads,
                              names_table=loaded.names)
     iso = loaded.ct.centroid_ras(projector.packed >> 16 != 0)
+    projector.release_packed()  # as the export's workers do: the engine holds what a worker holds
     config = ExportConfig(out="unused", view="chest-ap", size=size)
     geometries = [random_geometry(config, iso, sample_rng(config.seed, f"chest{i}", v))[0]
                   for i in range(cts) for v in range(views)]

@@ -29,6 +29,7 @@ def _setup():
     ct, labels = read_volume(sample.ct_path), read_volume(sample.labels_path)
     projector = DrrProjector(ct, labels, LabelClasses.totalsegmentator_bones(), materials=MaterialModel())
     iso = labelled_centroid_ras(projector.packed, projector.ct.ijk_to_ras)
+    projector.release_packed()
     return projector, views.from_preset("chest-pa", iso, SIZE)
 
 

@@ -114,3 +114,47 @@ def test_released_words_are_decoded_again_and_renders_do_not_need_them():
     words_only = with_packed_words(projector)
     words_only.release_packed()  # no palette: the words are the voxels and stay
     np.testing.assert_array_equal(words_only.packed, words)
+
+
+def test_voxel_words_follow_numpy_rounding_and_clipping_for_any_ct_dtype():
+    # an independent reference: NumPy's round half to even and the int16 clip, class index in the high bits
+    hu = np.array([-40000.0, -32768.6, -1000.5, -0.5, 0.5, 1.5, 12.49, 2.5, 32767.4, 40000.5, np.inf, -np.inf],
+                  np.float64).reshape(2, 2, 3)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2], np.uint8).reshape(2, 2, 3)
+    expected_hu = np.clip(np.round(np.clip(hu, -32768, 32767)), -32768, 32767).astype(np.int16)
+    expected = (labels.astype(np.uint32) << 16) | expected_hu.view(np.uint16).astype(np.uint32)
+    for dtype in (np.float64, np.float32):
+        palette = build_palette_volume(hu.astype(dtype), labels, np.arange(3, dtype=np.uint16), True, 2)
+        np.testing.assert_array_equal(palette.packed(), expected, err_msg=str(dtype))
+    integers = np.arange(-1500, 1500, 250, dtype=np.int16).reshape(2, 2, 3)
+    palette = build_palette_volume(integers, labels, np.arange(3, dtype=np.uint16), True, 2)
+    np.testing.assert_array_equal(palette.packed() & 0xFFFF, integers.view(np.uint16))
+    assert palette.n_empty == int(np.count_nonzero((integers <= -1000) & (labels == 0)))
+
+
+def test_new_words_drop_the_palette_its_tables_and_the_hull_of_the_old_voxels():
+    volume, labels = body_in_air()
+    projector = DrrProjector(volume, labels)
+    geometry = geometry_for(volume, *GEOMETRIES[0])
+    projector.render(geometry)  # makes the per-pair tables
+    assert "_palette_tables" in projector.__dict__
+    emptied = projector.packed.copy()
+    emptied[:, :, : emptied.shape[2] // 2] = np.uint32(np.int16(-1000).view(np.uint16))  # half the body is air now
+    projector.packed = emptied
+    assert projector.palette is None and "_palette_tables" not in projector.__dict__ and projector._gpu is None
+    for ours, fresh in zip(projector.hull, matter_hull(emptied)):
+        np.testing.assert_array_equal(ours, fresh)
+    reference = DrrProjector(volume, labels)
+    reference.packed = emptied
+    np.testing.assert_array_equal(projector.render(geometry).line_integral, reference.render(geometry).line_integral)
+
+
+def test_kernels_refuse_voxels_and_tables_that_do_not_go_together():
+    volume, labels = body_in_air()
+    projector = DrrProjector(volume, labels)
+    voxels, pair_hu, pair_class = projector.voxels()
+    assert voxels.dtype == np.uint16 and len(pair_class) == len(pair_hu) > 0
+    with pytest.raises(ValueError, match="uint16 voxels with no palette"):
+        matter_hull(voxels)  # palette indices read as packed words
+    with pytest.raises(ValueError, match="uint32 voxels with a palette"):
+        matter_hull(projector.packed, pair_hu, pair_class)

@@ -197,8 +197,9 @@ def test_cuda_kernel_types_and_lowers_for_the_cuda_target():
 @pytest.mark.gpu
 @pytest.mark.skipif(not cuda_available(), reason="no CUDA GPU")
 @pytest.mark.parametrize("geometry_index", range(len(GEOMETRIES)))
-def test_cuda_kernel_on_the_gpu_matches_the_cpu(tmp_path, geometry_index):
-    assert_matches_cpu(render_in_subprocess(tmp_path, geometry_index, simulator=False), geometry_index)
+@pytest.mark.parametrize("voxels", ["palette", "words"])
+def test_cuda_kernel_on_the_gpu_matches_the_cpu(tmp_path, geometry_index, voxels):
+    assert_matches_cpu(render_in_subprocess(tmp_path, geometry_index, simulator=False, voxels=voxels), geometry_index)
 
 
 @pytest.mark.skipif(cuda_available(), reason="checks the answer without a GPU")

@@ -141,6 +141,7 @@ def _isocenter(option: str, ct: Volume, projector: DrrProjector) -> np.ndarray:
         return ct.center_ras
     if option == "labels":
         labelled = projector.packed >> 16 != 0
+        projector.release_packed()  # the render reads the palette, when there is one
         return ct.centroid_ras(labelled) if labelled.any() else ct.center_ras
     try:
         point = np.array([float(x) for x in option.split(",")])

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import views
 from .export_config import DEFAULT_RANGES, ExportConfig
-from .projector_kernels import row_extremes
+from .projector_kernels import NO_PALETTE_CLASS, NO_PALETTE_HU, row_extremes
 
 
 def sample_rng(seed: int, ct_id: str, view: int) -> np.random.Generator:
@@ -106,7 +106,7 @@ def body_points_ras(packed: np.ndarray, ijk_to_ras: np.ndarray, hu_min: int = BO
     """(3, N) RAS centres of the first and last body voxel of every voxel row along i (body: HU > ``hu_min``
     or labelled). Their convex hull is the body's (voxel centres), so the largest value of any linear function
     over the body, e.g. the depth along a ray, is their largest: one pass over the CT, then O(rows) per view."""
-    extremes = row_extremes(packed, np.int64(hu_min))
+    extremes = row_extremes(packed, np.int64(hu_min), NO_PALETTE_HU, NO_PALETTE_CLASS)
     k, j = np.nonzero(extremes[:, :, 0] >= 0)
     if not len(k):
         return np.zeros((3, 0))

@@ -246,7 +246,9 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
             else None
         voxel_axes = projector.ct.ijk_to_ras[:3, :3]
         cut_faces = CutFaces(projector.packed, projector.ct.ras_to_ijk) if config.ignore_truncated else None
-        if not config.virtual_patients:  # else each virtual patient is warped from the words
+        if config.virtual_patients:  # the base CT only feeds the patients' warps, from its words: keep those only
+            projector.packed = projector.packed
+        else:
             projector.release_packed()
         del loaded
         report["notes"] = []

@@ -137,9 +137,9 @@ class ReusedOutputs:
 class DrrProjector:
     """Projects one CT (and optionally its label map) for any number of geometries.
 
-    Build it once per CT; ``render(geometry)`` is then the fast part. Nothing is copied when the CT array is
-    C-contiguous; the label map is turned into a compact class-index volume (1 byte per voxel up to 254
-    classes), so memory stays bounded whatever the number of label values.
+    Build it once per CT; ``render(geometry)`` is then the fast part. The CT and its label map are turned into
+    one volume the traversal reads: 2 bytes per voxel (a palette of (HU, class) pairs) where the pairs fit, else
+    4 (HU and class index), whatever the number of label values; the caller may then free the CT's voxels.
     """
 
     def __init__(
@@ -166,7 +166,7 @@ class DrrProjector:
                 f"{ct.name or 'CT'}: has shape {ct.array.shape[::-1]} (i, j, k); a CT must be a 3D volume "
                 "with at least 2 voxels along every axis, not a single slice or a radiograph"
             )
-        self.ct = ct.grid_only()  # the packed copy below is all we keep: the caller may free the CT voxels
+        self.ct = ct.grid_only()  # the palette or packed words below are all we keep of the voxels
         self.mu_water_per_mm = float(mu_water_per_mm)
         self.threads = threads
         self.classes = LabelClasses(())
@@ -194,8 +194,9 @@ class DrrProjector:
             self._packed = np.empty(ct.array.shape, np.uint32)
             pack_voxels(hu, label_array, class_lut, labels is not None, self._packed)
         # Empty-space skipping: rays start and end on a polytope around the voxels with attenuation or a label.
-        self.hull = matter_hull(*self._traversal_volume()[:3]) if skip_empty else box_hull(ct.array.shape)
-        self._gpu = None  # device copy of the packed volume, made on the first CUDA render
+        self.skip_empty = skip_empty
+        self.hull = matter_hull(*self.voxels()) if skip_empty else box_hull(ct.array.shape)
+        self._gpu = None  # device copy of the traversal's voxels and tables, made on the first CUDA render
         self._outputs = ReusedOutputs()
 
     @property
@@ -208,8 +209,16 @@ class DrrProjector:
 
     @packed.setter
     def packed(self, words: np.ndarray) -> None:
-        """Replace the voxels with 32-bit words (a virtual patient's): the palette no longer applies."""
-        self._packed, self.palette = words, None
+        """Replace the voxels with 32-bit words (a virtual patient's): the palette, its tables and the device copy
+        are dropped and the empty-space hull is made again (a palette may then be set from the words)."""
+        self._packed, self.palette, self._gpu = words, None, None
+        self.__dict__.pop("_palette_tables", None)
+        self.hull = matter_hull(words) if getattr(self, "skip_empty", True) else box_hull(words.shape)
+
+    def voxels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(voxels, pair HU, pair class) as the traversal reads them: the palette's uint16 indices and its pair
+        tables, or the uint32 packed words with empty tables (see ``projector_kernels.row_extremes``)."""
+        return self._traversal_volume()[:3]
 
     def release_packed(self) -> None:
         """Free the 32-bit words decoded for other readers when the palette holds the voxels (the next use of

@@ -53,11 +53,12 @@ def decode_word(word, pair_hu, pair_class):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def row_extremes(packed, hu_min, pair_hu=NO_PALETTE_HU, pair_class=NO_PALETTE_CLASS):  # pragma: no cover - compiled
+def row_extremes(packed, hu_min, pair_hu, pair_class):  # pragma: no cover - compiled
     """(nk, nj, 2) first and last i of the voxels of each row (k, j) with HU > ``hu_min`` or a label; -1 where
     none. With ``hu_min`` = AIR_HU these are the non-empty voxels (the hull below); the exporter uses it with its
-    body threshold to place the detector. ``packed`` holds packed words, or palette indices with the palette's
-    ``pair_hu`` and ``pair_class`` (projector_palette)."""
+    body threshold to place the detector. ``packed`` holds packed words (pass NO_PALETTE_HU, NO_PALETTE_CLASS:
+    no defaults here, numba's disk cache misses on omitted array arguments), or palette indices with the
+    palette's ``pair_hu`` and ``pair_class`` (projector_palette)."""
     nk, nj, ni = packed.shape
     out = np.full((nk, nj, 2), -1, np.int32)
     for k in numba.prange(nk):
@@ -82,6 +83,18 @@ def attenuation_table(mu_scale: float, mu_offset: float) -> np.ndarray:
     traversal used to evaluate per voxel step (a table lookup is cheaper, the values are the same bit for bit)."""
     hu = np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.float64)
     return np.maximum(0.0, mu_offset + mu_scale * hu)
+
+
+def check_voxel_tables(voxels: np.ndarray, mu_lut: np.ndarray | None, pair_class: np.ndarray) -> None:
+    """Refuse voxels and tables that do not go together (the kernels run without bounds checks): uint16 palette
+    indices with their pair tables, or uint32 packed words with empty ones and tables per 16-bit HU code."""
+    palette = pair_class.shape[0] > 0
+    if (voxels.dtype == np.uint16) != palette or (not palette and voxels.dtype != np.uint32):
+        raise ValueError(f"{voxels.dtype} voxels with {'a' if palette else 'no'} palette: uint16 palette indices "
+                         "need their pair tables, uint32 packed words none")
+    if mu_lut is not None and mu_lut.shape[0] != (pair_class.shape[0] if palette else 65536):
+        raise ValueError(f"attenuation table of {mu_lut.shape[0]} entries for "
+                         f"{'a palette of %d pairs' % pair_class.shape[0] if palette else '16-bit HU codes'}")
 
 
 def box_hull(shape_kji: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,6 +131,7 @@ def matter_hull(packed: np.ndarray, pair_hu: np.ndarray = NO_PALETTE_HU, pair_cl
     """(directions, lower, upper): the tightest 13-direction polytope (in IJK + 0.5, voxel v = [v, v+1))
     holding every non-empty voxel; an empty polytope (lower > upper) when all voxels are empty. ``packed``:
     packed words, or palette indices with their ``pair_hu`` and ``pair_class``."""
+    check_voxel_tables(packed, None, pair_class)
     lower, upper = _hull_bounds(row_extremes(packed, np.int64(AIR_HU), pair_hu, pair_class), HULL_DIRECTIONS)
     return HULL_DIRECTIONS.copy(), lower, upper
 
@@ -386,6 +400,7 @@ def trace_rays_cpu(packed, mu_lut, mu_scale, mu_offset, source, origin, column_s
     must hold every row once); ``hull`` = (directions, lower, upper) from ``matter_hull`` or ``box_hull``.
     The outputs may be uninitialised (``np.empty``): each row is zeroed before it is traced. With a palette
     volume (``packed`` of palette indices), pass its ``pair_hu``, ``pair_class`` and per-pair tables."""
+    check_voxel_tables(packed, mu_lut, pair_class)
     kernel = _trace_rays_materials if materials.shape[0] > 0 else _trace_rays_plain
     kernel(packed, mu_lut, mu_scale, mu_offset, source, origin, column_step, row_step, metric, *hull, row_order,
            line_integral, thickness, class_rows, material_lut, materials, soft_only_below, pair_hu, pair_class)

@@ -9,8 +9,9 @@ voxel can be stored as its pair's index and decoded with small per-pair tables (
 stay in cache. When the pairs do not fit (e.g. all 89 TotalSegmentator classes of that CT: 86,992 pairs) or
 there are more than ``MAX_PALETTE_CLASSES`` classes, the projector keeps the 4-byte words.
 
-The palette is ordered by class, then by HU, so the empty pairs (class 0, HU <= -1000: no attenuation, no
-label) are the first ``n_empty`` entries and "voxel is empty" is ``index < n_empty``.
+The palette is ordered by class, then by HU: the unlabelled pairs come first, and among them the empty ones
+(class 0, HU <= -1000: no attenuation, no label), whose count is ``n_empty`` (information; the kernels skip
+empty space with the hull, not per voxel).
 """
 
 from __future__ import annotations
@@ -28,14 +29,18 @@ AIR_HU = -1000
 
 @numba.njit(inline="always", nogil=True)
 def voxel_hu_class(hu, labels, class_lut, has_labels, k, j, i):  # pragma: no cover - compiled
-    """(HU rounded and clipped to int16, class index) of one voxel: what the packed word and the palette hold."""
-    h = min(max(round(hu[k, j, i]), -32768), 32767)
-    c = 0
+    """(HU rounded and clipped to int16, class index) of one voxel: what the packed word and the palette hold.
+    HU is clipped before it is rounded, so every value has a defined result (+-inf: the int16 ends; NaN: -32768,
+    air, which is what the float-to-integer conversion gave on x86; read_volume refuses non-finite CTs)."""
+    c = np.int64(0)
     if has_labels:
         value = labels[k, j, i]
         if value < class_lut.shape[0]:
-            c = class_lut[value]
-    return np.int64(h), np.int64(c)
+            c = np.int64(class_lut[value])
+    x = hu[k, j, i]
+    if x != x:
+        return np.int64(-32768), c
+    return np.int64(round(min(max(x, -32768.0), 32767.0))), c
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -91,7 +96,10 @@ def build_palette_volume(hu: np.ndarray, labels: np.ndarray, class_lut: np.ndarr
     n_pairs = int(np.count_nonzero(flat_present))
     if n_pairs > PALETTE_SIZE:
         return None
-    index = (np.cumsum(flat_present, dtype=np.int32) - 1).clip(min=0).astype(np.uint16).reshape(present.shape)
+    # Index of each present pair = (present pairs up to it) - 1; uint16 arithmetic wraps 65536 -> 0 -> 65535,
+    # which is right for the last of 65536 pairs (absent entries are never read), and holds no wider copy.
+    index = np.cumsum(flat_present, dtype=np.uint16).reshape(present.shape)
+    index -= np.uint16(1)
     pairs = np.flatnonzero(flat_present)  # ordered by class, then by signed HU
     pair_class, pair_hu = pairs // HU_CODES, pairs % HU_CODES - 32768
     voxels = np.empty(hu.shape, np.uint16)

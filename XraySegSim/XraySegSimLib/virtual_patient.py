@@ -233,19 +233,12 @@ def virtual_projector(projector, values: dict, threads: int | None = None):
     clone = copy.copy(projector)
     placeholder = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), packed.shape, (0, 0, 0))
     clone.ct = Volume(placeholder, ijk_to_ras, f"{projector.ct.name} (virtual patient {values['index']})")
+    # The setter makes again what the projector derives from its voxels (the empty-space hull: the body moved)
+    # and drops the device copy; the traversal then reads a 2-byte palette of the words (projector_palette).
     clone.packed = packed
-    if getattr(projector, "device", "cpu") == "cpu":  # the CPU traversal reads the 2-byte palette (projector_palette)
-        from .projector_palette import palette_from_words
+    from .projector_palette import palette_from_words
 
-        clone.palette = palette_from_words(packed, len(projector.classes))
-    # What the projector derives from its voxels must be derived again: the empty-space hull (the body moved)
-    # and the device copy.
-    if hasattr(projector, "hull"):
-        from .projector_kernels import matter_hull
-
-        clone.hull = matter_hull(packed)
-    if hasattr(projector, "_gpu"):
-        clone._gpu = None
+    clone.palette = palette_from_words(packed, len(projector.classes))
     return clone
 
 
