@@ -26,7 +26,7 @@ from XraySegSimLib.io import atomic_path, write_json  # noqa: E402
 VIEWS = ("wrist-pa", "wrist-oblique-pronated", "wrist-lateral", "wrist-oblique-supinated")
 ANGLE = {"wrist-pa": 0, "wrist-oblique-pronated": 45, "wrist-lateral": 90, "wrist-oblique-supinated": 135}
 HELD_OUT_NOTE = (
-    "Unseen virtual wrists: phantoms with seeds 1000-1005, never used in training (seeds 0-47), so every pose "
+    "Unseen virtual wrists: phantoms with seeds 1000-1005, never used in training (seeds 0-71), so every pose "
     "(flexion/extension, radial/ulnar deviation, finger spread and flexion), size and proportion, bone density, "
     "cortical thickness and soft-tissue thickness is a new draw; each view preset is a separate export (seed 1) "
     "with the usual geometry jitter (rotation about the forearm +/-10 deg, tilt +/-8 deg, roll +/-5 deg, shifts, "
@@ -83,11 +83,46 @@ def evaluate_views(package: Path, run: Path) -> dict:
 
 FRESH_NOTE = ("Six more unseen virtual wrists (seeds 2000-2005), exported like the held-out ones (seed 1 per "
               "view preset). Seeds 1000-1005 were used to choose between many training runs; these were made "
-              "after the recipe up to 11000 steps was fixed and used for two choices only, whether to keep phase "
-              "6 (13500 steps) and phase 7 (16500 steps, 24 more training wrists); each scored higher on every "
-              "view of both sets. Six wrists per set is few: the two sets differ by up to 0.07 per view.")
-MORE_PHANTOMS = ("24 more virtual wrists for phase 7, seeds 24-47, written and exported like the first 24 (the same "
-                 "export options and seeds, under <run>/more/)")
+              "after the recipe up to 11000 steps was fixed and used for three choices only, whether to keep "
+              "phase 6 (13500 steps), phase 7 (16500 steps, 24 more training wrists) and phase 8 (19500 steps, 24 "
+              "more); each scored higher on every view of both sets. Six wrists per set is few: the two sets "
+              "differ by up to 0.07 per view.")
+# Phases 7 and 8: (folder under <run>, phase, seeds, steps at its end, the folder of its merged training set).
+MORE_PHASES = (("more", 7, "24-47", 16500, "train-merged48"), ("more2", 8, "48-71", 19500, "train-merged72"))
+
+
+def more_wrists(card: dict, run: Path) -> None:
+    """Phases 7 and 8 (24 more training wrists each, ``<run>/more`` and ``<run>/more2``) into the card's data and
+    recipe; and which of the validation wrists, drawn afresh from all wrists, were training wrists before."""
+    from XraySegInferLib.dataset import read_dataset
+
+    data, config = card["training"]["data"], card["training"]["config"]
+    phases = [p for p in MORE_PHASES if any((run / p[0]).glob("train*/Dataset*/export.json"))]
+    if not phases:
+        return
+    wrists = 24 * (1 + len(phases))
+    data["phantoms"] = data["phantoms"].replace("24 virtual wrists, xrayseg phantom wrist seeds 0-23",
+                                                f"{wrists} virtual wrists, xrayseg phantom wrist seeds 0-{wrists - 1}")
+    data["recipe"] = data["recipe"][:-1] + "".join(
+        f"; then config-phase{n}.json, a warm restart to {steps} steps on both exports of the earlier wrists merged "
+        f"with both exports of 24 more (seeds {seeds}), the validation wrists drawn afresh" for _, n, seeds, steps, _
+        in phases) + ")"
+    data["more_phantoms"] = [f"phase {n}: 24 more virtual wrists, seeds {seeds} (<run>/{folder}/), written and "
+                             "exported like the first 24 (the same export options and seeds)"
+                             for folder, n, seeds, _, _ in phases]
+    exports = [e for folder, *_ in phases for e in sorted((run / folder).glob("train*/Dataset*/export.json"))]
+    data["more_exports"] = [{k: json.loads(e.read_text())["config"].get(k) for k in ("view", "views_per_ct", "seed",
+                                                                                  "ranges")} for e in exports]
+    earlier: set[str] = set()  # the training wrists of the earlier phases' datasets, split as xrayseg train does
+    for root in [run / "train"] + [run / p[4] for p in phases]:
+        dataset = next(root.glob("Dataset*/"), None)
+        if dataset is not None and dataset.name != card["training"]["dataset"]:
+            earlier |= {c.ct_id for c in read_dataset(dataset, require="train").split_by_ct(
+                config["val_fraction"], config["seed"])[0]}
+    seen = sorted(earlier & set(card["training"]["validation_cts"]))
+    if seen:
+        card["metrics"]["validation"]["on"] += (f"; of these, {', '.join(seen)} were training wrists in an earlier "
+                                                "phase, which flatters this figure")
 
 
 def amend_card(card: dict, run: Path, per_view: dict) -> dict:
@@ -115,10 +150,8 @@ def amend_card(card: dict, run: Path, per_view: dict) -> dict:
         "(PA, obliques, lateral). Multi-label (a sigmoid per bone): carpals overlap on radiographs. A small MONAI "
         "U-Net trained on DRRs of virtual wrists (xrayseg phantom wrist) with realistic X-ray physics. "
         "Demonstration model: simulated data only.")
-    more = sorted((run / "more").glob("train*/Dataset*/export.json"))  # phase 7: 24 more training wrists
     card["training"]["data"] = {
-        "phantoms": f"{48 if more else 24} virtual wrists, xrayseg phantom wrist seeds 0-{47 if more else 23} "
-                    "(tools/train-wrist/make_phantoms.py): "
+        "phantoms": "24 virtual wrists, xrayseg phantom wrist seeds 0-23 (tools/train-wrist/make_phantoms.py): "
                     "pose2sim==0.3.7 OpenSim hand and forearm meshes (BSD-3-Clause), posed, scaled, with cortical "
                     "shell, trabecular core, marrow, cartilage gaps and skin/fat/muscle; 0.5 mm voxels",
         "class_mapping": "tools/train-wrist/classes.json (the 10 bones; metacarpals and phalanges not predicted)",
@@ -129,16 +162,8 @@ def amend_card(card: dict, run: Path, per_view: dict) -> dict:
                   "to 5500 steps; then config-phase4.json to 8500 steps on the main export merged with the lateral "
                   "export (tools/train-wrist/merge_exports.py), the best checkpoint chosen afresh on that set's "
                   "validation wrists; then config-phase5.json and config-phase6.json, warm restarts on the same "
-                  "merged set, to 11000 and 13500 steps"
-                  + ("; then config-phase7.json, a warm restart to 16500 steps on both exports of these wrists "
-                     "merged with both exports of 24 more (seeds 24-47), validation wrists drawn afresh from "
-                     "the 48)" if more else ")"),
+                  "merged set, to 11000 and 13500 steps)",
     }
-    if more:
-        card["training"]["data"]["more_phantoms"] = MORE_PHANTOMS
-        card["training"]["data"]["more_exports"] = [
-            {k: json.loads(e.read_text())["config"].get(k) for k in ("view", "views_per_ct", "seed", "ranges")}
-            for e in more]
     lateral = next((run / "train-lateral").glob("Dataset*/export.json"), None)
     if lateral is not None:  # the lateral phase: more lateral and near-lateral views of the same training wrists
         config = json.loads(lateral.read_text())["config"]
@@ -152,15 +177,7 @@ def amend_card(card: dict, run: Path, per_view: dict) -> dict:
             "on": "held-out CTs (merged export), last step: the weights are the last step's", "step": last["step"],
             "mean_dice": last["val_dice"], "dice_per_class": dict(zip([c["name"] for c in card["classes"]],
                                                                       last["val_dice_per_class"]))}
-    if more:  # phase 7 drew its validation wrists from all 48: some of them were trained on in phases 1-6
-        from XraySegInferLib.dataset import read_dataset
-
-        config = card["training"]["config"]
-        earlier = {c.ct_id for c in read_dataset(train_root, require="train").split_by_ct(
-            config["val_fraction"], config["seed"])[0]}
-        seen = sorted(earlier & set(card["training"]["validation_cts"]))
-        card["metrics"]["validation"]["on"] += (f"; of these, {', '.join(seen)} were training wrists in phases "
-                                                "1-6, which flatters this figure" if seen else "")
+    more_wrists(card, run)
     card["limitations"] = LIMITATIONS
     card["intended_use"] = "research and software testing; not for clinical use"
     return card
@@ -201,7 +218,8 @@ def readme(card: dict) -> str:
         f"- export: {json.dumps(card['training']['data']['train_export'])}",
         *([f"- lateral export: {json.dumps(card['training']['data']['lateral_export'])}"]
           if "lateral_export" in card["training"]["data"] else []),
-        *([f"- {card['training']['data']['more_phantoms']}: {json.dumps(card['training']['data']['more_exports'])}"]
+        *([f"- {'; '.join(card['training']['data']['more_phantoms'])}; their exports: "
+           f"{json.dumps(card['training']['data']['more_exports'])}"]
           if "more_phantoms" in card["training"]["data"] else []),
         f"- classes: {card['training']['data']['class_mapping']}", "",
         "## Dice per bone and per view on unseen virtual wrists", "",
