@@ -60,7 +60,7 @@ train-sample: setup
 	rm -rf $(SAMPLE)
 	OUT=$(SAMPLE) tools/train-sample/retrain.sh
 
-# The bundled wrist model (issue 13): 72 virtual wrists (xrayseg phantom wrist, seeds 0-23, then 24-47 and 48-71) and 6 unseen ones
+# The bundled wrist model (issue 13): 96 virtual wrists (xrayseg phantom wrist, seeds 0-23, then 24 more at a time to 95) and 6 unseen ones
 # (seeds 1000-1005), used to choose between runs, and 6 fresh ones (seeds 2000-2005, out/train-wrist/fresh) used for
 # no choice at all (the card's metrics.fresh_phantoms); 10 views of each training wrist at any rotation about the forearm (lao -60..150 deg around
 # wrist-pa covers PA, both obliques and the lateral), the carpals kept in the field of view (isocentre 15-35 mm
@@ -75,7 +75,9 @@ train-sample: setup
 # phantoms 1.2, exports 2.2, training 12.8); then phase 8 the same way with 24 more (seeds 48-71, out/train-wrist/more2,
 # 72 wrists merged, config-phase8.json to 19500 steps, the best checkpoint chosen afresh: none beat phase 7's on the
 # new validation wrists, so the package holds the last step's weights; about 16 min: phantoms 1.1, exports 1.8,
-# training 13.1); one thread: on the loaded, shared 2-core machine two torch threads stalled, ~20 s per step);
+# training 13.1); then phase 9 the same way with 24 more (seeds 72-95, out/train-wrist/more3, 96 wrists merged,
+# config-phase9.json to 22500 steps; its best validation step is the last; about 16 min: phantoms 1.1, exports 1.8,
+# training 12.9); one thread: on the loaded, shared 2-core machine two torch threads stalled, ~20 s per step);
 # Dice per bone and per view into the card; Resources/Models/wrist/; then the README's wrist pictures.
 WRIST := out/train-wrist
 WRIST_EXPORT := --names $(abspath $(WRIST))/phantoms/train/wrist_0000/names.csv --classes tools/train-wrist/classes.json \
@@ -86,7 +88,8 @@ train-wrist: setup
 	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/phantoms --train 0-23 --test 1000-1005
 	rm -rf $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/train-merged $(WRIST)/test $(WRIST)/run $(WRIST)/eval \
 		$(WRIST)/fresh/test $(WRIST)/fresh/eval $(WRIST)/more/train $(WRIST)/more/train-lateral $(WRIST)/train-merged48 \
-		$(WRIST)/more2/train $(WRIST)/more2/train-lateral $(WRIST)/train-merged72
+		$(WRIST)/more2/train $(WRIST)/more2/train-lateral $(WRIST)/train-merged72 $(WRIST)/more3/train \
+		$(WRIST)/more3/train-lateral $(WRIST)/train-merged96
 	$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
 		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 611 \
 		--dataset-name WristPhantoms --out $(WRIST)/train
@@ -140,6 +143,18 @@ train-wrist: setup
 	rm -f $(WRIST)/run/checkpoint_best.safetensors
 	$(VENV)/bin/xrayseg train $(WRIST)/train-merged72/Dataset620_WristMerged72 \
 		--config tools/train-wrist/config-phase8.json --resume --threads 1 --out $(WRIST)/run
+	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/more3/phantoms --train 72-95 --test none
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/more3/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
+		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 629 \
+		--dataset-name WristPhantomsMore3 --out $(WRIST)/more3/train
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/more3/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
+		--range lao_deg=60,120 --views-per-ct 5 --seed 2 --test-fraction 0 --dataset-id 630 \
+		--dataset-name WristLateralMore3 --out $(WRIST)/more3/train-lateral
+	$(PY) tools/train-wrist/merge_exports.py $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/more/train \
+		$(WRIST)/more/train-lateral $(WRIST)/more2/train $(WRIST)/more2/train-lateral $(WRIST)/more3/train \
+		$(WRIST)/more3/train-lateral --out $(WRIST)/train-merged96/Dataset631_WristMerged96
+	$(VENV)/bin/xrayseg train $(WRIST)/train-merged96/Dataset631_WristMerged96 \
+		--config tools/train-wrist/config-phase9.json --resume --threads 1 --out $(WRIST)/run
 	$(PY) tools/train-wrist/bundle.py --run $(WRIST) --fresh $(WRIST)/fresh --out Resources/Models/wrist
 	$(PY) tools/train-wrist/figures.py --model Resources/Models/wrist
 

@@ -26,7 +26,7 @@ from XraySegSimLib.io import atomic_path, write_json  # noqa: E402
 VIEWS = ("wrist-pa", "wrist-oblique-pronated", "wrist-lateral", "wrist-oblique-supinated")
 ANGLE = {"wrist-pa": 0, "wrist-oblique-pronated": 45, "wrist-lateral": 90, "wrist-oblique-supinated": 135}
 HELD_OUT_NOTE = (
-    "Unseen virtual wrists: phantoms with seeds 1000-1005, never used in training (seeds 0-71), so every pose "
+    "Unseen virtual wrists: phantoms with seeds 1000-1005, never used in training (seeds 0-95), so every pose "
     "(flexion/extension, radial/ulnar deviation, finger spread and flexion), size and proportion, bone density, "
     "cortical thickness and soft-tissue thickness is a new draw; each view preset is a separate export (seed 1) "
     "with the usual geometry jitter (rotation about the forearm +/-10 deg, tilt +/-8 deg, roll +/-5 deg, shifts, "
@@ -83,16 +83,17 @@ def evaluate_views(package: Path, run: Path) -> dict:
 
 FRESH_NOTE = ("Six more unseen virtual wrists (seeds 2000-2005), exported like the held-out ones (seed 1 per "
               "view preset). Seeds 1000-1005 were used to choose between many training runs; these were made "
-              "after the recipe up to 11000 steps was fixed and used for three choices only, whether to keep "
-              "phase 6 (13500 steps), phase 7 (16500 steps, 24 more training wrists) and phase 8 (19500 steps, 24 "
-              "more); each scored higher on every view of both sets. Six wrists per set is few: the two sets "
-              "differ by up to 0.07 per view.")
-# Phases 7 and 8: (folder under <run>, phase, seeds, steps at its end, the folder of its merged training set).
-MORE_PHASES = (("more", 7, "24-47", 16500, "train-merged48"), ("more2", 8, "48-71", 19500, "train-merged72"))
+              "after the recipe up to 11000 steps was fixed and used for four choices only, whether to keep "
+              "phase 6 (13500 steps), phase 7 (16500 steps, 24 more training wrists), phase 8 (19500 steps, 24 "
+              "more) and phase 9 (22500 steps, 24 more); each scored higher on every view of both sets. Six "
+              "wrists per set is few: the two sets differ by up to 0.07 per view.")
+# Phases 7 to 9: (folder under <run>, phase, seeds, steps at its end, the folder of its merged training set).
+MORE_PHASES = (("more", 7, "24-47", 16500, "train-merged48"), ("more2", 8, "48-71", 19500, "train-merged72"),
+               ("more3", 9, "72-95", 22500, "train-merged96"))
 
 
 def more_wrists(card: dict, run: Path) -> None:
-    """Phases 7 and 8 (24 more training wrists each, ``<run>/more`` and ``<run>/more2``) into the card's data and
+    """Phases 7 to 9 (24 more training wrists each, ``<run>/more``, ``more2``, ``more3``) into the card's data and
     recipe; and which of the validation wrists, drawn afresh from all wrists, were training wrists before."""
     from XraySegInferLib.dataset import read_dataset
 
