@@ -15,7 +15,8 @@ For each (size, workers) one ``xrayseg export`` runs as a child process:
 * ``per_ct_samples_per_s``: ``workers`` x (samples - 1) / (last - first sidecar), pooled over the CTs: the rate
   while a CT is loaded, without the gaps where a worker reads and packs its next CT (~1.5 s each; with 1
   worker and 2 CTs ``steady`` includes one such gap);
-* ``peak_mb``: largest resident set of the command and its worker processes (``RUSAGE_CHILDREN``);
+* ``peak_mb``: largest resident set of the command and its worker processes (sampled every 20 ms; on the
+  first run also ``RUSAGE_CHILDREN``, which later runs cannot use: see ``run_one``);
 * ``engine_samples_per_s``: ``workers / mean render time`` of ``DrrProjector.render`` in this process with
   ``cores / workers`` threads, on the export's own geometries (same CT ids, views and seed): what the engine
   alone would give;
@@ -107,6 +108,19 @@ def engine_rate(size: int, workers: int, cts: int, views: int, concurrent: bool 
     return workers / statistics.mean(times), 1000 * statistics.mean(cpu)
 
 
+def _tree_peak_rss(process) -> float:
+    """Largest resident set (bytes) among a process and its live descendants, now."""
+    import psutil
+
+    largest = 0
+    for proc in [process] + process.children(recursive=True):
+        try:
+            largest = max(largest, proc.memory_info().rss)
+        except psutil.Error:
+            pass
+    return float(largest)
+
+
 def _tree_cpu(process) -> float:
     """User + sys seconds of a process and its live descendants (worker processes)."""
     import psutil
@@ -121,7 +135,8 @@ def _tree_cpu(process) -> float:
     return total
 
 
-def run_one(size: int, workers: int, cts: int, views: int, physics: str, folder: Path, tag: str = "") -> dict:
+def run_one(size: int, workers: int, cts: int, views: int, physics: str, folder: Path, tag: str = "",
+            first_run: bool = False) -> dict:
     from XraySegSimLib.sample_data import fetch_sample_chest_ct
 
     sample = fetch_sample_chest_ct()
@@ -141,10 +156,12 @@ def run_one(size: int, workers: int, cts: int, views: int, physics: str, folder:
     child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     process = psutil.Process(child.pid)
     cpu_at: dict[int, float] = {}  # sidecars seen -> CPU of the command's process tree then
+    peak_bytes = 0.0
     while child.poll() is None:
         try:
             count = sum(1 for _ in sidecars.glob("*.json")) if sidecars.is_dir() else 0
             cpu_at.setdefault(count, _tree_cpu(process))
+            peak_bytes = max(peak_bytes, _tree_peak_rss(process))
         except (psutil.Error, OSError):
             pass
         time.sleep(0.02)
@@ -154,7 +171,10 @@ def run_one(size: int, workers: int, cts: int, views: int, physics: str, folder:
     log.close()
     if child.returncode != 0:
         raise RuntimeError(stderr[-2000:])
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    # Sampled, not RUSAGE_CHILDREN: a child's ru_maxrss starts at this process's size when it is forked, and
+    # from the second repeat on this process holds the engine measurement's CT (~740 MB reported, not the export's).
+    peak = max(peak_bytes / 2 ** 20, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0 if first_run
+               else 0.0)
     by_ct: dict[str, list[float]] = {}
     for path in (out / "Dataset501_XraySeg" / "sidecars").glob("*.json"):
         by_ct.setdefault(path.stem.rsplit("_v", 1)[0], []).append(path.stat().st_mtime)
@@ -196,7 +216,8 @@ def main() -> None:
             for workers in args.workers:
                 runs, engines, side_by_side = [], [], []
                 for repeat in range(args.repeats):
-                    runs.append(run_one(size, workers, args.cts, args.views, args.physics, Path(tmp), f"_{repeat}"))
+                    runs.append(run_one(size, workers, args.cts, args.views, args.physics, Path(tmp), f"_{repeat}",
+                                        first_run=not rows and not runs))
                     engines.append(engine_rate(size, workers, args.cts, args.views))
                     if workers > 1:
                         side_by_side.append(engine_rate(size, workers, args.cts, args.views, concurrent=True))
