@@ -1,11 +1,13 @@
 #!/bin/bash
-# A third set of unseen wrists (seeds 3000-3005), made after every phase choice: scored once, chooses nothing.
-# Usage: tools/train-wrist/third_test_set.sh [OUT]   (default out/wrist-third; about 75 s on 2 cores)
+# A set of unseen wrists made after every phase choice, scored once, choosing nothing: the third (seeds
+# 3000-3005) and fourth (4000-4005) test sets of the bundled wrist model.
+# Usage: tools/train-wrist/unseen_test_set.sh [OUT [SEEDS]]   (default out/wrist-third 3000-3005; ~75 s on 2 cores)
 set -e
 cd "$(dirname "$0")/../.."  # the repository root
 W=${1:-out/wrist-third}
-.venv/bin/python tools/train-wrist/make_phantoms.py --out "$W/phantoms" --train none --test 3000-3005
-NAMES=$(realpath "$W/phantoms/test/wrist_3000/names.csv")
+SEEDS=${2:-3000-3005}
+.venv/bin/python tools/train-wrist/make_phantoms.py --out "$W/phantoms" --train none --test "$SEEDS"
+NAMES=$(realpath "$W/phantoms/test/wrist_${SEEDS%-*}/names.csv")
 for view in wrist-pa wrist-oblique-pronated wrist-lateral wrist-oblique-supinated; do
   .venv/bin/xrayseg export --folder "$W/phantoms/test" --names "$NAMES" --classes tools/train-wrist/classes.json \
     --physics wrist-pa --range pixel_scale=0.6,0.7 --range shift_s_mm=-35,-15 --size 256 --threads 2 --quiet \
