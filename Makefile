@@ -77,7 +77,10 @@ train-sample: setup
 # new validation wrists, so the package holds the last step's weights; about 16 min: phantoms 1.1, exports 1.8,
 # training 13.1); then phase 9 the same way with 24 more (seeds 72-95, out/train-wrist/more3, 96 wrists merged,
 # config-phase9.json to 22500 steps; its best validation step is the last; about 16 min: phantoms 1.1, exports 1.8,
-# training 12.9); one thread: on the loaded, shared 2-core machine two torch threads stalled, ~20 s per step);
+# training 12.9); then phase 10 the same way with 24 more (seeds 96-119, out/train-wrist/more4, 120 wrists
+# merged, config-phase10.json to 25500 steps, the best checkpoint chosen afresh: the last step; about 11 min: training
+# 7.9 with two torch threads on the quiet machine); one thread for the others: on the loaded, shared 2-core
+# machine two torch threads stalled, ~20 s per step);
 # Dice per bone and per view into the card; Resources/Models/wrist/; then the README's wrist pictures.
 WRIST := out/train-wrist
 WRIST_EXPORT := --names $(abspath $(WRIST))/phantoms/train/wrist_0000/names.csv --classes tools/train-wrist/classes.json \
@@ -89,7 +92,8 @@ train-wrist: setup
 	rm -rf $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/train-merged $(WRIST)/test $(WRIST)/run $(WRIST)/eval \
 		$(WRIST)/fresh/test $(WRIST)/fresh/eval $(WRIST)/more/train $(WRIST)/more/train-lateral $(WRIST)/train-merged48 \
 		$(WRIST)/more2/train $(WRIST)/more2/train-lateral $(WRIST)/train-merged72 $(WRIST)/more3/train \
-		$(WRIST)/more3/train-lateral $(WRIST)/train-merged96
+		$(WRIST)/more3/train-lateral $(WRIST)/train-merged96 $(WRIST)/more4/train $(WRIST)/more4/train-lateral \
+		$(WRIST)/train-merged120
 	$(VENV)/bin/xrayseg export --folder $(WRIST)/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
 		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 611 \
 		--dataset-name WristPhantoms --out $(WRIST)/train
@@ -155,6 +159,20 @@ train-wrist: setup
 		$(WRIST)/more3/train-lateral --out $(WRIST)/train-merged96/Dataset631_WristMerged96
 	$(VENV)/bin/xrayseg train $(WRIST)/train-merged96/Dataset631_WristMerged96 \
 		--config tools/train-wrist/config-phase9.json --resume --threads 1 --out $(WRIST)/run
+	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/more4/phantoms --train 96-119 --test none
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/more4/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
+		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 633 \
+		--dataset-name WristPhantomsMore4 --out $(WRIST)/more4/train
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/more4/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
+		--range lao_deg=60,120 --views-per-ct 5 --seed 2 --test-fraction 0 --dataset-id 634 \
+		--dataset-name WristLateralMore4 --out $(WRIST)/more4/train-lateral
+	$(PY) tools/train-wrist/merge_exports.py $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/more/train \
+		$(WRIST)/more/train-lateral $(WRIST)/more2/train $(WRIST)/more2/train-lateral $(WRIST)/more3/train \
+		$(WRIST)/more3/train-lateral $(WRIST)/more4/train $(WRIST)/more4/train-lateral \
+		--out $(WRIST)/train-merged120/Dataset635_WristMerged120
+	rm -f $(WRIST)/run/checkpoint_best.safetensors
+	$(VENV)/bin/xrayseg train $(WRIST)/train-merged120/Dataset635_WristMerged120 \
+		--config tools/train-wrist/config-phase10.json --resume --threads 2 --out $(WRIST)/run
 	$(PY) tools/train-wrist/bundle.py --run $(WRIST) --fresh $(WRIST)/fresh --out Resources/Models/wrist
 	$(PY) tools/train-wrist/figures.py --model Resources/Models/wrist
 

@@ -83,17 +83,18 @@ def evaluate_views(package: Path, run: Path) -> dict:
 
 FRESH_NOTE = ("Six more unseen virtual wrists (seeds 2000-2005), exported like the held-out ones (seed 1 per "
               "view preset). Seeds 1000-1005 were used to choose between many training runs; these were made "
-              "after the recipe up to 11000 steps was fixed and used for four choices only, whether to keep "
+              "after the recipe up to 11000 steps was fixed and used for five choices only, whether to keep "
               "phase 6 (13500 steps), phase 7 (16500 steps, 24 more training wrists), phase 8 (19500 steps, 24 "
-              "more) and phase 9 (22500 steps, 24 more); each scored higher on every view of both sets. Six "
+              "more), phase 9 (22500 steps, 24 more) and phase 10 (25500 steps, 24 more); each scored higher on "
+              "every view of both sets. Six "
               "wrists per set is few: the two sets differ by up to 0.07 per view.")
-# Phases 7 to 9: (folder under <run>, phase, seeds, steps at its end, the folder of its merged training set).
+# Phases 7 to 10: (folder under <run>, phase, seeds, steps at its end, the folder of its merged training set).
 MORE_PHASES = (("more", 7, "24-47", 16500, "train-merged48"), ("more2", 8, "48-71", 19500, "train-merged72"),
-               ("more3", 9, "72-95", 22500, "train-merged96"))
+               ("more3", 9, "72-95", 22500, "train-merged96"), ("more4", 10, "96-119", 25500, "train-merged120"))
 
 
 def more_wrists(card: dict, run: Path) -> None:
-    """Phases 7 to 9 (24 more training wrists each, ``<run>/more``, ``more2``, ``more3``) into the card's data and
+    """Phases 7 to 10 (24 more training wrists each, ``<run>/more``, ``more2``, ``more3``, ``more4``) into the card's data and
     recipe; and which of the validation wrists, drawn afresh from all wrists, were training wrists before."""
     from XraySegInferLib.dataset import read_dataset
 
