@@ -86,6 +86,17 @@ WRIST := out/train-wrist
 WRIST_EXPORT := --names $(abspath $(WRIST))/phantoms/train/wrist_0000/names.csv --classes tools/train-wrist/classes.json \
 	--physics wrist-pa --range pixel_scale=0.6,0.7 --range shift_s_mm=-35,-15 --size 256 --threads 2 --quiet
 WRIST_VIEWS := wrist-pa wrist-oblique-pronated wrist-lateral wrist-oblique-supinated
+# 24 more training wrists, written and exported like the first 24: $(call WRIST_MORE,folder,seeds,id,lateral id,suffix)
+# writes $(WRIST)/folder/{phantoms,train,train-lateral} (datasets WristPhantoms<suffix> and WristLateral<suffix>).
+define WRIST_MORE
+	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/$(1)/phantoms --train $(2) --test none
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/$(1)/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
+		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id $(3) \
+		--dataset-name WristPhantoms$(5) --out $(WRIST)/$(1)/train
+	$(VENV)/bin/xrayseg export --folder $(WRIST)/$(1)/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
+		--range lao_deg=60,120 --views-per-ct 5 --seed 2 --test-fraction 0 --dataset-id $(4) \
+		--dataset-name WristLateral$(5) --out $(WRIST)/$(1)/train-lateral
+endef
 
 train-wrist: setup
 	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/phantoms --train 0-23 --test 1000-1005
@@ -123,49 +134,25 @@ train-wrist: setup
 		--config tools/train-wrist/config-phase5.json --resume --threads 1 --out $(WRIST)/run
 	$(VENV)/bin/xrayseg train $(WRIST)/train-merged/Dataset614_WristMerged \
 		--config tools/train-wrist/config-phase6.json --resume --threads 1 --out $(WRIST)/run
-	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/more/phantoms --train 24-47 --test none
-	$(VENV)/bin/xrayseg export --folder $(WRIST)/more/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
-		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 615 \
-		--dataset-name WristPhantomsMore --out $(WRIST)/more/train
-	$(VENV)/bin/xrayseg export --folder $(WRIST)/more/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
-		--range lao_deg=60,120 --views-per-ct 5 --seed 2 --test-fraction 0 --dataset-id 616 \
-		--dataset-name WristLateralMore --out $(WRIST)/more/train-lateral
+	$(call WRIST_MORE,more,24-47,615,616,More)
 	$(PY) tools/train-wrist/merge_exports.py $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/more/train \
 		$(WRIST)/more/train-lateral --out $(WRIST)/train-merged48/Dataset617_WristMerged48
 	$(VENV)/bin/xrayseg train $(WRIST)/train-merged48/Dataset617_WristMerged48 \
 		--config tools/train-wrist/config-phase7.json --resume --threads 1 --out $(WRIST)/run
-	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/more2/phantoms --train 48-71 --test none
-	$(VENV)/bin/xrayseg export --folder $(WRIST)/more2/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
-		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 618 \
-		--dataset-name WristPhantomsMore2 --out $(WRIST)/more2/train
-	$(VENV)/bin/xrayseg export --folder $(WRIST)/more2/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
-		--range lao_deg=60,120 --views-per-ct 5 --seed 2 --test-fraction 0 --dataset-id 619 \
-		--dataset-name WristLateralMore2 --out $(WRIST)/more2/train-lateral
+	$(call WRIST_MORE,more2,48-71,618,619,More2)
 	$(PY) tools/train-wrist/merge_exports.py $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/more/train \
 		$(WRIST)/more/train-lateral $(WRIST)/more2/train $(WRIST)/more2/train-lateral \
 		--out $(WRIST)/train-merged72/Dataset620_WristMerged72
 	rm -f $(WRIST)/run/checkpoint_best.safetensors
 	$(VENV)/bin/xrayseg train $(WRIST)/train-merged72/Dataset620_WristMerged72 \
 		--config tools/train-wrist/config-phase8.json --resume --threads 1 --out $(WRIST)/run
-	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/more3/phantoms --train 72-95 --test none
-	$(VENV)/bin/xrayseg export --folder $(WRIST)/more3/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
-		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 629 \
-		--dataset-name WristPhantomsMore3 --out $(WRIST)/more3/train
-	$(VENV)/bin/xrayseg export --folder $(WRIST)/more3/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
-		--range lao_deg=60,120 --views-per-ct 5 --seed 2 --test-fraction 0 --dataset-id 630 \
-		--dataset-name WristLateralMore3 --out $(WRIST)/more3/train-lateral
+	$(call WRIST_MORE,more3,72-95,629,630,More3)
 	$(PY) tools/train-wrist/merge_exports.py $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/more/train \
 		$(WRIST)/more/train-lateral $(WRIST)/more2/train $(WRIST)/more2/train-lateral $(WRIST)/more3/train \
 		$(WRIST)/more3/train-lateral --out $(WRIST)/train-merged96/Dataset631_WristMerged96
 	$(VENV)/bin/xrayseg train $(WRIST)/train-merged96/Dataset631_WristMerged96 \
 		--config tools/train-wrist/config-phase9.json --resume --threads 1 --out $(WRIST)/run
-	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/more4/phantoms --train 96-119 --test none
-	$(VENV)/bin/xrayseg export --folder $(WRIST)/more4/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
-		--range lao_deg=-60,150 --views-per-ct 10 --seed 0 --test-fraction 0 --dataset-id 633 \
-		--dataset-name WristPhantomsMore4 --out $(WRIST)/more4/train
-	$(VENV)/bin/xrayseg export --folder $(WRIST)/more4/phantoms/train $(WRIST_EXPORT) --view wrist-pa \
-		--range lao_deg=60,120 --views-per-ct 5 --seed 2 --test-fraction 0 --dataset-id 634 \
-		--dataset-name WristLateralMore4 --out $(WRIST)/more4/train-lateral
+	$(call WRIST_MORE,more4,96-119,633,634,More4)
 	$(PY) tools/train-wrist/merge_exports.py $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/more/train \
 		$(WRIST)/more/train-lateral $(WRIST)/more2/train $(WRIST)/more2/train-lateral $(WRIST)/more3/train \
 		$(WRIST)/more3/train-lateral $(WRIST)/more4/train $(WRIST)/more4/train-lateral \
