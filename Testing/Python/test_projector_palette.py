@@ -158,3 +158,14 @@ def test_kernels_refuse_voxels_and_tables_that_do_not_go_together():
         matter_hull(voxels)  # palette indices read as packed words
     with pytest.raises(ValueError, match="uint32 voxels with a palette"):
         matter_hull(projector.packed, pair_hu, pair_class)
+
+
+def test_dropping_the_palette_keeps_the_voxels_the_hull_and_the_image():
+    volume, labels = body_in_air()
+    projector = DrrProjector(volume, labels)
+    geometry = geometry_for(volume, *GEOMETRIES[2])
+    before, hull, words = projector.render(geometry).line_integral.copy(), projector.hull, projector.packed.copy()
+    projector.drop_palette()
+    assert projector.palette is None and projector.hull is hull and "_palette_tables" not in projector.__dict__
+    np.testing.assert_array_equal(projector.packed, words)
+    np.testing.assert_array_equal(projector.render(geometry).line_integral, before)

@@ -247,7 +247,7 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
         voxel_axes = projector.ct.ijk_to_ras[:3, :3]
         cut_faces = CutFaces(projector.packed, projector.ct.ras_to_ijk) if config.ignore_truncated else None
         if config.virtual_patients:  # the base CT only feeds the patients' warps, from its words: keep those only
-            projector.packed = projector.packed
+            projector.drop_palette()
         else:
             projector.release_packed()
         del loaded

@@ -213,7 +213,14 @@ class DrrProjector:
         are dropped and the empty-space hull is made again (a palette may then be set from the words)."""
         self._packed, self.palette, self._gpu = words, None, None
         self.__dict__.pop("_palette_tables", None)
-        self.hull = matter_hull(words) if getattr(self, "skip_empty", True) else box_hull(words.shape)
+        self.hull = matter_hull(words) if self.skip_empty else box_hull(words.shape)
+
+    def drop_palette(self) -> None:
+        """Keep the voxels as 32-bit words only (decoded once), for a projector that never renders itself but
+        feeds virtual patients, which are warped from the words. The voxels are the same, so the hull stays."""
+        words = self.packed
+        self._packed, self.palette, self._gpu = words, None, None
+        self.__dict__.pop("_palette_tables", None)
 
     def voxels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(voxels, pair HU, pair class) as the traversal reads them: the palette's uint16 indices and its pair
