@@ -108,7 +108,7 @@ def test_export_two_cts_is_a_valid_nnunet_dataset(inputs, tmp_path):
     _, cases = inputs
     mapping = load_mapping(MAPPING)
     seen = []
-    report = run_export(cases, config(tmp_path, physics="auto"), mapping,
+    report = run_export(cases, config(tmp_path, physics="auto", preview_max_px=32), mapping,
                         progress=lambda d, t, m: seen.append((d, t)))
     root = tmp_path / "Dataset501_XraySeg"
     assert report.n_ok == 6 and not report.failed_cts
@@ -159,7 +159,9 @@ def test_export_two_cts_is_a_valid_nnunet_dataset(inputs, tmp_path):
         assert set(sidecar["randomization"]) >= {"lao_deg", "sdd_mm", "pixel_spacing_mm", "shift_r_mm"}
         assert sidecar["randomization"]["detector_pushed_mm"] == 0.0  # this phantom stays in front of it
         assert sidecar["view_index"] == int(row["view_index"])
-        assert (root / f"previews/{case}.png").is_file()
+        from PIL import Image  # a thumbnail: 64^2 samples, at most 32 px -> reduced by 2
+
+        assert np.asarray(Image.open(root / f"previews/{case}.png")).shape == (32, 32, 3)
     assert overlap_seen and max(atoms) > 3  # spine/sternum/rib overlap in AP: combination atoms exist
     assert not list(root.rglob("*.part"))
     try:

@@ -16,10 +16,11 @@ from XraySegSimLib.export import run_export
 from XraySegSimLib.export_geometry import (DETECTOR_CLEARANCE_MM, body_points_ras, keep_detector_beyond_body,
                                            random_geometry, sample_rng)
 from XraySegSimLib.export_inputs import CaseInput, load_mapping
-from XraySegSimLib.export_gzip import gzip_runs
+from XraySegSimLib.export_gzip import gzip_run_list, gzip_runs
 from XraySegSimLib.export_layout import atom_table
+from XraySegSimLib.export_mask_runs import sample_mask_runs
 from XraySegSimLib.export_masks import combination_codes, sample_masks, with_ignored
-from XraySegSimLib.export_preview import preview_rgb, write_png_fast
+from XraySegSimLib.export_preview import preview_factor, preview_rgb, thumbnail_inputs, write_png_fast
 from test_export import config, read
 
 
@@ -103,6 +104,34 @@ def test_fused_sample_kernels_equal_the_reference_path(n_classes, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "p.png")), expected)
 
 
+def test_thumbnail_preview_is_the_overlay_of_the_sampled_labels():
+    """A preview reduced by 3: the radiograph's 3 x 3 block means (rounded) under the overlay of the labels
+    sampled at the blocks' centres (outlines one pixel wide at the thumbnail's resolution), image cropped."""
+    from XraySegSimLib.labels import LabelClass, LabelClasses
+    from XraySegSimLib.overlay import overlay_rgb
+
+    assert [preview_factor(s, 256) for s in ((256, 200), (257, 10), (512, 512), (1000, 3))] == [1, 2, 2, 4]
+    assert preview_factor((4000, 4000), 0) == 1
+    rng = np.random.default_rng(5)
+    thickness = np.where(rng.random((3, 31, 47)) < 0.6, 1.0, 0.0).astype(np.float32)
+    masks, codes, combos, top, counts, bits = sample_masks(thickness, 0.5, np.array([2, 0, 1]), 3)
+    gray = rng.integers(0, 256, top.shape).astype(np.uint8)
+    hatch = rng.random(top.shape) < 0.3
+    colors = [tuple(rng.random(3)) for _ in range(3)]
+    classes = LabelClasses(tuple(LabelClass(f"c{i}", (i + 1,), col) for i, col in enumerate(colors)))
+    small = thumbnail_inputs(3, gray, masks, top, bits, hatch)
+    want_gray = np.round(gray[:30, :45].reshape(10, 3, 15, 3).mean(axis=(1, 3)) + 1e-9).astype(np.uint8)
+    np.testing.assert_array_equal(small[0], want_gray)
+    sampled = (slice(1, 30, 3), slice(1, 45, 3))
+    expected = overlay_rgb(want_gray, masks[(Ellipsis,) + sampled].astype(bool), top[sampled], classes)
+    stripes = np.add.outer(np.arange(10), np.arange(15)) % 8 < 2
+    expected[hatch[sampled] & stripes] = (255, 0, 255)
+    present = [c + 1 for c in range(3) if counts.any()]
+    assert np.array_equal(preview_rgb(small[0], None, small[2], colors, present, small[3], hatch=small[4]), expected)
+    assert np.array_equal(preview_rgb(small[0], small[1], small[2], colors, present, hatch=small[4]), expected)
+    assert thumbnail_inputs(1, gray, masks, top, bits, hatch)[0] is gray
+
+
 def test_gzip_runs_is_a_standard_gzip_stream():
     import gzip
     import zlib
@@ -116,6 +145,43 @@ def test_gzip_runs_is_a_standard_gzip_stream():
     for data in cases:
         packed = gzip_runs(data)
         assert gzip.decompress(packed) == data.tobytes() == zlib.decompress(packed, 31)
+
+
+def test_gzip_run_list_gives_the_bytes_of_gzip_runs():
+    """From maximal runs, the very bytes gzip_runs writes for the data they spell (runs up to 100k, any value)."""
+    rng = np.random.default_rng(4)
+    for trial in range(20):
+        n = int(rng.integers(1, 300))
+        values = rng.integers(0, 4 if trial % 2 else 256, n).astype(np.uint8)
+        values = values[np.r_[True, values[1:] != values[:-1]]]  # maximal: no two neighbours equal
+        lengths = rng.choice([1, 2, 3, 15, 16, 17, 257, 258, 259, 261, 100_003], values.size).astype(np.int64)
+        assert gzip_run_list(values, lengths) == gzip_runs(np.repeat(values, lengths))
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_mask_runs_equal_the_dense_stack(trial):
+    """sample_mask_runs: the dense stack of sample_masks as maximal runs (the same gzip bytes), and the same
+    codes, combinations, top, counts and bits; with and without ignored pixels, absent classes, rows marked
+    empty (not read), widths that are not a multiple of 8."""
+    rng = np.random.default_rng(100 + trial)
+    n_local = int(rng.integers(1, 6))
+    n_classes = n_local + int(rng.integers(0, 4))
+    rows, cols = int(rng.integers(1, 24)), int(rng.integers(1, 45))
+    thickness = np.where(rng.random((n_local, rows, cols)) < 0.4, rng.random((n_local, rows, cols)) * 2, 0)
+    thickness = thickness.astype(np.float32)
+    thickness[:, :, : cols // 3] = 0  # long runs of 0
+    local_to_global = rng.permutation(n_classes)[:n_local]
+    ignored = rng.random((rows, cols)) < 0.3 if trial % 2 else None
+    rows_hit = (thickness > 0).any(axis=2).astype(np.uint8)
+    want = sample_masks(thickness, 0.5, local_to_global, n_classes, ignored, 255, rows_hit=rows_hit)
+    thickness[rows_hit == 0] = 9.0  # would be in the masks if it were read
+    runs, *rest = sample_mask_runs(thickness, 0.5, local_to_global, n_classes, ignored, 255, rows_hit=rows_hit)
+    assert runs.shape == want[0].shape and np.array_equal(runs.dense(), want[0])
+    assert (runs.values[1:] != runs.values[:-1]).all() and (runs.lengths > 0).all()
+    assert runs.gzip() == gzip_runs(want[0])
+    assert rest[1] == want[2]
+    for got, expected in zip(rest[:1] + rest[2:], want[1:2] + want[3:]):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_random_geometry_is_reproducible_and_recorded():

@@ -69,6 +69,9 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.2, help="fraction of CTs in the test split (default 0.2)")
     p.add_argument("--test-ids", help="comma-separated CT ids for the test split (overrides --test-fraction)")
     p.add_argument("--no-previews", action="store_true", help="do not write previews/<case>.png")
+    p.add_argument("--preview-size", type=int, default=256, metavar="PX",
+                   help="longest side of previews/<case>.png, reduced from the image by a whole factor "
+                        "(default 256; 0: full resolution)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes, one CT each (default 1)")
     p.add_argument("--threads", type=int, help="numba threads per worker (default: cores / workers)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
@@ -85,6 +88,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise InputError(f"--views-per-ct must be at least 1, got {args.views_per_ct}")
     if args.size < 8:
         raise InputError(f"--size must be at least 8 pixels, got {args.size}")
+    if args.preview_size < 0:
+        raise InputError(f"--preview-size must be 0 (full resolution) or a number of pixels, got {args.preview_size}")
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise InputError("--workers and --threads must be at least 1")
     if not 0 <= args.test_fraction < 1:
@@ -131,7 +136,8 @@ def run_export_command(args: argparse.Namespace) -> int:
         randomize_physics=not args.fixed_physics, ranges=ranges, randomize_geometry=not args.no_randomize,
         seed=args.seed, test_fraction=args.test_fraction,
         test_ids=tuple(s.strip() for s in args.test_ids.split(",") if s.strip()) if args.test_ids else None,
-        isocenter=args.isocenter, previews=not args.no_previews, ignore_truncated=not args.keep_truncated,
+        isocenter=args.isocenter, previews=not args.no_previews, preview_max_px=args.preview_size,
+        ignore_truncated=not args.keep_truncated,
         domain_randomisation=args.domain_randomisation,
         virtual_patients=args.virtual_patients, virtual_patient_ranges={
             "deform_mm": args.deform_mm, "deform_spacing_mm": args.deform_spacing_mm,

@@ -53,6 +53,9 @@ class ExportConfig:
     test_ids: tuple[str, ...] | None = None
     isocenter: str = "labels"  # "labels" (centroid of the projected labels) or "center"
     previews: bool = True
+    # Longest side of previews/<case>.png: a thumbnail, reduced by a whole factor (512^2 samples: 256^2, a
+    # quarter of the disk and of the PNG coding); 0 = the image's full resolution.
+    preview_max_px: int = 256
     # Move the detector back along the principal ray when a drawn geometry puts it inside the body (the
     # projector integrates from the source to the detector only: anatomy beyond the plane would be cut off).
     detector_beyond_body: bool = True

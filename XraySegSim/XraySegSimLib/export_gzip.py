@@ -117,6 +117,67 @@ def _fixed_codes() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 LIT_VAL, LIT_LEN, LEN_VAL, LEN_LEN = _fixed_codes()
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _code_run(b, run, acc, nacc, pos, crc, out, crc_table, op_bytes, run_terms, lit_val, lit_len, len_val,
+              len_len):  # pragma: no cover - compiled
+    """Append ``run`` bytes of value ``b`` to the deflate stream: a literal, then distance-1 matches of the
+    repeats; advance the CRC over them. Returns the stream state (acc, nacc, pos, crc)."""
+    # CRC of the run: 2**k bytes of b at a time, state -> ops[k] state ^ run_terms[k, b], the GF(2)
+    # matrix ops[k] applied a byte of the state at a time through its tables (mask stacks with ignored
+    # pixels have ~100k runs: one bit at a time, the CRC was most of the stream's cost)
+    if run >= 16:
+        m = run
+        k = 0
+        while m:
+            if m & 1:
+                crc = (run_terms[k, b] ^ op_bytes[k, 0, crc & np.uint32(0xFF)]
+                       ^ op_bytes[k, 1, (crc >> np.uint32(8)) & np.uint32(0xFF)]
+                       ^ op_bytes[k, 2, (crc >> np.uint32(16)) & np.uint32(0xFF)]
+                       ^ op_bytes[k, 3, crc >> np.uint32(24)])
+            m >>= 1
+            k += 1
+    else:
+        for _ in range(run):
+            crc = crc_table[(crc ^ np.uint32(b)) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
+    # code: literal b, then matches of distance 1 (distance code 0: 5 zero bits)
+    acc |= lit_val[b] << np.uint64(nacc)
+    nacc += lit_len[b]
+    rest = run - 1
+    while rest > 0:
+        if rest >= 3:
+            length = 258 if rest >= 258 + 3 or rest == 258 else (rest if rest < 258 else rest - 3)
+            acc |= len_val[length] << np.uint64(nacc)
+            nacc += len_len[length] + 5
+            rest -= length
+        else:
+            acc |= lit_val[b] << np.uint64(nacc)
+            nacc += lit_len[b]
+            rest -= 1
+        while nacc >= 8:
+            out[pos] = np.uint8(acc & np.uint64(0xFF))
+            pos += 1
+            acc >>= np.uint64(8)
+            nacc -= 8
+    while nacc >= 8:
+        out[pos] = np.uint8(acc & np.uint64(0xFF))
+        pos += 1
+        acc >>= np.uint64(8)
+        nacc -= 8
+    return acc, nacc, pos, crc
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _end_block(acc, nacc, pos, out):  # pragma: no cover - compiled
+    """End of block (symbol 256: seven 0 bits), the last bits flushed; returns the bytes written."""
+    nacc += 7
+    while nacc > 0:
+        out[pos] = np.uint8(acc & np.uint64(0xFF))
+        pos += 1
+        acc >>= np.uint64(8)
+        nacc -= 8
+    return pos
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _deflate_runs(data, words, out, crc_table, op_bytes, run_terms, lit_val, lit_len, len_val,
                   len_len):  # pragma: no cover - compiled
@@ -143,56 +204,50 @@ def _deflate_runs(data, words, out, crc_table, op_bytes, run_terms, lit_val, lit
             j = w << 3
             while j < n and data[j] == b:
                 j += 1
-        run = j - i
-        # CRC of the run: 2**k bytes of b at a time, state -> ops[k] state ^ run_terms[k, b], the GF(2)
-        # matrix ops[k] applied a byte of the state at a time through its tables (mask stacks with ignored
-        # pixels have ~100k runs: one bit at a time, the CRC was most of the stream's cost)
-        if run >= 16:
-            m = run
-            k = 0
-            while m:
-                if m & 1:
-                    crc = (run_terms[k, b] ^ op_bytes[k, 0, crc & np.uint32(0xFF)]
-                           ^ op_bytes[k, 1, (crc >> np.uint32(8)) & np.uint32(0xFF)]
-                           ^ op_bytes[k, 2, (crc >> np.uint32(16)) & np.uint32(0xFF)]
-                           ^ op_bytes[k, 3, crc >> np.uint32(24)])
-                m >>= 1
-                k += 1
-        else:
-            for _ in range(run):
-                crc = crc_table[(crc ^ np.uint32(b)) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
-        # code: literal b, then matches of distance 1 (distance code 0: 5 zero bits)
-        acc |= lit_val[b] << np.uint64(nacc)
-        nacc += lit_len[b]
-        rest = run - 1
-        while rest > 0:
-            if rest >= 3:
-                length = 258 if rest >= 258 + 3 or rest == 258 else (rest if rest < 258 else rest - 3)
-                acc |= len_val[length] << np.uint64(nacc)
-                nacc += len_len[length] + 5
-                rest -= length
-            else:
-                acc |= lit_val[b] << np.uint64(nacc)
-                nacc += lit_len[b]
-                rest -= 1
-            while nacc >= 8:
-                out[pos] = np.uint8(acc & np.uint64(0xFF))
-                pos += 1
-                acc >>= np.uint64(8)
-                nacc -= 8
-        while nacc >= 8:
-            out[pos] = np.uint8(acc & np.uint64(0xFF))
-            pos += 1
-            acc >>= np.uint64(8)
-            nacc -= 8
+        acc, nacc, pos, crc = _code_run(b, j - i, acc, nacc, pos, crc, out, crc_table, op_bytes, run_terms, lit_val,
+                                        lit_len, len_val, len_len)
         i = j
-    nacc += 7  # end of block (symbol 256: seven 0 bits)
-    while nacc > 0:
-        out[pos] = np.uint8(acc & np.uint64(0xFF))
-        pos += 1
-        acc >>= np.uint64(8)
-        nacc -= 8
-    return pos, crc ^ np.uint32(0xFFFFFFFF)
+    return _end_block(acc, nacc, pos, out), crc ^ np.uint32(0xFFFFFFFF)
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _deflate_run_list(values, lengths, n_runs, out, crc_table, op_bytes, run_terms, lit_val, lit_len, len_val,
+                      len_len):  # pragma: no cover - compiled
+    """As :func:`_deflate_runs`, from the data's maximal runs (``values[i]`` repeated ``lengths[i]`` times, no
+    two neighbours equal): the same bytes without the data."""
+    acc = np.uint64(3)
+    nacc = 3
+    pos = 0
+    crc = np.uint32(0xFFFFFFFF)
+    for i in range(n_runs):
+        acc, nacc, pos, crc = _code_run(values[i], lengths[i], acc, nacc, pos, crc, out, crc_table, op_bytes,
+                                        run_terms, lit_val, lit_len, len_val, len_len)
+    return _end_block(acc, nacc, pos, out), crc ^ np.uint32(0xFFFFFFFF)
+
+
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    if not _RUN_TABLES:
+        _RUN_TABLES.append(_run_tables(CRC_TABLE, ZERO_OPS))
+    return _RUN_TABLES[0]
+
+
+def _gzip_member(deflated: np.ndarray, crc: int, size: int) -> bytes:
+    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + deflated.tobytes() + int(crc).to_bytes(4, "little")
+            + (size & 0xFFFFFFFF).to_bytes(4, "little"))
+
+
+def gzip_run_list(values: np.ndarray, lengths: np.ndarray, n_runs: int | None = None) -> bytes:
+    """gzip stream of the bytes given as maximal runs (uint8 ``values``, int64 ``lengths``; the first ``n_runs``):
+    exactly :func:`gzip_runs` of the data they spell, without making it."""
+    n_runs = len(values) if n_runs is None else n_runs
+    lengths = np.ascontiguousarray(lengths, np.int64)
+    # a run codes to at most 45 bits (a literal, a short match, two literals) plus 13 per 258 repeats
+    capacity = int(n_runs * 6 + int(lengths[:n_runs].sum()) * 13 // (258 * 8) + 64)
+    out = np.empty(capacity, np.uint8)
+    op_bytes, run_terms = _tables()
+    n, crc = _deflate_run_list(np.ascontiguousarray(values, np.uint8), lengths, n_runs, out, CRC_TABLE, op_bytes,
+                               run_terms, LIT_VAL, LIT_LEN, LEN_VAL, LEN_LEN)
+    return _gzip_member(out[:n], crc, int(lengths[:n_runs].sum()))
 
 
 def gzip_runs(array: np.ndarray) -> bytes:
@@ -201,9 +256,6 @@ def gzip_runs(array: np.ndarray) -> bytes:
     data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
     words = data[: data.size // 8 * 8].view(np.uint64)
     out = np.empty(data.size * 9 // 8 + 64, np.uint8)
-    if not _RUN_TABLES:
-        _RUN_TABLES.append(_run_tables(CRC_TABLE, ZERO_OPS))
-    op_bytes, run_terms = _RUN_TABLES[0]
+    op_bytes, run_terms = _tables()
     n, crc = _deflate_runs(data, words, out, CRC_TABLE, op_bytes, run_terms, LIT_VAL, LIT_LEN, LEN_VAL, LEN_LEN)
-    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + out[:n].tobytes() + int(crc).to_bytes(4, "little")
-            + (data.size & 0xFFFFFFFF).to_bytes(4, "little"))
+    return _gzip_member(out[:n], crc, data.size)

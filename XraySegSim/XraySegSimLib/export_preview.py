@@ -94,12 +94,13 @@ def _overlay_planes_kernel(gray, masks, top, colors, order, keep, alpha, out):  
                 _blend(out, r, col, np.float32(gray[r, col]), top[r, col], colors, keep, alpha)
 
 
-def preview_rgb(gray: np.ndarray, masks: np.ndarray, top: np.ndarray, colors_rgb01: Sequence[Sequence[float]],
+def preview_rgb(gray: np.ndarray, masks: np.ndarray | None, top: np.ndarray, colors_rgb01: Sequence[Sequence[float]],
                 present: Sequence[int], bits: np.ndarray | None = None, fill_alpha: float = 0.35,
                 hatch: np.ndarray | None = None) -> np.ndarray:
     """Exactly ``overlay.overlay_rgb(gray, masks.astype(bool), top, classes)`` (float32 blend, 4-neighbour
     outlines, later classes on top), in one pass. ``present``: 1-based indices of the classes with pixels;
-    ``bits``: the per-pixel class bit sets of :func:`sample_masks` (<= 64 classes), faster than the planes;
+    ``bits``: the per-pixel class bit sets of :func:`sample_masks` (<= 64 classes), faster than the planes
+    (``masks`` is then not read and may be None);
     ``hatch`` (H, W) bool: magenta on its pixels where ``(row + column) % 8 < 2`` (the export's ignored pixels)."""
     colors = np.array(list(colors_rgb01) or [(0, 0, 0)], np.float32) * 255
     out = np.empty(gray.shape + (3,), np.uint8)
@@ -115,6 +116,29 @@ def preview_rgb(gray: np.ndarray, masks: np.ndarray, top: np.ndarray, colors_rgb
     if hatch is not None:
         _hatch_kernel(out, np.ascontiguousarray(hatch, np.bool_))
     return out
+
+
+def preview_factor(shape: tuple[int, int], max_px: int) -> int:
+    """The whole factor a preview of an image of ``shape`` is reduced by so that its longer side is at most
+    ``max_px`` (0: full resolution)."""
+    return 1 if max_px <= 0 else max(1, -(-max(shape) // max_px))
+
+
+def thumbnail_inputs(factor: int, gray: np.ndarray, masks: np.ndarray | None, top: np.ndarray,
+                     bits: np.ndarray | None, hatch: np.ndarray | None):
+    """:func:`preview_rgb`'s inputs for a preview ``factor`` times smaller on each side (the image cropped to a
+    multiple of it): the radiograph averaged over each factor x factor block, the labels sampled at the
+    block's centre, so outlines stay one pixel wide and exact at the preview's resolution."""
+    if factor == 1:
+        return gray, masks, top, bits, hatch
+    rows, cols = (gray.shape[0] // factor) * factor, (gray.shape[1] // factor) * factor
+    blocks = gray[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).astype(np.uint32)
+    small = ((blocks.sum(axis=(1, 3)) + factor * factor // 2) // (factor * factor)).astype(np.uint8)
+    centre = (slice(factor // 2, rows, factor), slice(factor // 2, cols, factor))
+
+    def sample(a):
+        return None if a is None else np.ascontiguousarray(a[(Ellipsis,) + centre])
+    return small, sample(masks), sample(top), sample(bits), sample(hatch)
 
 
 def write_png_fast(path: Path, rgb: np.ndarray, level: int = 1) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import json
-import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -23,9 +22,10 @@ from .export_geometry import (body_points_ras, keep_detector_beyond_body, labell
                               sample_rng)
 from .export_inputs import CaseInput, ClassMapping, load_case
 from .export_layout import DatasetLayout, case_name
+from .export_mask_runs import sample_mask_runs
 from .export_masks import sample_masks, with_ignored
 from .export_nrrd import write_image_2d, write_mask_stack
-from .export_preview import preview_rgb, write_png_fast
+from .export_preview import preview_factor, preview_rgb, thumbnail_inputs, write_png_fast
 from .io import atomic_path, write_json
 from .truncation import IGNORE_MASK_VALUE, IGNORE_RULE, CutFaces
 from .virtual_patient import VirtualPatientRanges, patient_of_view, setup_patient
@@ -80,19 +80,6 @@ class _CtContext:
     cut_faces: Any = None  # truncation.CutFaces of the CT, or None (no ignore label)
 
 
-_THREAD_BUFFERS = threading.local()
-
-
-def _mask_buffer(n_classes: int, shape: tuple[int, int]) -> np.ndarray | None:
-    """The calling writer thread's mask stack buffer, reused from sample to sample (None beyond 64 classes)."""
-    if n_classes > 64:
-        return None
-    buffer = getattr(_THREAD_BUFFERS, "masks", None)
-    if buffer is None or buffer.shape != (n_classes,) + tuple(shape):
-        buffer = _THREAD_BUFFERS.masks = np.empty((n_classes,) + tuple(shape), np.uint8)
-    return buffer
-
-
 def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     """Image, masks, combination codes, preview, sidecar; all files written atomically, the sidecar last.
 
@@ -106,17 +93,15 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
     add_devices(result, plan)  # metal before the physics
     image = apply_domain(_image(result, params, job.rng), plan)
     collimated = clear_collimated_labels(result, plan)  # nothing is seen behind the collimator
-    codes_shape = result.line_integral.shape
     ignored = ctx.cut_faces.mask(geometry) if ctx.cut_faces is not None else None
     n_ignored = int(ignored.sum()) if ignored is not None else 0
-    # <= 64 classes: the ignore value goes into the masks as they are made (the preview reads the bit sets);
-    # beyond, the preview reads the 0/1 planes, so it is written over them after the preview.
-    fused = n_ignored > 0 and len(mapping) <= 64
-    masks, codes, combos, top, counts, bits = sample_masks(result.thickness_mm, result.min_mask_thickness_mm,
-                                                           ctx.local_to_global, len(mapping),
-                                                           ignored if fused else None, IGNORE_MASK_VALUE,
-                                                           _mask_buffer(len(mapping), codes_shape),
-                                                           result.class_rows)
+    # <= 64 classes: the stack as runs with the ignore value in it (the preview reads the bit sets); beyond, the
+    # preview reads the 0/1 planes, so the ignore value is written over them after the preview.
+    as_runs = 0 < len(ctx.local_to_global) and len(mapping) <= 64
+    made = (sample_mask_runs if as_runs else sample_masks)(
+        result.thickness_mm, result.min_mask_thickness_mm, ctx.local_to_global, len(mapping),
+        ignored if as_runs and n_ignored else None, IGNORE_MASK_VALUE, rows_hit=result.class_rows)
+    masks, codes, combos, top, counts, bits = made
     if ignored is None:
         ignored = np.zeros(codes.shape, bool)
     present_local = np.flatnonzero(counts)
@@ -129,10 +114,12 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
         gray = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
         # Tint: the highest class index of each pixel's combination; outlines show the others.
         # Unknown pixels: magenta hatching.
-        rgb = preview_rgb(gray, masks, top, mapping.colors, present, bits, hatch=ignored if n_ignored else None)
+        small = thumbnail_inputs(preview_factor(gray.shape, config.preview_max_px), gray,
+                                 None if as_runs else masks, top, bits, ignored if n_ignored else None)
+        rgb = preview_rgb(small[0], small[1], small[2], mapping.colors, present, small[3], hatch=small[4])
         write_png_fast(layout.preview(case), rgb)
     # Unknown pixels: IGNORE_MASK_VALUE in every class plane, written over the masks (no copy).
-    stack = with_ignored(masks, ignored, IGNORE_MASK_VALUE, in_place=True) if n_ignored and not fused else masks
+    stack = with_ignored(masks, ignored, IGNORE_MASK_VALUE, in_place=True) if n_ignored and not as_runs else masks
     write_mask_stack(layout.masks(case, split), stack, spacing, mapping.names)
     with atomic_path(layout.codes(case)) as tmp:
         with open(tmp, "wb") as handle:

@@ -1,0 +1,178 @@
+"""The export's mask stack as byte runs (<= 64 classes): the masks, codes and preview inputs of
+:func:`export_masks.sample_masks` without the dense (C, H, W) stack.
+
+A 63-class 512^2 stack is 16.5 MB, nearly all of it runs of 0 (and of the ignore value): writing it and then
+scanning it again for the gzip stream cost ~12 ms of the export's ~37 ms of work per sample beyond the render.
+Here one row-wise pass over the render's path lengths keeps, for each class row that holds a pixel, that row's
+runs; every other row of every plane is the row's background (the ignore value where ignored, else 0), whose
+runs are made once per row. A plane-major pass then strings them together, merging equal neighbours, into the
+stack's maximal runs, which :func:`export_gzip.gzip_run_list` codes to exactly the bytes of
+``gzip_runs(dense stack)`` (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from .errors import InputError
+from .export_gzip import gzip_run_list
+from .export_masks import _combos_of_keys, _unique_codes_kernel
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _push(values, lengths, n, first, v, length):  # pragma: no cover - compiled
+    """Append a run of ``length`` bytes ``v`` at ``n``, merged into run ``n - 1`` when that is >= ``first`` and
+    holds ``v``; returns the new count."""
+    if n > first and values[n - 1] == v:
+        lengths[n - 1] += length
+        return n
+    values[n] = v
+    lengths[n] = length
+    return n + 1
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _row_runs(row, words, cols, values, lengths, n):  # pragma: no cover - compiled
+    """Append the maximal runs of ``row[:cols]`` (``words``: the same buffer as uint64, padded) from ``n``, the
+    first not merged into earlier runs; returns the new count. Long runs go 8 bytes at a time."""
+    first = n
+    i = 0
+    while i < cols:
+        b = row[i]
+        j = i + 1
+        while j < cols and (j & 7) != 0 and row[j] == b:
+            j += 1
+        if j < cols and (j & 7) == 0 and row[j] == b:
+            pattern = np.uint64(b) * np.uint64(0x0101010101010101)
+            w = j >> 3
+            while (w << 3) + 8 <= cols and words[w] == pattern:
+                w += 1
+            j = w << 3
+            while j < cols and row[j] == b:
+                j += 1
+        n = _push(values, lengths, n, first, b, j - i)
+        i = j
+    return n
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _class_rows_kernel(thickness, rows_hit, threshold, local_to_global, ignored, value, bits, top, counts, row, words,
+                       bg_start, bg_values, bg_lengths, hit_start, hit_end, row_values,
+                       row_lengths):  # pragma: no cover - compiled
+    """Row-wise: each row's background runs (``bg_start[r]:bg_start[r + 1]``), the runs of each class row with a
+    pixel (``hit_start[c, r]:hit_end[c, r]``; -1 where none) and bits, top, counts as ``_masks_bits_kernel``.
+    ``row``/``words``: a scratch row (uint8, padded to 8 bytes) and its uint64 view."""
+    n_local, rows, cols = thickness.shape
+    inside = np.empty(cols, np.uint8)
+    nb = 0
+    ns = 0
+    for r in range(rows):
+        ign, bits_row, top_row = ignored[r], bits[r], top[r]
+        for col in range(cols):
+            bits_row[col] = 0
+            top_row[col] = 0
+            row[col] = value if ign[col] else np.uint8(0)
+        bg_start[r] = nb
+        nb = _row_runs(row, words, cols, bg_values, bg_lengths, nb)
+        for c in range(n_local):
+            hit_start[c, r] = -1
+            if rows_hit[c, r] == 0:  # the render put no path length in this row: nothing to read
+                continue
+            thickness_row = thickness[c, r]
+            count = np.uint32(0)
+            for col in range(cols):  # branch-free: vectorises
+                v = thickness_row[col]
+                hit = np.uint8((v >= threshold) & (v > np.float32(0)))  # float32, as DrrResult.masks
+                inside[col] = hit
+                count += np.uint32(hit)
+            if count == 0:
+                continue
+            counts[c] += count
+            bit = np.uint64(1) << np.uint64(local_to_global[c])
+            label = np.uint8(local_to_global[c] + 1)
+            for col in range(cols):
+                hit = inside[col]
+                row[col] = value if ign[col] else hit
+                bits_row[col] |= bit * np.uint64(hit)
+                top_row[col] = max(top_row[col], label * hit)
+            hit_start[c, r] = ns
+            ns = _row_runs(row, words, cols, row_values, row_lengths, ns)
+            hit_end[c, r] = ns
+    bg_start[rows] = nb
+    return ns
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _stack_runs_kernel(local_of_global, rows, bg_start, bg_values, bg_lengths, hit_start, hit_end, row_values,
+                       row_lengths, values, lengths):  # pragma: no cover - compiled
+    """Plane-major: the stack's maximal runs into ``values``/``lengths``; returns their count."""
+    n = 0
+    for g in range(local_of_global.size):
+        c = local_of_global[g]
+        for r in range(rows):
+            if c >= 0 and hit_start[c, r] >= 0:
+                for i in range(hit_start[c, r], hit_end[c, r]):
+                    n = _push(values, lengths, n, 0, row_values[i], row_lengths[i])
+            else:
+                for i in range(bg_start[r], bg_start[r + 1]):
+                    n = _push(values, lengths, n, 0, bg_values[i], bg_lengths[i])
+    return n
+
+
+@dataclass(frozen=True)
+class MaskRuns:
+    """A (C, H, W) uint8 mask stack as its maximal byte runs in C order."""
+
+    shape: tuple[int, int, int]
+    values: np.ndarray  # uint8
+    lengths: np.ndarray  # int64, same length
+
+    def gzip(self) -> bytes:
+        """The gzip stream of the stack's bytes (exactly ``gzip_runs(self.dense())``)."""
+        return gzip_run_list(self.values, self.lengths)
+
+    def dense(self) -> np.ndarray:
+        return np.repeat(self.values, self.lengths).reshape(self.shape)
+
+
+def sample_mask_runs(thickness: np.ndarray, threshold: float, local_to_global: np.ndarray, n_classes: int,
+                     ignored: np.ndarray | None = None, ignore_value: int = 255, rows_hit: np.ndarray | None = None):
+    """:func:`export_masks.sample_masks` (<= 64 classes) with the masks as :class:`MaskRuns`: returns
+    ``(runs, codes, combos, top, counts, bits)``, ``runs.dense()`` equal to its masks, the rest identical."""
+    n_local, rows, cols = thickness.shape
+    if n_classes > 64 or n_local == 0:
+        raise ValueError("sample_mask_runs needs 1 to 64 classes with labels: use export_masks.sample_masks")
+    local_to_global = np.ascontiguousarray(local_to_global, np.int64)
+    local_of_global = np.full(n_classes, -1, np.int64)
+    local_of_global[local_to_global] = np.arange(n_local)
+    ignored = np.zeros((rows, cols), np.bool_) if ignored is None else np.ascontiguousarray(ignored, np.bool_)
+    rows_hit = np.ones((n_local, rows), np.uint8) if rows_hit is None else np.ascontiguousarray(rows_hit, np.uint8)
+    if rows_hit.shape != (n_local, rows):
+        raise ValueError(f"sample_mask_runs(rows_hit=...) needs shape {(n_local, rows)}, not {rows_hit.shape}")
+    bits = np.empty((rows, cols), np.uint64)
+    top = np.empty((rows, cols), np.uint8)
+    counts = np.zeros(n_local, np.int64)
+    # Run stores sized for the worst case (a run per pixel); np.empty touches no page until a run is written.
+    bg_start = np.empty(rows + 1, np.int64)
+    bg_values, bg_lengths = np.empty(rows * cols, np.uint8), np.empty(rows * cols, np.int64)
+    hit_start, hit_end = np.empty((n_local, rows), np.int64), np.empty((n_local, rows), np.int64)
+    stored = int(np.count_nonzero(rows_hit)) * cols
+    row_values, row_lengths = np.empty(stored, np.uint8), np.empty(stored, np.int64)
+    row = np.zeros(-(-cols // 8) * 8, np.uint8)
+    stored = _class_rows_kernel(np.ascontiguousarray(thickness, np.float32), rows_hit, np.float32(threshold),
+                                local_to_global, ignored, np.uint8(ignore_value), bits, top, counts, row,
+                                row.view(np.uint64), bg_start, bg_values, bg_lengths, hit_start, hit_end, row_values,
+                                row_lengths)
+    capacity = min(n_classes * int(bg_start[rows]) + stored, n_classes * rows * cols)
+    values, lengths = np.empty(capacity, np.uint8), np.empty(capacity, np.int64)
+    n = _stack_runs_kernel(local_of_global, rows, bg_start, bg_values, bg_lengths, hit_start, hit_end, row_values,
+                           row_lengths, values, lengths)
+    codes = np.empty(rows * cols, np.uint16)
+    keys, ok = _unique_codes_kernel(bits.reshape(-1), codes)
+    if not ok:
+        raise InputError("more than 65535 class combinations in one image")
+    runs = MaskRuns((n_classes, rows, cols), values[:n].copy(), lengths[:n].copy())
+    return runs, codes.reshape(rows, cols), _combos_of_keys(keys, n_classes), top, counts, bits
