@@ -118,6 +118,25 @@ LIT_VAL, LIT_LEN, LEN_VAL, LEN_LEN = _fixed_codes()
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def run_end(data, words, i, n):  # pragma: no cover - compiled
+    """End (exclusive) of the run of ``data[i]`` in ``data[:n]``: bytewise to a word boundary, then 8 bytes at a
+    time over ``words`` (``data``'s whole uint64 words within ``n``), then bytewise."""
+    b = data[i]
+    j = i + 1
+    while j < n and (j & 7) != 0 and data[j] == b:
+        j += 1
+    if j < n and (j & 7) == 0 and data[j] == b:
+        pattern = np.uint64(b) * np.uint64(0x0101010101010101)
+        w = j >> 3
+        while w < words.size and words[w] == pattern:
+            w += 1
+        j = w << 3
+        while j < n and data[j] == b:
+            j += 1
+    return j
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
 def _code_run(b, run, acc, nacc, pos, crc, out, crc_table, op_bytes, run_terms, lit_val, lit_len, len_val,
               len_len):  # pragma: no cover - compiled
     """Append ``run`` bytes of value ``b`` to the deflate stream: a literal, then distance-1 matches of the
@@ -192,18 +211,7 @@ def _deflate_runs(data, words, out, crc_table, op_bytes, run_terms, lit_val, lit
     i = 0
     while i < n:
         b = data[i]
-        j = i + 1
-        # run end: bytewise to a word boundary, then 8 bytes at a time
-        while j < n and (j & 7) != 0 and data[j] == b:
-            j += 1
-        if j < n and (j & 7) == 0 and data[j] == b:
-            pattern = np.uint64(b) * np.uint64(0x0101010101010101)
-            w = j >> 3
-            while w < words.size and words[w] == pattern:
-                w += 1
-            j = w << 3
-            while j < n and data[j] == b:
-                j += 1
+        j = run_end(data, words, i, n)
         acc, nacc, pos, crc = _code_run(b, j - i, acc, nacc, pos, crc, out, crc_table, op_bytes, run_terms, lit_val,
                                         lit_len, len_val, len_len)
         i = j

@@ -18,8 +18,8 @@ import numba
 import numpy as np
 
 from .errors import InputError
-from .export_gzip import gzip_run_list
-from .export_masks import _combos_of_keys, _unique_codes_kernel
+from .export_gzip import gzip_run_list, run_end
+from .export_masks import _combos_of_keys, _unique_codes_kernel, row_hits
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
@@ -36,24 +36,14 @@ def _push(values, lengths, n, first, v, length):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
 def _row_runs(row, words, cols, values, lengths, n):  # pragma: no cover - compiled
-    """Append the maximal runs of ``row[:cols]`` (``words``: the same buffer as uint64, padded) from ``n``, the
-    first not merged into earlier runs; returns the new count. Long runs go 8 bytes at a time."""
+    """Append the maximal runs of ``row[:cols]`` (``words``: the same buffer as uint64) from ``n``, the first
+    not merged into earlier runs; returns the new count."""
     first = n
+    whole = words[: cols // 8]  # the words inside the row (the buffer is padded)
     i = 0
     while i < cols:
-        b = row[i]
-        j = i + 1
-        while j < cols and (j & 7) != 0 and row[j] == b:
-            j += 1
-        if j < cols and (j & 7) == 0 and row[j] == b:
-            pattern = np.uint64(b) * np.uint64(0x0101010101010101)
-            w = j >> 3
-            while (w << 3) + 8 <= cols and words[w] == pattern:
-                w += 1
-            j = w << 3
-            while j < cols and row[j] == b:
-                j += 1
-        n = _push(values, lengths, n, first, b, j - i)
+        j = run_end(row, whole, i, cols)
+        n = _push(values, lengths, n, first, row[i], j - i)
         i = j
     return n
 
@@ -81,13 +71,7 @@ def _class_rows_kernel(thickness, rows_hit, threshold, local_to_global, ignored,
             hit_start[c, r] = -1
             if rows_hit[c, r] == 0:  # the render put no path length in this row: nothing to read
                 continue
-            thickness_row = thickness[c, r]
-            count = np.uint32(0)
-            for col in range(cols):  # branch-free: vectorises
-                v = thickness_row[col]
-                hit = np.uint8((v >= threshold) & (v > np.float32(0)))  # float32, as DrrResult.masks
-                inside[col] = hit
-                count += np.uint32(hit)
+            count = row_hits(thickness[c, r], threshold, inside)
             if count == 0:
                 continue
             counts[c] += count

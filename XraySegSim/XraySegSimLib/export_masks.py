@@ -38,6 +38,19 @@ def combination_codes(masks: np.ndarray) -> tuple[np.ndarray, list[tuple[int, ..
 # next render uses the numba threads, so they never oversubscribe the cores.
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def row_hits(thickness_row, threshold, inside):  # pragma: no cover - compiled
+    """``inside[col]`` = 1 where the row's path length is >= ``threshold`` and > 0 (float32, as
+    ``DrrResult.masks``); returns how many. Branch-free: vectorises."""
+    count = np.uint32(0)
+    for col in range(thickness_row.size):
+        v = thickness_row[col]
+        hit = np.uint8((v >= threshold) & (v > np.float32(0)))
+        inside[col] = hit
+        count += np.uint32(hit)
+    return count
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _masks_bits_kernel(thickness, rows_hit, threshold, local_to_global, absent, ignored, value, masks, bits, top,
                        counts):  # pragma: no cover - compiled
@@ -61,14 +74,10 @@ def _masks_bits_kernel(thickness, rows_hit, threshold, local_to_global, absent, 
                 plane_row[col] = background[col]
         for c in range(n_local):
             g = local_to_global[c]
-            thickness_row, plane_row = thickness[c, r], masks[g, r]
+            plane_row = masks[g, r]
             count = np.uint32(0)
             if rows_hit[c, r] != 0:  # else the render put no path length in this row: nothing to read
-                for col in range(cols):  # branch-free: vectorises
-                    v = thickness_row[col]
-                    hit = np.uint8((v >= threshold) & (v > np.float32(0)))  # float32, as DrrResult.masks
-                    inside[col] = hit
-                    count += np.uint32(hit)
+                count = row_hits(thickness[c, r], threshold, inside)
             if count == 0:
                 for col in range(cols):
                     plane_row[col] = background[col]
