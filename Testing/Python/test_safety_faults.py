@@ -128,6 +128,13 @@ def _(tmp, f, dataset):
                 lambda: expect(not (tmp / "out").exists()))
 
 
+@row("9-export-preview-size-negative")
+def _(tmp, f, dataset):
+    return Case(export_args(f["ct"], f["labels"], tmp / "out", "--preview-size", "-1"), 2,
+                r"--preview-size must be 0 \(full resolution\) or a number of pixels, got -1",
+                lambda: expect(not (tmp / "out").exists()))
+
+
 @row("9-train-zero-steps-or-batch")
 def _(tmp, f, dataset):
     return Case(["train", str(dataset), "--out", str(tmp / "run"), "--val-every", "0", "--quiet"], 2,
