@@ -107,7 +107,9 @@ train-wrist: setup
 # preprocessed (2d configuration only), the stock nnUNetTrainer on fold 'all' on the CPU for a short budget (12
 # epochs of 90 iterations of batch 2, then continued to 18 epochs: 1620 iterations instead of 1000 x 250; ~45 min
 # here), scored per view on the same unseen-wrist test exports; the figures go on Resources/Models/wrist's card.
-# Needs $(WRIST)/train and $(WRIST)/test from train-wrist. Full training wants a GPU. Outputs: out/nnunet-wrist/.
+# Needs $(WRIST)/train (the any-rotation export: 1200 of our model's 1800 images; the lateral export's region atoms
+# are numbered on their own, so the merged set is ours only) and $(WRIST)/test from train-wrist. Full training wants
+# a GPU. Outputs: out/nnunet-wrist/.
 nnunet-wrist: setup
 	$(PY) tools/train-wrist/nnunet_side_by_side.py prepare
 	$(PY) tools/train-wrist/nnunet_side_by_side.py train --epochs 12 --iterations 90 --batch-size 2
