@@ -79,8 +79,10 @@ WRIST_EXPORT := --names $(abspath $(WRIST))/phantoms/train/wrist_0000/names.csv 
 WRIST_VIEWS := wrist-pa wrist-oblique-pronated wrist-lateral wrist-oblique-supinated
 train-wrist: setup
 	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/phantoms --train 0-59 --test 1000-1005 & first=$$!; \
-	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/phantoms --train 60-119 --test none || exit 1; \
-	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/fresh/phantoms --train none --test 2000-2005 || exit 1; \
+	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/phantoms --train 60-119 --test none \
+		|| { kill $$first; exit 1; }; \
+	$(PY) tools/train-wrist/make_phantoms.py --out $(WRIST)/fresh/phantoms --train none --test 2000-2005 \
+		|| { kill $$first; exit 1; }; \
 	wait $$first
 	rm -rf $(WRIST)/train $(WRIST)/train-lateral $(WRIST)/train-merged $(WRIST)/test $(WRIST)/run $(WRIST)/eval \
 		$(WRIST)/fresh/test $(WRIST)/fresh/eval

@@ -256,6 +256,17 @@ def test_existing_export_needs_resume_and_the_same_options(inputs, tmp_path):
         run_export(cases[:1], config(tmp_path, views_per_ct=1, seed=8), load_mapping(MAPPING), resume=True)
     report = run_export(cases[:1], config(tmp_path, views_per_ct=1), load_mapping(MAPPING), resume=True)
     assert [s.status for s in report.samples] == ["skipped"]
+    # An export made before an option existed (its export.json lacks the key) resumes with that option's
+    # default, and refuses another value.
+    recorded = next(tmp_path.glob("Dataset*/export.json"))
+    data = json.loads(recorded.read_text())
+    del data["config"]["preview_max_px"]
+    recorded.write_text(json.dumps(data))
+    report = run_export(cases[:1], config(tmp_path, views_per_ct=1), load_mapping(MAPPING), resume=True)
+    assert [s.status for s in report.samples] == ["skipped"]
+    with pytest.raises(InputError, match="differ"):
+        run_export(cases[:1], config(tmp_path, views_per_ct=1, preview_max_px=64), load_mapping(MAPPING),
+                   resume=True)
 
 
 def test_cancel_stops_and_resume_completes(inputs, tmp_path):

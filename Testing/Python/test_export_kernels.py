@@ -16,7 +16,7 @@ from XraySegSimLib.export import run_export
 from XraySegSimLib.export_geometry import (DETECTOR_CLEARANCE_MM, body_points_ras, keep_detector_beyond_body,
                                            random_geometry, sample_rng)
 from XraySegSimLib.export_inputs import CaseInput, load_mapping
-from XraySegSimLib.export_gzip import gzip_run_list, gzip_runs
+from XraySegSimLib.export_gzip import gzip_run_list, gzip_runs, run_list_capacity
 from XraySegSimLib.export_layout import atom_table
 from XraySegSimLib.export_mask_runs import sample_mask_runs
 from XraySegSimLib.export_masks import combination_codes, sample_masks, with_ignored
@@ -110,7 +110,8 @@ def test_thumbnail_preview_is_the_overlay_of_the_sampled_labels():
     from XraySegSimLib.labels import LabelClass, LabelClasses
     from XraySegSimLib.overlay import overlay_rgb
 
-    assert [preview_factor(s, 256) for s in ((256, 200), (257, 10), (512, 512), (1000, 3))] == [1, 2, 2, 4]
+    # the longer side at most 256 px, the shorter one at least 1 (1000 x 3 would need 4: 3 keeps one pixel)
+    assert [preview_factor(s, 256) for s in ((256, 200), (257, 10), (512, 512), (1000, 5), (1000, 3))] == [1, 2, 2, 4, 3]
     assert preview_factor((4000, 4000), 0) == 1
     rng = np.random.default_rng(5)
     thickness = np.where(rng.random((3, 31, 47)) < 0.6, 1.0, 0.0).astype(np.float32)
@@ -126,7 +127,7 @@ def test_thumbnail_preview_is_the_overlay_of_the_sampled_labels():
     expected = overlay_rgb(want_gray, masks[(Ellipsis,) + sampled].astype(bool), top[sampled], classes)
     stripes = np.add.outer(np.arange(10), np.arange(15)) % 8 < 2
     expected[hatch[sampled] & stripes] = (255, 0, 255)
-    present = [c + 1 for c in range(3) if counts.any()]
+    present = [int(np.array([2, 0, 1])[c]) + 1 for c in np.flatnonzero(counts)]
     assert np.array_equal(preview_rgb(small[0], None, small[2], colors, present, small[3], hatch=small[4]), expected)
     assert np.array_equal(preview_rgb(small[0], small[1], small[2], colors, present, hatch=small[4]), expected)
     assert thumbnail_inputs(1, gray, masks, top, bits, hatch)[0] is gray
@@ -156,9 +157,22 @@ def test_gzip_run_list_gives_the_bytes_of_gzip_runs():
         values = values[np.r_[True, values[1:] != values[:-1]]]  # maximal: no two neighbours equal
         lengths = rng.choice([1, 2, 3, 15, 16, 17, 257, 258, 259, 261, 100_003], values.size).astype(np.int64)
         assert gzip_run_list(values, lengths) == gzip_runs(np.repeat(values, lengths))
+    # The worst runs for the coder (a literal, a 256/257 match and a 3 match, then 258s) stay within the buffer
+    # it is given (the kernel has no bounds checks): the deflate block is the stream less its 18 framing bytes.
+    for length in (1, 2, 3, 4, 259, 260, 261, 517, 518):
+        values = np.arange(5000, dtype=np.int64).astype(np.uint8) % 2
+        lengths = np.full(5000, length, np.int64)
+        packed = gzip_run_list(values.astype(np.uint8), lengths)
+        assert len(packed) - 18 <= run_list_capacity(5000, 5000 * length) - 64
+    one_byte, one_run = np.zeros(1, np.uint8), np.ones(1, np.int64)
+    for values, lengths, n_runs in ((np.zeros(2, np.uint8), one_run, None),  # more values than lengths
+                                    (one_byte, one_run, 2),  # more runs than given
+                                    (one_byte, np.zeros(1, np.int64), None), (one_byte, -one_run, None)):  # length < 1
+        with pytest.raises(ValueError, match="gzip_run_list needs"):
+            gzip_run_list(values, lengths, n_runs)
 
 
-@pytest.mark.parametrize("trial", range(12))
+@pytest.mark.parametrize("trial", range(15))
 def test_mask_runs_equal_the_dense_stack(trial):
     """sample_mask_runs: the dense stack of sample_masks as maximal runs (the same gzip bytes), and the same
     codes, combinations, top, counts and bits; with and without ignored pixels, absent classes, rows marked
@@ -167,6 +181,8 @@ def test_mask_runs_equal_the_dense_stack(trial):
     n_local = int(rng.integers(1, 6))
     n_classes = n_local + int(rng.integers(0, 4))
     rows, cols = int(rng.integers(1, 24)), int(rng.integers(1, 45))
+    if trial >= 12:  # 64 classes (bit 63, label 64), rows narrower than a word, an empty image
+        n_local, n_classes, rows, cols = ((64, 64, 9, 5), (60, 64, 7, 3), (2, 3, 0, 6))[trial - 12]
     thickness = np.where(rng.random((n_local, rows, cols)) < 0.4, rng.random((n_local, rows, cols)) * 2, 0)
     thickness = thickness.astype(np.float32)
     thickness[:, :, : cols // 3] = 0  # long runs of 0

@@ -131,7 +131,7 @@ def _(tmp, f, dataset):
 @row("9-export-preview-size-negative")
 def _(tmp, f, dataset):
     return Case(export_args(f["ct"], f["labels"], tmp / "out", "--preview-size", "-1"), 2,
-                r"--preview-size must be 0 \(full resolution\) or a number of pixels, got -1",
+                r"--preview-size must be 0 \(full resolution\) or at least 8 pixels, got -1",
                 lambda: expect(not (tmp / "out").exists()))
 
 

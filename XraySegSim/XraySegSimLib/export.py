@@ -189,6 +189,8 @@ def run_export(
         if not resume:
             raise InputError(f"{layout.root} already holds an export; pass --resume to continue it, or choose "
                              "another --out / --dataset-id")
+        # An option added after the export was made is read as its default (old exports stay resumable).
+        previous["config"] = {**to_jsonable(type(config)(out=config.out).content_dict()), **previous.get("config", {})}
         changed = [k for k in ("config", "classes") if previous.get(k) != to_jsonable(content[k])]
         if changed:
             raise InputError(f"cannot resume {layout.root}: its {' and '.join(changed)} differ from this run's; "

@@ -88,8 +88,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise InputError(f"--views-per-ct must be at least 1, got {args.views_per_ct}")
     if args.size < 8:
         raise InputError(f"--size must be at least 8 pixels, got {args.size}")
-    if args.preview_size < 0:
-        raise InputError(f"--preview-size must be 0 (full resolution) or a number of pixels, got {args.preview_size}")
+    if args.preview_size != 0 and args.preview_size < 8:
+        raise InputError(f"--preview-size must be 0 (full resolution) or at least 8 pixels, got {args.preview_size}")
     if args.workers < 1 or (args.threads is not None and args.threads < 1):
         raise InputError("--workers and --threads must be at least 1")
     if not 0 <= args.test_fraction < 1:

@@ -244,16 +244,25 @@ def _gzip_member(deflated: np.ndarray, crc: int, size: int) -> bytes:
             + (size & 0xFFFFFFFF).to_bytes(4, "little"))
 
 
+def run_list_capacity(n_runs: int, n_bytes: int) -> int:
+    """Bytes that always hold the deflate block of ``n_runs`` runs spelling ``n_bytes`` bytes: ``_code_run``
+    writes at most 39 bits per run (a literal, then a 256- or 257-byte match for a remainder of 259 or 260 and a
+    3-byte one) plus 13 per 258 repeats; 48 bits per run and 64 bytes spare are allowed."""
+    return int(n_runs * 6 + n_bytes * 13 // (258 * 8) + 64)
+
+
 def gzip_run_list(values: np.ndarray, lengths: np.ndarray, n_runs: int | None = None) -> bytes:
     """gzip stream of the bytes given as maximal runs (uint8 ``values``, int64 ``lengths``; the first ``n_runs``):
     exactly :func:`gzip_runs` of the data they spell, without making it."""
     n_runs = len(values) if n_runs is None else n_runs
     lengths = np.ascontiguousarray(lengths, np.int64)
-    # a run codes to at most 45 bits (a literal, a short match, two literals) plus 13 per 258 repeats
-    capacity = int(n_runs * 6 + int(lengths[:n_runs].sum()) * 13 // (258 * 8) + 64)
-    out = np.empty(capacity, np.uint8)
+    values = np.ascontiguousarray(values, np.uint8)
+    # The kernel runs without bounds checks: refuse what would read or write past the arrays.
+    if not 0 <= n_runs <= min(len(values), len(lengths)) or (n_runs and int(lengths[:n_runs].min()) < 1):
+        raise ValueError("gzip_run_list needs n_runs <= len(values), len(lengths) and every length >= 1")
+    out = np.empty(run_list_capacity(n_runs, int(lengths[:n_runs].sum())), np.uint8)
     op_bytes, run_terms = _tables()
-    n, crc = _deflate_run_list(np.ascontiguousarray(values, np.uint8), lengths, n_runs, out, CRC_TABLE, op_bytes,
+    n, crc = _deflate_run_list(values, lengths, n_runs, out, CRC_TABLE, op_bytes,
                                run_terms, LIT_VAL, LIT_LEN, LEN_VAL, LEN_LEN)
     return _gzip_member(out[:n], crc, int(lengths[:n_runs].sum()))
 

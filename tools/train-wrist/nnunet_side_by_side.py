@@ -151,8 +151,9 @@ def add_to_card(out: Path, package: Path) -> None:
     card["metrics"]["nnunet_2d_side_by_side"] = {
         "note": (f"nnU-Net v2 (nnunetv2 2.8.1), stock nnUNetTrainer, plans nnUNetPlans, 2d configuration (patch "
                  f"{budget['patch_size']}; batch {budget['batch_size']} instead of the planned "
-                 f"{budget['planned_batch_size']}, for more updates per CPU-minute), fold 'all' on the same training "
-                 f"export ({budget['training_images']} images), trained on the CPU for {budget['epochs']} epochs of "
+                 f"{budget['planned_batch_size']}, for more updates per CPU-minute), fold 'all' on our model's "
+                 f"any-rotation training export ({budget['training_images']} images; ours also has the lateral "
+                 "export, whose region atoms are numbered on their own), trained on the CPU for {budget['epochs']} epochs of "
                  f"{budget['iterations_per_epoch']} iterations ({budget['epochs'] * budget['iterations_per_epoch']} "
                  f"iterations{continued}, {budget['wall_minutes']} min wall) instead of nnU-Net's 1000 x 250: a "
                  "budget check, not nnU-Net's result; full training wants a GPU. Predicted per view on the same "

@@ -1,6 +1,6 @@
 #!/bin/bash
-# A set of unseen wrists made after every phase choice, scored once, choosing nothing: the third (seeds
-# 3000-3005) and fourth (4000-4005) test sets of the bundled wrist model.
+# A set of unseen wrists (seeds never trained on), exported like make train-wrist's test sets and scored with the
+# bundled wrist model: the third (3000-3005), fourth (4000-4005) and fifth (5000-5005) sets of its README.
 # Usage: tools/train-wrist/unseen_test_set.sh [OUT [SEEDS]]   (default out/wrist-third 3000-3005; ~75 s on 2 cores)
 set -e
 cd "$(dirname "$0")/../.."  # the repository root
