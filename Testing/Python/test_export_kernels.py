@@ -174,9 +174,9 @@ def test_gzip_run_list_gives_the_bytes_of_gzip_runs():
 
 @pytest.mark.parametrize("trial", range(15))
 def test_mask_runs_equal_the_dense_stack(trial):
-    """sample_mask_runs: the dense stack of sample_masks as maximal runs (the same gzip bytes), and the same
-    codes, combinations, top, counts and bits; with and without ignored pixels, absent classes, rows marked
-    empty (not read), widths that are not a multiple of 8."""
+    """sample_mask_runs: the stack of 0/1 planes (ignore value where ignored) as maximal runs (the same gzip
+    bytes), and the codes, combinations, top, counts and bits of a NumPy reference; with and without ignored
+    pixels, absent classes, rows marked empty (not read), widths that are not a multiple of 8."""
     rng = np.random.default_rng(100 + trial)
     n_local = int(rng.integers(1, 6))
     n_classes = n_local + int(rng.integers(0, 4))
@@ -189,14 +189,23 @@ def test_mask_runs_equal_the_dense_stack(trial):
     local_to_global = rng.permutation(n_classes)[:n_local]
     ignored = rng.random((rows, cols)) < 0.3 if trial % 2 else None
     rows_hit = (thickness > 0).any(axis=2).astype(np.uint8)
-    want = sample_masks(thickness, 0.5, local_to_global, n_classes, ignored, 255, rows_hit=rows_hit)
+    # The reference, in NumPy: 0/1 planes in dataset order, their codes, top class, counts and bit sets.
+    local = (thickness >= np.float32(0.5)) & (thickness > 0)
+    planes = np.zeros((n_classes, rows, cols), np.uint8)
+    planes[local_to_global] = local
+    codes, combos = combination_codes(planes)
+    top = np.array([c[-1] if c else 0 for c in combos], np.uint8)[codes]
+    bits = np.zeros((rows, cols), np.uint64)
+    for g in range(n_classes):
+        bits |= planes[g].astype(np.uint64) << np.uint64(g)
+    stack = planes if ignored is None else with_ignored(planes, ignored, 255)
     thickness[rows_hit == 0] = 9.0  # would be in the masks if it were read
     runs, *rest = sample_mask_runs(thickness, 0.5, local_to_global, n_classes, ignored, 255, rows_hit=rows_hit)
-    assert runs.shape == want[0].shape and np.array_equal(runs.dense(), want[0])
+    assert runs.shape == stack.shape and np.array_equal(runs.dense(), stack)
     assert (runs.values[1:] != runs.values[:-1]).all() and (runs.lengths > 0).all()
-    assert runs.gzip() == gzip_runs(want[0])
-    assert rest[1] == want[2]
-    for got, expected in zip(rest[:1] + rest[2:], want[1:2] + want[3:]):
+    assert runs.gzip() == gzip_runs(stack)
+    assert rest[1] == combos
+    for got, expected in zip(rest[:1] + rest[2:], (codes, top, local.reshape(n_local, -1).sum(axis=1), bits)):
         np.testing.assert_array_equal(got, expected)
 
 

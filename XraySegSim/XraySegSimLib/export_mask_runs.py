@@ -19,7 +19,62 @@ import numpy as np
 
 from .errors import InputError
 from .export_gzip import gzip_run_list, run_end
-from .export_masks import _combos_of_keys, _unique_codes_kernel, row_hits
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def row_hits(thickness_row, threshold, inside):  # pragma: no cover - compiled
+    """``inside[col]`` = 1 where the row's path length is >= ``threshold`` and > 0 (float32, as
+    ``DrrResult.masks``); returns how many. Branch-free: vectorises."""
+    count = np.uint32(0)
+    for col in range(thickness_row.size):
+        v = thickness_row[col]
+        hit = np.uint8((v >= threshold) & (v > np.float32(0)))
+        inside[col] = hit
+        count += np.uint32(hit)
+    return count
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _unique_codes_kernel(bits, codes):  # pragma: no cover - compiled
+    """codes[i] = rank of bits[i] among the sorted unique values (= np.unique(..., return_inverse=True));
+    returns the sorted unique values."""
+    n = bits.size
+    index = numba.typed.Dict.empty(key_type=numba.types.uint64, value_type=numba.types.int64)
+    found = np.empty(min(n, 65536) + 1, np.uint64)
+    n_found = 0
+    last_key, last_id = np.uint64(0), -1
+    for i in range(n):
+        key = bits[i]
+        if last_id < 0 or key != last_key:
+            if key in index:
+                last_id = index[key]
+            else:
+                if n_found >= found.size:
+                    return found[:0], False
+                last_id = n_found
+                index[key] = n_found
+                found[n_found] = key
+                n_found += 1
+            last_key = key
+        codes[i] = last_id
+    keys = np.sort(found[:n_found])
+    rank = np.empty(n_found, np.int64)
+    for j in range(n_found):
+        rank[index[keys[j]]] = j
+    for i in range(n):
+        codes[i] = rank[codes[i]]
+    return keys, True
+
+
+def _combos_of_keys(keys: np.ndarray, n_classes: int) -> list[tuple[int, ...]]:
+    """Bit-set keys (uint64) -> sorted tuples of their 1-based class indices (none for an image without pixels,
+    as :func:`export_masks.combination_codes`)."""
+    if keys.size == 0:
+        return []
+    held = (keys[:, None] >> np.arange(n_classes, dtype=np.uint64)) & np.uint64(1) != 0
+    which, classes = np.nonzero(held)
+    per_key = np.split(classes + 1, np.cumsum(held.sum(axis=1))[:-1])
+    return [tuple(c.tolist()) for c in per_key]
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
@@ -53,7 +108,8 @@ def _class_rows_kernel(thickness, rows_hit, threshold, local_to_global, ignored,
                        bg_start, bg_values, bg_lengths, hit_start, hit_end, row_values,
                        row_lengths):  # pragma: no cover - compiled
     """Row-wise: each row's background runs (``bg_start[r]:bg_start[r + 1]``), the runs of each class row with a
-    pixel (``hit_start[c, r]:hit_end[c, r]``; -1 where none) and bits, top, counts as ``_masks_bits_kernel``.
+    pixel (``hit_start[c, r]:hit_end[c, r]``; -1 where none), each pixel's class ``bits``, the ``top`` (highest
+    1-based class) and per-class ``counts`` of the 0/1 masks.
     ``row``/``words``: a scratch row (uint8, padded to 8 bytes) and its uint64 view."""
     n_local, rows, cols = thickness.shape
     inside = np.empty(cols, np.uint8)
@@ -124,8 +180,8 @@ class MaskRuns:
 
 def sample_mask_runs(thickness: np.ndarray, threshold: float, local_to_global: np.ndarray, n_classes: int,
                      ignored: np.ndarray | None = None, ignore_value: int = 255, rows_hit: np.ndarray | None = None):
-    """:func:`export_masks.sample_masks` (<= 64 classes) with the masks as :class:`MaskRuns`: returns
-    ``(runs, codes, combos, top, counts, bits)``, ``runs.dense()`` equal to its masks, the rest identical."""
+    """The masks, codes and preview inputs of :func:`export_masks.sample_masks` (same arguments, 1 to 64
+    classes), the masks as :class:`MaskRuns`: ``(runs, codes, combos, top, counts, bits)``."""
     n_local, rows, cols = thickness.shape
     if n_classes > 64 or n_local == 0:
         raise ValueError("sample_mask_runs needs 1 to 64 classes with labels: use export_masks.sample_masks")

@@ -1,5 +1,5 @@
 """Per-sample masks and the combination codes of overlapping classes, from a render's per-class path lengths
-(fused numba kernels, exactly ``DrrResult.masks`` + :func:`combination_codes`)."""
+(exactly ``DrrResult.masks`` + :func:`combination_codes`; the kernels are export_mask_runs')."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numba
 import numpy as np
 
 from .errors import InputError
+from .export_mask_runs import sample_mask_runs
 
 
 def combination_codes(masks: np.ndarray) -> tuple[np.ndarray, list[tuple[int, ...]]]:
@@ -32,96 +33,6 @@ def combination_codes(masks: np.ndarray) -> tuple[np.ndarray, list[tuple[int, ..
     return inverse.reshape(rows, cols).astype(np.uint16), combos
 
 
-# Fused per-sample kernels. Masks, combination codes, the preview's label image and per-class pixel counts
-# come from one pass over the path lengths; they give exactly what ``DrrResult.masks``, ``combination_codes``
-# and the combination LUT gave (tested). Serial and nogil: they run in each worker's writer thread while its
-# next render uses the numba threads, so they never oversubscribe the cores.
-
-
-@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
-def row_hits(thickness_row, threshold, inside):  # pragma: no cover - compiled
-    """``inside[col]`` = 1 where the row's path length is >= ``threshold`` and > 0 (float32, as
-    ``DrrResult.masks``); returns how many. Branch-free: vectorises."""
-    count = np.uint32(0)
-    for col in range(thickness_row.size):
-        v = thickness_row[col]
-        hit = np.uint8((v >= threshold) & (v > np.float32(0)))
-        inside[col] = hit
-        count += np.uint32(hit)
-    return count
-
-
-@numba.njit(cache=True, nogil=True, boundscheck=False)
-def _masks_bits_kernel(thickness, rows_hit, threshold, local_to_global, absent, ignored, value, masks, bits, top,
-                       counts):  # pragma: no cover - compiled
-    """A row at a time, so the row's bits and top stay in L1 while every class plane passes over it; a class
-    with no pixel in the row (most of them: 16 % of the class rows of a chest AP view have one) costs a copy,
-    without reading its path lengths when ``rows_hit`` (L, H) says the render put none there, else one
-    vectorised compare. ``ignored`` (H, W) bool: ``value`` goes into every mask plane there; bits, top and
-    counts are those of the 0/1 masks."""
-    n_local, rows, cols = thickness.shape
-    background = np.empty(cols, np.uint8)  # a mask row without the class: the ignore value where ignored
-    inside = np.empty(cols, np.uint8)
-    for r in range(rows):
-        ign, bits_row, top_row = ignored[r], bits[r], top[r]
-        for col in range(cols):
-            background[col] = value if ign[col] else np.uint8(0)
-            bits_row[col] = 0
-            top_row[col] = 0
-        for g in absent:
-            plane_row = masks[g, r]
-            for col in range(cols):
-                plane_row[col] = background[col]
-        for c in range(n_local):
-            g = local_to_global[c]
-            plane_row = masks[g, r]
-            count = np.uint32(0)
-            if rows_hit[c, r] != 0:  # else the render put no path length in this row: nothing to read
-                count = row_hits(thickness[c, r], threshold, inside)
-            if count == 0:
-                for col in range(cols):
-                    plane_row[col] = background[col]
-                continue
-            counts[c] += count
-            bit = np.uint64(1) << np.uint64(g)
-            label = np.uint8(g + 1)
-            for col in range(cols):
-                hit = inside[col]
-                plane_row[col] = value if ign[col] else hit
-                bits_row[col] |= bit * np.uint64(hit)
-                top_row[col] = max(top_row[col], label * hit)
-
-
-@numba.njit(cache=True, nogil=True, boundscheck=False)
-def _unique_codes_kernel(bits, codes):  # pragma: no cover - compiled
-    """codes[i] = rank of bits[i] among the sorted unique values (= np.unique(..., return_inverse=True));
-    returns the sorted unique values."""
-    n = bits.size
-    index = numba.typed.Dict.empty(key_type=numba.types.uint64, value_type=numba.types.int64)
-    found = np.empty(min(n, 65536) + 1, np.uint64)
-    n_found = 0
-    last_key, last_id = np.uint64(0), -1
-    for i in range(n):
-        key = bits[i]
-        if last_id < 0 or key != last_key:
-            if key in index:
-                last_id = index[key]
-            else:
-                if n_found >= found.size:
-                    return found[:0], False
-                last_id = n_found
-                index[key] = n_found
-                found[n_found] = key
-                n_found += 1
-            last_key = key
-        codes[i] = last_id
-    keys = np.sort(found[:n_found])
-    rank = np.empty(n_found, np.int64)
-    for j in range(n_found):
-        rank[index[keys[j]]] = j
-    for i in range(n):
-        codes[i] = rank[codes[i]]
-    return keys, True
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -145,28 +56,19 @@ def with_ignored(masks: np.ndarray, ignored: np.ndarray, value: int, in_place: b
     return out
 
 
-def _combos_of_keys(keys: np.ndarray, n_classes: int) -> list[tuple[int, ...]]:
-    """Bit-set keys (uint64) -> sorted tuples of their 1-based class indices."""
-    held = (keys[:, None] >> np.arange(n_classes, dtype=np.uint64)) & np.uint64(1) != 0
-    which, classes = np.nonzero(held)
-    per_key = np.split(classes + 1, np.cumsum(held.sum(axis=1))[:-1])
-    return [tuple(c.tolist()) for c in per_key]
-
-
 def sample_masks(thickness: np.ndarray, threshold: float, local_to_global: np.ndarray, n_classes: int,
-                 ignored: np.ndarray | None = None, ignore_value: int = 255, out: np.ndarray | None = None,
-                 rows_hit: np.ndarray | None = None):
-    """From a render's per-class path lengths (L, H, W) to the dataset's masks and codes in one pass.
+                 ignored: np.ndarray | None = None, ignore_value: int = 255, rows_hit: np.ndarray | None = None):
+    """From a render's per-class path lengths (L, H, W) to the dataset's masks and codes.
 
     ``ignored`` (H, W) bool, <= 64 classes only: the returned masks hold ``ignore_value`` in every plane there
-    (as :func:`with_ignored`, without a second pass); everything else is computed from the 0/1 masks. ``out``:
-    a (C, H, W) uint8 C-contiguous array the masks are written into and returned as (<= 64 classes; a buffer
-    kept between samples spares the page faults of a fresh 16 MB array, ~8 ms at 63 x 512^2). ``rows_hit``:
-    the render's ``DrrResult.class_rows`` (L, H); rows where it is 0 must hold no path length (not read).
-    Returns ``(masks, codes, combos, top, counts, bits)``: ``masks`` (C, H, W) uint8 in dataset order (the local class
-    ``l`` goes to plane ``local_to_global[l]``; others are 0), ``codes``/``combos`` as :func:`combination_codes`
-    of ``masks``, ``top`` (H, W) the highest 1-based class index of each pixel (0: none), ``counts`` (L,) the
-    pixels of each local class, ``bits`` (H, W) uint64 each pixel's classes as bits (None beyond 64 classes)."""
+    (as :func:`with_ignored`, without a second pass); everything else is computed from the 0/1 masks.
+    ``rows_hit``: the render's ``DrrResult.class_rows`` (L, H); rows where it is 0 must hold no path length
+    (not read). Returns ``(masks, codes, combos, top, counts, bits)``: ``masks`` (C, H, W) uint8 in dataset
+    order (the local class ``l`` goes to plane ``local_to_global[l]``; others are 0), ``codes``/``combos`` as
+    :func:`combination_codes` of ``masks``, ``top`` (H, W) the highest 1-based class index of each pixel (0:
+    none), ``counts`` (L,) the pixels of each local class, ``bits`` (H, W) uint64 each pixel's classes as bits
+    (None beyond 64 classes). With 1 to 64 classes: :func:`export_mask_runs.sample_mask_runs`, its runs
+    expanded (the export writes the runs themselves)."""
     n_local, rows, cols = thickness.shape
     local_to_global = np.ascontiguousarray(local_to_global, np.int64)
     if ignored is not None and n_classes > 64:
@@ -181,22 +83,5 @@ def sample_masks(thickness: np.ndarray, threshold: float, local_to_global: np.nd
         if ignored is not None:
             masks[:, ignored] = ignore_value
         return masks, codes, combos, top, counts, None
-    if out is not None and (out.shape != (n_classes, rows, cols) or out.dtype != np.uint8
-                            or not out.flags.c_contiguous):
-        raise ValueError(f"sample_masks(out=...) needs a C-contiguous uint8 array of shape {(n_classes, rows, cols)}")
-    masks = np.empty((n_classes, rows, cols), np.uint8) if out is None else out
-    bits = np.empty((rows, cols), np.uint64)
-    top = np.empty((rows, cols), np.uint8)
-    counts = np.zeros(n_local, np.int64)
-    absent = np.setdiff1d(np.arange(n_classes), local_to_global).astype(np.int64)
-    ignored = np.zeros((rows, cols), np.bool_) if ignored is None else np.ascontiguousarray(ignored, np.bool_)
-    rows_hit = np.ones((n_local, rows), np.uint8) if rows_hit is None else np.ascontiguousarray(rows_hit, np.uint8)
-    if rows_hit.shape != (n_local, rows):
-        raise ValueError(f"sample_masks(rows_hit=...) needs shape {(n_local, rows)}, not {rows_hit.shape}")
-    _masks_bits_kernel(np.ascontiguousarray(thickness, np.float32), rows_hit, np.float32(threshold), local_to_global,
-                       absent, ignored, np.uint8(ignore_value), masks, bits, top, counts)
-    codes = np.empty(rows * cols, np.uint16)
-    keys, ok = _unique_codes_kernel(bits.reshape(-1), codes)
-    if not ok:
-        raise InputError("more than 65535 class combinations in one image")
-    return masks, codes.reshape(rows, cols), _combos_of_keys(keys, n_classes), top, counts, bits
+    runs, *rest = sample_mask_runs(thickness, threshold, local_to_global, n_classes, ignored, ignore_value, rows_hit)
+    return (runs.dense(), *rest)
