@@ -1,4 +1,4 @@
-"""The truncation mask's run walk (prefix sums) gives the pixels of the cell-by-cell walk it replaced."""
+"""The truncation mask's fast pass (whole tiles, block walks) gives the pixels of the cell-by-cell walk it replaced."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from XraySegSimLib import views
 from XraySegSimLib.truncation import CutFaces
 
 
-def cut_blobby_body(seed: int, oblique: bool):
-    """A noisy ellipsoidal body with holes, cut by every face of an oblique grid (so all six sections and both
-    run directions are exercised) or by the k faces of an axis-aligned grid of whole millimetres (exact ties of
-    faces are likely)."""
+def cut_blobby_body(seed: int, oblique: bool, holes: bool = True):
+    """A noisy ellipsoidal body with holes (or solid, so that whole tiles are hit through full squares), cut by
+    every face of an oblique grid (so all six sections and both run directions are exercised) or by the k faces
+    of an axis-aligned grid of whole millimetres (exact ties of faces are likely)."""
     rng = np.random.default_rng(seed)
     shape = (30, 44, 52)
     volume = grid_volume(np.full(shape, -1000.0, np.float32), 2.0, center_ras=(4, -3, 6) if oblique else (0, 0, 0),
@@ -22,16 +22,17 @@ def cut_blobby_body(seed: int, oblique: bool):
     k, j, i = np.indices(shape)
     across = (30, 26) if oblique else (22, 18)  # the axis-aligned body is cut by its k faces only
     radius = np.sqrt(((i - 26) / across[0]) ** 2 + ((j - 20) / across[1]) ** 2 + ((k - 14) / 20) ** 2)
-    body = (radius < 1.0) & (rng.random(shape) > 0.2)
+    body = (radius < 1.0) & (rng.random(shape) > (0.2 if holes else 0.0))
     volume.array[body] = 40.0
     return volume
 
 
-@pytest.mark.parametrize("seed, oblique", [(0, True), (1, True), (2, False)])
+@pytest.mark.parametrize("seed, oblique, holes", [(0, True, True), (1, True, True), (2, False, True),
+                                                  (3, True, False), (4, False, False)])
 @pytest.mark.parametrize("view, lao, cranial", [("chest-pa", 0, 0), ("chest-lateral", 15, 10),
                                                 ("carm-ap", 40, -30), ("lumbar-lateral", -70, 60)])
-def test_run_walk_matches_the_cell_walk(seed, oblique, view, lao, cranial):
-    volume = cut_blobby_body(seed, oblique)
+def test_run_walk_matches_the_cell_walk(seed, oblique, holes, view, lao, cranial):
+    volume = cut_blobby_body(seed, oblique, holes)
     faces = CutFaces(volume.array, volume.ras_to_ijk, packed=False)
     cut = faces.cut_voxels
     assert cut["k_low"] > 0 and cut["k_high"] > 0 and (not oblique or all(n > 0 for n in cut.values()))
@@ -64,3 +65,50 @@ def test_run_walk_matches_the_cell_walk_on_the_chest_ct(chest_cut_faces, view_in
     fast, reference = faces.mask(geometry), reference_mask(faces, geometry)
     assert 0.02 < reference.mean() < 0.98, reference.mean()
     np.testing.assert_array_equal(fast, reference)
+
+
+def tile_verdicts(faces: CutFaces, geometry):
+    """Per tile of the fast pass: (rows, cols, passed by every face, hit whole), from its own two tests."""
+    from XraySegSimLib.truncation import TILE, _tile_hit_whole, _tile_misses
+
+    linear, shift = faces.ras_to_ijk[:3, :3], faces.ras_to_ijk[:3, 3] + 0.5
+    source = linear @ np.asarray(geometry.source, float) + shift
+    origin = linear @ np.asarray(geometry.origin, float) + shift
+    column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0])
+    row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1])
+    cols, rows = geometry.size
+    for r_lo in range(0, rows, TILE):
+        for c_lo in range(0, cols, TILE):
+            r_hi, c_hi = min(r_lo + TILE, rows) - 1, min(c_lo + TILE, cols) - 1
+            passed, whole = True, False
+            for face in range(6):
+                box = faces._boxes[face]
+                if box[0] >= box[1]:
+                    continue
+                beyond = _tile_misses(face, box, source, origin, column_step, row_step, faces.shape_kji, r_lo, r_hi,
+                                      c_lo, c_hi)
+                passed &= beyond < 0
+                whole |= beyond == 4 and _tile_hit_whole(
+                    face, faces._sections[face], faces._blocks[face], faces._depths[face], box, source, origin,
+                    column_step, row_step, faces.shape_kji, r_lo, r_hi, c_lo, c_hi)
+            yield slice(r_lo, r_hi + 1), slice(c_lo, c_hi + 1), passed, whole
+
+
+@pytest.mark.parametrize("view, lao, cranial", [("chest-pa", 0, 0), ("chest-lateral", 15, 10), ("carm-ap", 40, -30)])
+def test_tiles_settled_whole_agree_with_the_cell_walk_pixel_by_pixel(view, lao, cranial):
+    """Both tile tests are used (tiles passed and tiles hit whole), and each is right for every pixel of the tile."""
+    volume = cut_blobby_body(5, True, holes=False)
+    faces = CutFaces(volume.array, volume.ras_to_ijk, packed=False)
+    geometry = views.from_preset(view, volume.center_ras, size=(160, 128), detector_mm=(700, 600), lao_deg=lao,
+                                 cranial_deg=cranial)
+    reference = reference_mask(faces, geometry)
+    n_passed = n_whole = 0
+    for rows, cols, passed, whole in tile_verdicts(faces, geometry):
+        assert not (passed and whole)
+        if passed:
+            n_passed += 1
+            assert not reference[rows, cols].any()
+        if whole:
+            n_whole += 1
+            assert reference[rows, cols].all()
+    assert n_passed > 20 and n_whole > 5, (n_passed, n_whole)

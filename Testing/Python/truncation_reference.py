@@ -1,14 +1,15 @@
 """The truncation mask's first kernel, kept as the test reference: a cell-by-cell 2D walk (Amanatides & Woo,
-``truncation._cell_walk_hits``) over each whole cut-face section. truncation.py now walks 8x8 blocks (passing
-empty ones, jumping over squares of them, clipped to the body's box, walking cells only in mixed ones); both
-must agree (and test_truncation.py checks the mask against the analytic cut cylinder)."""
+``truncation_walk.cell_walk_hits``) over each whole cut-face section, every pixel. truncation.py now settles
+tiles of pixels whole where it can and walks the others over 8x8 blocks (passing empty ones, jumping over squares
+of them, clipped to the body's box, walking cells only in mixed ones); both must agree (and test_truncation.py
+checks the mask against the analytic cut cylinder)."""
 
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-from XraySegSimLib.truncation import _beyond_interval, _cell_walk_hits as _walk_hits
+from XraySegSimLib.truncation_walk import beyond_interval as _beyond_interval, cell_walk_hits as _walk_hits
 
 
 @numba.njit(parallel=True, nogil=True, boundscheck=False)
