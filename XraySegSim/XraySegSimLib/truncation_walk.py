@@ -203,7 +203,7 @@ def deepest_full_square(blocks, depth, box, n_b, n_c, pb, pc, db, dc, t0, t1):  
                     break
     if best < 0:
         return 1.0, 0.0, 1.0, 0.0
-    eps = 1e-6
+    eps = 1e-3  # cells: more than the walks' start nudge (1e-9 of a segment of <~ 1e4 cells)
     return ((best_b - best) * BLOCK + eps, min((best_b + best + 1) * BLOCK, n_b) - eps,
             (best_c - best) * BLOCK + eps, min((best_c + best + 1) * BLOCK, n_c) - eps)
 
