@@ -58,6 +58,21 @@ def clip_segment(pb, pc, db, dc, b_lo, b_hi, c_lo, c_hi, t0, t1):  # pragma: no 
     return t0, t1
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def walk_step(ib, ic, step_b, next_b, delta_b, step_c, next_c, delta_c, t1, nb, nc):  # pragma: no cover - compiled
+    """One step of the 2D walk into the next cell: (inside, ib, ic, next_b, next_c); ``inside`` is False when the
+    segment ends (at ``t1``) or leaves the nb x nc grid first."""
+    if next_b <= next_c:
+        if next_b >= t1:
+            return False, ib, ic, next_b, next_c
+        ib += step_b
+        return 0 <= ib < nb, ib, ic, next_b + delta_b, next_c
+    if next_c >= t1:
+        return False, ib, ic, next_b, next_c
+    ic += step_c
+    return 0 <= ic < nc, ib, ic, next_b, next_c + delta_c
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def cell_walk_hits(section, pb, pc, db, dc, t0, t1):  # pragma: no cover - compiled
     """True if the 2D segment (pb + t db, pc + t dc), t in [t0, t1], visits a cell of ``section`` [c, b] that is
@@ -67,23 +82,13 @@ def cell_walk_hits(section, pb, pc, db, dc, t0, t1):  # pragma: no cover - compi
     if t0 >= t1:
         return False
     ib, ic, step_b, next_b, delta_b, step_c, next_c, delta_c = walk_start(pb, pc, db, dc, t0, t1, nb, nc)
-    while True:
+    inside = True
+    while inside:
         if section[ic, ib]:
             return True
-        if next_b <= next_c:
-            if next_b >= t1:
-                return False
-            ib += step_b
-            next_b += delta_b
-            if ib < 0 or ib >= nb:
-                return False
-        else:
-            if next_c >= t1:
-                return False
-            ic += step_c
-            next_c += delta_c
-            if ic < 0 or ic >= nc:
-                return False
+        inside, ib, ic, next_b, next_c = walk_step(ib, ic, step_b, next_b, delta_b, step_c, next_c, delta_c, t1, nb,
+                                                   nc)
+    return False
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
@@ -182,25 +187,14 @@ def deepest_full_square(blocks, depth, box, n_b, n_c, pb, pc, db, dc, t0, t1):  
     best, best_b, best_c = -1, 0, 0
     if t0 < t1:
         ib, ic, step_b, next_b, delta_b, step_c, next_c, delta_c = walk_start(qb, qc, eb, ec, t0, t1, nb, nc)
-        for _ in range(nb + nc + 2):
+        inside = True
+        while inside:
             if depth[ic, ib] > best:  # (any choice is safe: the caller tests the square against its rays)
                 best, best_b, best_c = depth[ic, ib], ib, ic
                 if best >= 2:
                     break
-            if next_b <= next_c:
-                if next_b >= t1:
-                    break
-                ib += step_b
-                next_b += delta_b
-                if ib < 0 or ib >= nb:
-                    break
-            else:
-                if next_c >= t1:
-                    break
-                ic += step_c
-                next_c += delta_c
-                if ic < 0 or ic >= nc:
-                    break
+            inside, ib, ic, next_b, next_c = walk_step(ib, ic, step_b, next_b, delta_b, step_c, next_c, delta_c, t1,
+                                                       nb, nc)
     if best < 0:
         return 1.0, 0.0, 1.0, 0.0
     eps = 1e-3  # cells: more than the walks' start nudge (1e-9 of a segment of <~ 1e4 cells)
