@@ -11,7 +11,7 @@ APT_BENCH := plastimatch
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: setup demo test test-fast bench bench-quick train-sample train-wrist nnunet-wrist train-lumbar train-femur screenshots clean
+.PHONY: setup demo test test-fast bench bench-quick train-sample train-wrist nnunet-wrist train-lumbar lumbar-many-phantoms train-femur screenshots clean
 
 setup: $(STAMP)
 
@@ -131,6 +131,11 @@ screenshots: $(BENCH_STAMP)
 # on one body and scored on the other, both ways; bundles Resources/Models/lumbar/. See tools/train-lumbar/train.py.
 train-lumbar: setup
 	$(PY) tools/train-lumbar/train.py --threads 2
+
+# The same study with 72 training phantoms and 12 unseen ones (about 70 min; also scores the CT of train-lumbar
+# when out/lumbar exists). See tools/train-lumbar/many_phantoms.py.
+lumbar-many-phantoms: setup
+	$(PY) tools/train-lumbar/many_phantoms.py --threads 2
 
 # The proximal-femur 3D V-Net demonstrator (issue 14 B): both femurs of the abdomen-pelvis sample CT, held out by
 # side both ways (~5 min per fold); bundles Resources/Models/femur/, then the hip-phantom study (~45 min) that its

@@ -1,0 +1,114 @@
+"""The lumbar study with many bodies (issue 14 A): `make lumbar-many-phantoms`.
+
+The wrist model showed that bodies, not steps, limit transfer to unseen bodies. Here the phantom side of the
+lumbar study gets 72 bodies instead of 6:
+
+* training: lumbar phantoms seeds 100-171 (`xrayseg phantom lumbar`), 1 virtual patient each, 10 lateral views
+  (720 images; the trainer holds out whole phantoms for validation);
+* test: 12 phantoms never used for training or validation (seeds 200-211), 10 views each (120 images);
+* both model families on the same training export (instance-aware L1 ... L5, S1; semantic "vertebra"), scored
+  with `xrayseg lumbar-compare` on the unseen phantoms and on the CT body of `make train-lumbar`
+  (``--ct-dataset``, default out/lumbar/ct/Dataset721_LumbarCT, made by that target).
+
+Exports use the same settings as `make train-lumbar` (lumbar-lateral, 256 px, strong domain randomisation).
+Nothing is bundled: the figures go to OUT/study.json and the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train import EXPORT, TRAIN, xrayseg  # noqa: E402
+
+TRAIN_SEEDS, TEST_SEEDS = range(100, 172), range(200, 212)
+STEPS = "20000"
+
+
+def make_phantoms(folder: Path, seeds: range, id_prefix: str) -> Path:
+    """Phantoms in two processes at once (one numba thread each), kept where already made; returns the pairs
+    CSV (CT ids ``id_prefix + seed``: an export's draws depend on them)."""
+    def one(seed: int) -> None:
+        target = folder / f"p{seed}"
+        if not (target / "ct.nii.gz").exists():
+            subprocess.run([sys.executable, "-m", "XraySegInferLib.entry", "phantom", "lumbar", "--out", str(target),
+                            "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL,
+                           env={**os.environ, "NUMBA_NUM_THREADS": "1"})
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(one, seeds))
+    rows = ["ct,labels,id,names"] + [f"{folder.name}/p{s}/ct.nii.gz,{folder.name}/p{s}/labels.nii.gz,"
+                                     f"{id_prefix}{s},{folder.name}/p{s}/names.csv" for s in seeds]
+    pairs = folder.parent / f"{folder.name}.csv"
+    pairs.write_text("\n".join(rows) + "\n")
+    return pairs
+
+
+def export(pairs: Path, out: Path, dataset_id: str, name: str, seed: str, threads: str, reuse: bool) -> Path:
+    dataset = out / f"Dataset{dataset_id}_{name}"
+    if reuse and (dataset / "dataset.json").exists():
+        return dataset
+    shutil.rmtree(out, ignore_errors=True)
+    xrayseg("export", "--pairs", pairs, "--classes", out.parent / "levels.txt", "--virtual-patients", "1",
+            "--views-per-ct", "10", "--seed", seed, "--threads", threads, "--dataset-id", dataset_id,
+            "--dataset-name", name, "--out", out, *EXPORT)
+    return dataset
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "lumbar-many")
+    parser.add_argument("--ct-dataset", type=Path, default=REPO / "out" / "lumbar" / "ct" / "Dataset721_LumbarCT")
+    parser.add_argument("--threads", default="2")
+    parser.add_argument("--steps", default=STEPS)
+    parser.add_argument("--reuse", action="store_true", help="keep exports and runs that are already complete")
+    args = parser.parse_args()
+
+    from XraySegInferLib.lumbar_study import LEVEL_CLASSES, semantic_dataset
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "levels.txt").write_text(LEVEL_CLASSES)
+    train = export(make_phantoms(out / "phantoms", TRAIN_SEEDS, "phantom"), out / "phantom", "723",
+                   "LumbarPhantomMany", "1", args.threads, args.reuse)
+    test = export(make_phantoms(out / "test-phantoms", TEST_SEEDS, "testphantom"), out / "test", "724",
+                  "LumbarPhantomTest", "7", args.threads, args.reuse)
+    semantic_out = out / "phantom-semantic"
+    semantic = (next(semantic_out.glob("Dataset*")) if args.reuse and semantic_out.is_dir()
+                else semantic_dataset(train, semantic_out))
+    runs = {}
+    for family, data in (("instance", train), ("semantic", semantic)):
+        run = out / f"run-{family}"
+        runs[family] = run / "model"
+        if args.reuse and (run / "model" / "model.json").exists():
+            continue
+        shutil.rmtree(run, ignore_errors=True)
+        xrayseg("train", data, "--steps", args.steps, "--threads", args.threads, "--out", run, *TRAIN,
+                "--val-every", "1000", "--name",
+                f"Lumbar {'L1-L5+S1 (instance-aware' if family == 'instance' else 'vertebra (semantic'}"
+                f", {len(TRAIN_SEEDS)} phantoms)")
+    study = {"train_phantoms": [TRAIN_SEEDS.start, TRAIN_SEEDS.stop - 1],
+             "test_phantoms": [TEST_SEEDS.start, TEST_SEEDS.stop - 1], "steps": int(args.steps)}
+    targets = {"unseen_phantoms": test}
+    if args.ct_dataset.is_dir():
+        targets["ct"] = args.ct_dataset
+    for key, dataset in targets.items():
+        report = out / f"compare-to-{key}"
+        xrayseg("lumbar-compare", dataset, "--semantic", runs["semantic"], "--instance", runs["instance"],
+                "--split", "train", "--out", report)
+        study[f"tested_on_{key}"] = json.loads((report / "lumbar.json").read_text())
+    (out / "study.json").write_text(json.dumps(study, indent=2))
+    print(f"study -> {out / 'study.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
