@@ -31,7 +31,7 @@ def cut_blobby_body(seed: int, oblique: bool, holes: bool = True):
                                                   (3, True, False), (4, False, False)])
 @pytest.mark.parametrize("view, lao, cranial", [("chest-pa", 0, 0), ("chest-lateral", 15, 10),
                                                 ("carm-ap", 40, -30), ("lumbar-lateral", -70, 60)])
-def test_run_walk_matches_the_cell_walk(seed, oblique, holes, view, lao, cranial):
+def test_fast_pass_matches_the_cell_walk(seed, oblique, holes, view, lao, cranial):
     volume = cut_blobby_body(seed, oblique, holes)
     faces = CutFaces(volume.array, volume.ras_to_ijk, packed=False)
     cut = faces.cut_voxels
@@ -53,7 +53,7 @@ def chest_cut_faces(sample_chest_ct):
 
 
 @pytest.mark.parametrize("view_index", range(3))
-def test_run_walk_matches_the_cell_walk_on_the_chest_ct(chest_cut_faces, view_index):
+def test_fast_pass_matches_the_cell_walk_on_the_chest_ct(chest_cut_faces, view_index):
     """The exporter's own random chest AP views (the chest CT is cut at both axial ends)."""
     from XraySegSimLib.export_config import ExportConfig
     from XraySegSimLib.export_geometry import random_geometry, sample_rng
@@ -71,11 +71,7 @@ def tile_verdicts(faces: CutFaces, geometry):
     """Per tile of the fast pass: (rows, cols, passed by every face, hit whole), from its own two tests."""
     from XraySegSimLib.truncation import TILE, _tile_hit_whole, _tile_misses
 
-    linear, shift = faces.ras_to_ijk[:3, :3], faces.ras_to_ijk[:3, 3] + 0.5
-    source = linear @ np.asarray(geometry.source, float) + shift
-    origin = linear @ np.asarray(geometry.origin, float) + shift
-    column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0])
-    row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1])
+    source, origin, column_step, row_step = faces.detector_in_voxels(geometry)
     cols, rows = geometry.size
     for r_lo in range(0, rows, TILE):
         for c_lo in range(0, cols, TILE):
@@ -112,3 +108,26 @@ def test_tiles_settled_whole_agree_with_the_cell_walk_pixel_by_pixel(view, lao, 
             n_whole += 1
             assert reference[rows, cols].all()
     assert n_passed > 20 and n_whole > 5, (n_passed, n_whole)
+
+
+@pytest.mark.parametrize("high", [False, True], ids=["low-face-corner-on-the-plane", "high-face-corner-an-ulp-beyond"])
+def test_a_tile_corner_on_a_face_plane_still_bounds_the_tile(high):
+    """A tile corner on an i face's plane (or an ulp beyond it, where its own ray's part beyond the face rounds to
+    nothing) is a corner of the region its neighbours' rays fill beyond the face: the tile must not be passed."""
+    from types import SimpleNamespace
+
+    hu = np.full((16, 16, 16), -1000.0)
+    hu[4, 4, 15 if high else 0] = 40.0  # one body voxel on the face
+    ras_to_ijk = np.eye(4)
+    ras_to_ijk[:3, 3] = -0.5  # voxel coordinates (shifted by 0.5) are RAS
+    faces = CutFaces(hu, ras_to_ijk, packed=False)
+    if high:
+        geometry = SimpleNamespace(source=(-1000.0, 4.0, 4.0), origin=(np.nextafter(16.0, 17.0), 4.0, 4.0),
+                                   column_axis=(1.0, 1.0, 0.0), row_axis=(1.0, 1.0, 1.0), spacing=(1.0, 1.0),
+                                   size=(8, 8))
+    else:
+        geometry = SimpleNamespace(source=(1000.0, 4.0, 4.0), origin=(0.0, 4.0, 4.0), column_axis=(-1.0, 1.0, 0.0),
+                                   row_axis=(-1.0, 1.0, 1.0), spacing=(1.0, 1.0), size=(8, 8))
+    reference = reference_mask(faces, geometry)
+    assert reference.sum() == 2
+    np.testing.assert_array_equal(faces.mask(geometry), reference)

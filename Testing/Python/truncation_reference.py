@@ -43,11 +43,7 @@ def reference_mask(cut_faces, geometry) -> np.ndarray:
     """(rows, cols) bool: CutFaces.mask computed with the cell-by-cell walk."""
     cols, rows = geometry.size
     out = np.zeros((rows, cols), np.bool_)
-    linear, shift = cut_faces.ras_to_ijk[:3, :3], cut_faces.ras_to_ijk[:3, 3] + 0.5
-    source = linear @ np.asarray(geometry.source, float) + shift
-    origin = linear @ np.asarray(geometry.origin, float) + shift
-    column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0])
-    row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1])
+    source, origin, column_step, row_step = cut_faces.detector_in_voxels(geometry)
     reference_truncated_kernel(cut_faces.faces_i, cut_faces.faces_j, cut_faces.faces_k, source, origin,
                                column_step, row_step, cut_faces.shape_kji, out)
     return out

@@ -25,7 +25,7 @@ can, by two exact convexity arguments (see ``_tile_misses`` and ``_tile_hit_whol
 tile when no ray of the tile can reach the face's body box beyond it; a tile is hit whole when its four corner
 rays meet one full square of a section beyond its face. Only the tiles along the mask's edges are walked pixel
 by pixel. The pixels are those of the walk everywhere (tested). One thread, 512^2 chest views: AP 85 ms (cell
-walk) -> 9 ms (blocks) -> 2.5 ms (tiles); lateral 21 -> 5 ms.
+walk) -> 8.9 ms (blocks) -> 2.2 ms (tiles); lateral 22 -> 5.1 ms.
 """
 
 from __future__ import annotations
@@ -56,10 +56,15 @@ def _corner(face, s, origin, column_step, row_step, shape_kji, r, c):  # pragma:
     p0, p1, p2 = _pixel(origin, column_step, row_step, r, c)
     t0, t1, pb, pc, db, dc = face_ray(face, s, p0 - s[0], p1 - s[1], p2 - s[2], shape_kji)
     side = (p0 if axis == 0 else (p1 if axis == 1 else p2)) - (n if face % 2 == 1 else 0.0)
+    lo_b, hi_b, lo_c, hi_c = np.inf, -np.inf, np.inf, -np.inf
     if t0 < t1:
         b0, b1, c0, c1 = pb + t0 * db, pb + t1 * db, pc + t0 * dc, pc + t1 * dc
-        return True, min(b0, b1), max(b0, b1), min(c0, c1), max(c0, c1), side, pb + db, pc + dc
-    return False, np.inf, -np.inf, np.inf, -np.inf, side, pb + db, pc + dc
+        lo_b, hi_b, lo_c, hi_c = min(b0, b1), max(b0, b1), min(c0, c1), max(c0, c1)
+    if (side >= 0.0) if face % 2 == 1 else (side <= 0.0):
+        # On or beyond the plane the pixel is a corner of the region even when its own ray's part beyond the
+        # face is empty (on the plane, or rounded away): its neighbours' parts may reach it.
+        lo_b, hi_b, lo_c, hi_c = min(lo_b, pb + db), max(hi_b, pb + db), min(lo_c, pc + dc), max(hi_c, pc + dc)
+    return t0 < t1, lo_b, hi_b, lo_c, hi_c, side, pb + db, pc + dc
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
@@ -146,6 +151,8 @@ def _truncated_kernel(sections, blocks, reaches, depths, boxes, source, origin, 
             c_hi = min(c_lo + TILE, cols) - 1
             active, whole = 0, False  # active: bit set of the faces some ray of the tile may cross
             for face in range(6):
+                if whole:
+                    break
                 if boxes[face, 0] >= boxes[face, 1]:
                     continue
                 beyond = _tile_misses(face, boxes[face], source, origin, column_step, row_step, shape_kji, r_lo,
@@ -153,7 +160,7 @@ def _truncated_kernel(sections, blocks, reaches, depths, boxes, source, origin, 
                 if beyond < 0:
                     continue
                 active |= 1 << face
-                if beyond == 4 and not whole:
+                if beyond == 4:
                     whole = _tile_hit_whole(face, sections[face], blocks[face], depths[face], boxes[face], source,
                                             origin, column_step, row_step, shape_kji, r_lo, r_hi, c_lo, c_hi)
             for r in range(r_lo, r_hi + 1):
@@ -210,17 +217,23 @@ class CutFaces:
         """Body voxels on each face (0 everywhere: the CT holds the whole body, nothing is truncated)."""
         return dict(self._cut_voxels)
 
+    def detector_in_voxels(self, geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(source, first pixel, column step, row step) in voxel coordinates shifted by 0.5, so that voxel v
+        spans [v, v + 1): the frame of the kernels."""
+        linear, shift = self.ras_to_ijk[:3, :3], self.ras_to_ijk[:3, 3] + 0.5
+        source = linear @ np.asarray(geometry.source, float) + shift
+        origin = linear @ np.asarray(geometry.origin, float) + shift
+        column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0])
+        row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1])
+        return source, origin, column_step, row_step
+
     def mask(self, geometry) -> np.ndarray:
         """(rows, cols) bool: the pixel's ray crosses the body's continuation beyond a cut face."""
         cols, rows = geometry.size
         out = np.zeros((rows, cols), np.bool_)
         if not any(self._cut_voxels.values()):
             return out
-        linear, shift = self.ras_to_ijk[:3, :3], self.ras_to_ijk[:3, 3] + 0.5  # voxel v spans [v, v + 1)
-        source = linear @ np.asarray(geometry.source, float) + shift
-        origin = linear @ np.asarray(geometry.origin, float) + shift
-        column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0])
-        row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1])
+        source, origin, column_step, row_step = self.detector_in_voxels(geometry)
         _truncated_kernel(self._sections, self._blocks, self._reaches, self._depths, self._boxes, source, origin,
                           column_step, row_step, self.shape_kji, out)
         return out
