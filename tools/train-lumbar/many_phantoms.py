@@ -3,15 +3,18 @@
 The wrist model showed that bodies, not steps, limit transfer to unseen bodies. Here the phantom side of the
 lumbar study gets 72 bodies instead of 6:
 
-* training: lumbar phantoms seeds 100-171 (`xrayseg phantom lumbar`), 1 virtual patient each, 10 lateral views
-  (720 images; the trainer holds out whole phantoms for validation);
-* test: 12 phantoms never used for training or validation (seeds 200-211), 10 views each (120 images);
+* training: lumbar phantoms seeds 100-171 (`xrayseg phantom lumbar`, CT ids phantom100 ...), 1 virtual patient
+  each, 10 lateral views, export seed 1, Dataset723 (720 images; the trainer holds out whole phantoms for
+  validation);
+* test: 12 phantoms never used for training or validation (seeds 200-211, ids testphantom200 ...), 10 views each,
+  export seed 7, Dataset724 (120 images);
 * both model families on the same training export (instance-aware L1 ... L5, S1; semantic "vertebra"), scored
   with `xrayseg lumbar-compare` on the unseen phantoms and on the CT body of `make train-lumbar`
   (``--ct-dataset``, default out/lumbar/ct/Dataset721_LumbarCT, made by that target).
 
-Exports use the same settings as `make train-lumbar` (lumbar-lateral, 256 px, strong domain randomisation).
-Nothing is bundled: the figures go to OUT/study.json and the README.
+Exports use the same settings as `make train-lumbar` (lumbar-lateral, 256 px, strong domain randomisation), and
+training its recipe with 20000 steps and a validation every 1000. Nothing is bundled: the figures go to
+OUT/study.json and the README.
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ from train import EXPORT, TRAIN, xrayseg  # noqa: E402
 
 TRAIN_SEEDS, TEST_SEEDS = range(100, 172), range(200, 212)
 STEPS = "20000"
+PHANTOM_FILES = ("ct.nii.gz", "labels.nii.gz", "names.csv")
 
 
 def make_phantoms(folder: Path, seeds: range, id_prefix: str) -> Path:
-    """Phantoms in two processes at once (one numba thread each), kept where already made; returns the pairs
-    CSV (CT ids ``id_prefix + seed``: an export's draws depend on them)."""
+    """Phantoms in two processes at once (one numba thread each; the phantom builder is serial), kept where all
+    their files were made; returns the pairs CSV (CT ids ``id_prefix + seed``: an export's draws depend on them)."""
     def one(seed: int) -> None:
         target = folder / f"p{seed}"
-        if not (target / "ct.nii.gz").exists():
+        if not all((target / name).exists() for name in PHANTOM_FILES):
             subprocess.run([sys.executable, "-m", "XraySegInferLib.entry", "phantom", "lumbar", "--out", str(target),
                             "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL,
                            env={**os.environ, "NUMBA_NUM_THREADS": "1"})
@@ -52,15 +56,17 @@ def make_phantoms(folder: Path, seeds: range, id_prefix: str) -> Path:
     return pairs
 
 
-def export(pairs: Path, out: Path, dataset_id: str, name: str, seed: str, threads: str, reuse: bool) -> Path:
+def export(pairs: Path, out: Path, dataset_id: str, name: str, seed: str, threads: str,
+           reuse: bool) -> tuple[Path, bool]:
+    """The export's dataset folder, and whether it was made now (False: kept, with ``reuse``)."""
     dataset = out / f"Dataset{dataset_id}_{name}"
     if reuse and (dataset / "dataset.json").exists():
-        return dataset
+        return dataset, False
     shutil.rmtree(out, ignore_errors=True)
     xrayseg("export", "--pairs", pairs, "--classes", out.parent / "levels.txt", "--virtual-patients", "1",
             "--views-per-ct", "10", "--seed", seed, "--threads", threads, "--dataset-id", dataset_id,
             "--dataset-name", name, "--out", out, *EXPORT)
-    return dataset
+    return dataset, True
 
 
 def main() -> int:
@@ -77,29 +83,40 @@ def main() -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "levels.txt").write_text(LEVEL_CLASSES)
-    train = export(make_phantoms(out / "phantoms", TRAIN_SEEDS, "phantom"), out / "phantom", "723",
-                   "LumbarPhantomMany", "1", args.threads, args.reuse)
-    test = export(make_phantoms(out / "test-phantoms", TEST_SEEDS, "testphantom"), out / "test", "724",
-                  "LumbarPhantomTest", "7", args.threads, args.reuse)
+    train, remade = export(make_phantoms(out / "phantoms", TRAIN_SEEDS, "phantom"), out / "phantom", "723",
+                           "LumbarPhantomMany", "1", args.threads, args.reuse)
+    test, _ = export(make_phantoms(out / "test-phantoms", TEST_SEEDS, "testphantom"), out / "test", "724",
+                     "LumbarPhantomTest", "7", args.threads, args.reuse)
     semantic_out = out / "phantom-semantic"
-    semantic = (next(semantic_out.glob("Dataset*")) if args.reuse and semantic_out.is_dir()
-                else semantic_dataset(train, semantic_out))
+    semantic = None if remade else next(semantic_out.glob("Dataset*/dataset.json"), None)
+    if semantic is None:  # (re)made with the training export, so both families see the same images
+        shutil.rmtree(semantic_out, ignore_errors=True)
+        semantic = semantic_dataset(train, semantic_out)
+    else:
+        semantic = semantic.parent
+    # the study's recipe with a validation every 1000 steps (the packaged weights are the best validation's)
+    train_options = [*TRAIN]
+    train_options[train_options.index("--val-every") + 1] = "1000"
     runs = {}
     for family, data in (("instance", train), ("semantic", semantic)):
         run = out / f"run-{family}"
         runs[family] = run / "model"
-        if args.reuse and (run / "model" / "model.json").exists():
+        if args.reuse and not remade and (run / "model" / "model.json").exists():
             continue
         shutil.rmtree(run, ignore_errors=True)
-        xrayseg("train", data, "--steps", args.steps, "--threads", args.threads, "--out", run, *TRAIN,
-                "--val-every", "1000", "--name",
+        xrayseg("train", data, "--steps", args.steps, "--threads", args.threads, "--out", run, *train_options,
+                "--name",
                 f"Lumbar {'L1-L5+S1 (instance-aware' if family == 'instance' else 'vertebra (semantic'}"
                 f", {len(TRAIN_SEEDS)} phantoms)")
-    study = {"train_phantoms": [TRAIN_SEEDS.start, TRAIN_SEEDS.stop - 1],
+    from XraySegSimLib.phantom.lumbar import PHANTOM_VERSION
+
+    study = {"phantom_version": PHANTOM_VERSION, "train_phantoms": [TRAIN_SEEDS.start, TRAIN_SEEDS.stop - 1],
              "test_phantoms": [TEST_SEEDS.start, TEST_SEEDS.stop - 1], "steps": int(args.steps)}
     targets = {"unseen_phantoms": test}
     if args.ct_dataset.is_dir():
         targets["ct"] = args.ct_dataset
+    else:
+        print(f"note: no CT dataset at {args.ct_dataset} (make train-lumbar makes it): scored on the phantoms only")
     for key, dataset in targets.items():
         report = out / f"compare-to-{key}"
         xrayseg("lumbar-compare", dataset, "--semantic", runs["semantic"], "--instance", runs["instance"],
