@@ -81,8 +81,9 @@ def _edge_crossing(side_a, b_a, c_a, side_b, b_b, c_b):  # pragma: no cover - co
 def _tile_misses(face, box, s, origin, column_step, row_step, shape_kji, r_lo, r_hi, c_lo, c_hi):  # pragma: no cover
     """How many of the tile's corner rays reach beyond ``face``, or -1 when no ray of the tile can meet the face's
     body box (``box``) there. Why that is exact: the rays' parts beyond the face fill the pyramid (source, tile)
-    cut by the face's half-space, a convex set whose corners are the corner rays' beyond-part ends and the points
-    where the tile's edges cross the face plane; its bounding box in section coordinates holds every such part."""
+    cut by the face's half-space, a convex set whose corners are the corner rays' beyond-part ends, the tile
+    corners on or beyond the plane and the points where the tile's edges cross it; its bounding box in section
+    coordinates holds every such part."""
     e0, lb0, hb0, lc0, hc0, s0, b0, c0 = _corner(face, s, origin, column_step, row_step, shape_kji, r_lo, c_lo)
     e1, lb1, hb1, lc1, hc1, s1, b1, c1 = _corner(face, s, origin, column_step, row_step, shape_kji, r_lo, c_hi)
     e2, lb2, hb2, lc2, hc2, s2, b2, c2 = _corner(face, s, origin, column_step, row_step, shape_kji, r_hi, c_hi)
