@@ -33,8 +33,6 @@ def combination_codes(masks: np.ndarray) -> tuple[np.ndarray, list[tuple[int, ..
     return inverse.reshape(rows, cols).astype(np.uint16), combos
 
 
-
-
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _ignored_stack_kernel(masks, ignored, value, out):  # pragma: no cover - compiled
     n_classes, rows, cols = masks.shape

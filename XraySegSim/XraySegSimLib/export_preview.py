@@ -121,7 +121,7 @@ def preview_rgb(gray: np.ndarray, masks: np.ndarray | None, top: np.ndarray, col
 def preview_factor(shape: tuple[int, int], max_px: int) -> int:
     """The whole factor a preview of an image of ``shape`` is reduced by so that its longer side is at most
     ``max_px`` (0: full resolution), and its shorter side keeps at least one pixel."""
-    return 1 if max_px <= 0 else max(1, min(-(-max(shape) // max_px), min(shape)))  # never below one pixel
+    return 1 if max_px <= 0 else max(1, min(-(-max(shape) // max_px), min(shape)))
 
 
 def thumbnail_inputs(factor: int, gray: np.ndarray, masks: np.ndarray | None, top: np.ndarray,
