@@ -16,8 +16,8 @@ from XraySegSimLib.export import ExportConfig, run_export
 from XraySegSimLib.export_inputs import CaseInput, load_mapping
 from XraySegSimLib.truncation import CutFaces
 from XraySegSimLib.virtual_patient import (VirtualPatientRanges, _taper, density_lut, displacement_lattice,
-                                           draw_patient, jacobian_range, patient_rng, virtual_projector,
-                                           warp_packed)
+                                           blur_packed_hu, draw_patient, jacobian_range, patient_rng,
+                                           virtual_projector, warp_packed)
 
 
 def phantom(shape=(30, 40, 44), spacing=2.5):
@@ -70,6 +70,33 @@ def test_density_factors_scale_soft_tissue_and_bone_and_leave_air_and_lung():
     assert at[-1000] == -1000 and at[-800] == -800
     assert at[40] == round(1.04 * 1.1 * 1000 - 1000)  # density x 1.1: 144 HU
     assert at[1000] == round(2.0 * 0.9 * 1000 - 1000)  # density x 0.9: 800 HU
+
+
+def test_scanner_blur_has_its_fwhm_conserves_mass_and_keeps_labels():
+    spacing = np.array([1.0, 1.5, 2.0])  # i, j, k: anisotropic, so the axes must not be swapped
+    hu = np.full((40, 50, 60), -1000, np.int16)
+    hu[20, 25, 30] = 30000  # a point: its blurred profile along each axis is the Gaussian itself
+    packed = (hu.view(np.uint16).astype(np.uint32)) | (np.uint32(7) << 16)
+    packed[:, :, :10] &= 0xFFFF  # a class boundary, which the blur must leave where it is
+    blurred = blur_packed_hu(packed, spacing, 6.0)
+    out_hu, out_class = unpack(blurred)
+    assert np.array_equal(out_class, packed >> 16)
+    excess = out_hu + 1000.0
+    assert abs(excess.sum() - 31000.0) < 0.02 * 31000.0  # mass kept, up to rounding
+    for axis, step in zip((2, 1, 0), spacing):  # array axes k, j, i
+        profile = excess.sum(axis=tuple(a for a in range(3) if a != axis))
+        x = (np.arange(profile.size) - profile.argmax()) * step
+        fwhm = 2.0 * np.sqrt(2.0 * np.log(2.0)) * np.sqrt((profile * x ** 2).sum() / profile.sum())
+        assert abs(fwhm - 6.0) < 0.15, (axis, fwhm)
+    assert blur_packed_hu(packed, spacing, 0.0) is packed
+    ranges = VirtualPatientRanges(blur_fwhm_mm=(1.0, 4.0))
+    values = [draw_patient(ranges, patient_rng(3, "x", i))["blur_fwhm_mm"] for i in range(20)]
+    assert 1.0 <= min(values) < max(values) <= 4.0
+    off = draw_patient(VirtualPatientRanges(), patient_rng(3, "x", 0))
+    assert off["blur_fwhm_mm"] == 0.0 and {k: v for k, v in off.items() if k != "blur_fwhm_mm"} == {
+        k: v for k, v in draw_patient(ranges, patient_rng(3, "x", 0)).items() if k != "blur_fwhm_mm"}
+    with pytest.raises(InputError, match="ct-blur-range"):
+        VirtualPatientRanges(blur_fwhm_mm=(3.0, 1.0))
 
 
 def test_scaling_is_exact_and_identity_changes_nothing():
@@ -175,11 +202,12 @@ def test_cli_options_reach_the_sidecar(case, tmp_path, capsys):
     status = main(["export", "--ct", case.ct, "--labels", case.labels, "--classes", "spine = vertebrae_T6",
                    "--view", "chest-ap", "--views-per-ct", "1", "--size", "32", "--physics", "none", "--quiet",
                    "--virtual-patients", "3", "--deform-mm", "4", "--scale-range", "1.05,1.05",
-                   "--soft-tissue-range", "0.9,0.9", "--bone-density-range", "1.2,1.2", "--out", str(tmp_path)])
+                   "--soft-tissue-range", "0.9,0.9", "--bone-density-range", "1.2,1.2", "--ct-blur-range", "2.5,2.5",
+                   "--out", str(tmp_path)])
     assert status == 0 and "exported 1 of 1" in capsys.readouterr().out
     sidecar = json.loads((tmp_path / "Dataset501_XraySeg/sidecars/trunk_ct_v0000.json").read_text())
     patient = sidecar["virtual_patient"]
     assert patient["scale_ras"] == [1.05] * 3 and patient["soft_tissue"] == 0.9 and patient["bone_density"] == 1.2
-    assert patient["deform_mm"] == 4.0
+    assert patient["deform_mm"] == 4.0 and patient["blur_fwhm_mm"] == 2.5
     assert main(["export", "--ct", case.ct, "--out", str(tmp_path / "x"), "--scale-range", "1.1"]) == 2
     assert "--scale-range expects LOW,HIGH" in capsys.readouterr().err

@@ -57,6 +57,9 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
                     help="soft-tissue density (thickness in projection) factor (default 0.85,1.15)")
     vp.add_argument("--bone-density-range", default="0.85,1.15", metavar="LOW,HIGH",
                     help="bone density factor above 200 HU (default 0.85,1.15)")
+    vp.add_argument("--ct-blur-range", default="0,0", metavar="LOW,HIGH",
+                    help="scanner resolution: extra 3D Gaussian blur of the HU, FWHM in mm drawn in this range "
+                         "(default 0,0: off), e.g. 1,4 so that a sharp phantom also looks like a thick-slice CT")
     p.add_argument("--domain-randomisation", "--domain-randomization", default="none",
                    choices=("none", "light", "strong"),
                    help="image-domain randomisation: vendor processing, collimation, text, devices, noise, blur, "
@@ -143,7 +146,8 @@ def run_export_command(args: argparse.Namespace) -> int:
             "deform_mm": args.deform_mm, "deform_spacing_mm": args.deform_spacing_mm,
             "scale": _low_high(args.scale_range, "--scale-range"),
             "soft_tissue": _low_high(args.soft_tissue_range, "--soft-tissue-range"),
-            "bone_density": _low_high(args.bone_density_range, "--bone-density-range")})
+            "bone_density": _low_high(args.bone_density_range, "--bone-density-range"),
+            "blur_fwhm_mm": _low_high(args.ct_blur_range, "--ct-blur-range")})
     bar = None
     progress = None
     if not args.quiet:

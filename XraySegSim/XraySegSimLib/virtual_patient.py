@@ -14,6 +14,9 @@ same seed gives the same bodies whatever the order of work:
   organs) is multiplied by ``soft_tissue``, that of bone (above 200 HU) by ``bone_density``, blended linearly
   between 100 and 200 HU and from -600 to -500 HU (lungs and air are unchanged). In projection, scaling a
   tissue's density is scaling its thickness (the line integral is density x length).
+* **Scanner resolution** (off by default): the HU blurred by a 3D Gaussian of FWHM ``blur_fwhm_mm`` (drawn per
+  patient), so that a sharp source (a mesh phantom, a thin-slice CT) also looks like a thick-slice CT, whose
+  partial volume dims thin cortex and endplates. The blur conserves mass (HU x volume); labels are not blurred.
 
 HU is interpolated trilinearly, labels by nearest neighbour, both in one numba pass over the projector's packed
 voxels (low 16 bits HU, high 16 bits class): the deformed CT is never held as float, so memory is one more
@@ -44,6 +47,7 @@ class VirtualPatientRanges:
     scale: tuple[float, float] = (0.9, 1.1)
     soft_tissue: tuple[float, float] = (0.85, 1.15)
     bone_density: tuple[float, float] = (0.85, 1.15)
+    blur_fwhm_mm: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.deform_mm <= 30.0:
@@ -52,7 +56,8 @@ class VirtualPatientRanges:
             raise InputError(f"deformation lattice {self.deform_spacing_mm} mm is outside [20, 400] mm")
         for name, low_high, bounds in (("--scale-range", self.scale, (0.5, 2.0)),
                                        ("--soft-tissue-range", self.soft_tissue, (0.3, 3.0)),
-                                       ("--bone-density-range", self.bone_density, (0.3, 3.0))):
+                                       ("--bone-density-range", self.bone_density, (0.3, 3.0)),
+                                       ("--ct-blur-range", self.blur_fwhm_mm, (0.0, 10.0))):
             low, high = low_high
             if not bounds[0] <= low <= high <= bounds[1]:
                 raise InputError(f"{name} {low},{high}: need {bounds[0]} <= LOW <= HIGH <= {bounds[1]}")
@@ -81,7 +86,9 @@ def draw_patient(ranges: VirtualPatientRanges, rng: np.random.Generator, index: 
     return {"index": int(index), "scale_ras": scale, "soft_tissue": float(rng.uniform(*ranges.soft_tissue)),
             "bone_density": float(rng.uniform(*ranges.bone_density)), "deform_mm": ranges.deform_mm,
             "deform_spacing_mm": ranges.deform_spacing_mm, "taper_mm": ranges.taper_mm,
-            "field_seed": int(rng.integers(0, 2**63 - 1))}
+            "field_seed": int(rng.integers(0, 2**63 - 1)),
+            # drawn last, and only when on, so that the other values of a seed do not change with it
+            "blur_fwhm_mm": float(rng.uniform(*ranges.blur_fwhm_mm)) if ranges.blur_fwhm_mm[1] > 0 else 0.0}
 
 
 def density_lut(soft_tissue: float, bone_density: float) -> np.ndarray:
@@ -183,7 +190,20 @@ def warp_packed(packed: np.ndarray, ijk_to_ras: np.ndarray, values: dict, thread
                      (1.0 / spacing).astype(np.float32), lut, out)
     finally:
         numba.set_num_threads(previous)
-    return out
+    return blur_packed_hu(out, spacing, float(values.get("blur_fwhm_mm", 0.0)))
+
+
+def blur_packed_hu(packed: np.ndarray, spacing_ijk: np.ndarray, fwhm_mm: float) -> np.ndarray:
+    """Packed voxels with their HU blurred by a Gaussian of ``fwhm_mm`` (labels kept); unchanged when 0."""
+    if fwhm_mm <= 0.0:
+        return packed
+    from scipy import ndimage
+
+    hu = (packed & 0xFFFF).astype(np.uint16).view(np.int16).astype(np.float32)
+    sigma_kji = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / np.asarray(spacing_ijk, float)[::-1]
+    ndimage.gaussian_filter(hu, sigma_kji, output=hu, mode="nearest")
+    codes = np.clip(np.round(hu), -32768, 32767).astype(np.int16).view(np.uint16)
+    return (packed & np.uint32(0xFFFF0000)) | codes.astype(np.uint32)
 
 
 def scaled_ijk_to_ras(ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, int], scale_ras) -> np.ndarray:
@@ -247,7 +267,7 @@ def patient_of_view(view: int, n_patients: int) -> int:
     return int(view) % int(n_patients)
 
 
-__all__ = ["VirtualPatientRanges", "density_lut", "draw_patient", "jacobian_range", "patient_of_view",
+__all__ = ["VirtualPatientRanges", "blur_packed_hu", "density_lut", "draw_patient", "jacobian_range", "patient_of_view",
            "patient_rng", "scaled_ijk_to_ras", "virtual_projector", "warp_packed"]
 
 
