@@ -71,3 +71,20 @@ def test_semantic_copy_of_a_dataset_is_the_union_of_its_classes(tmp_path):
         assert np.array_equal(masks_b[0] == 255, unknown)
         assert np.array_equal(masks_b[0] == 1, (masks_a == 1).any(axis=0) & ~unknown)
         assert (masks_b[0] == 1).sum() > 100
+
+
+def test_bone_has_the_areal_density_of_a_real_cortex_and_core(coarse_phantoms):
+    """Version 3: the shell, thicker than a real cortex, carries the real cortex's HU x mm above the core, and the
+    core is adult trabecular bone (version 2's 900-1,300 HU shell gave a vertebra 2-3x a CT's bone mass)."""
+    from XraySegSimLib.phantom.lumbar import random_params, shell_hu
+
+    for seed in range(40):
+        p = random_params(seed)
+        core = p.trabecular_hu * p.bone_density
+        shell = shell_hu(core, p.cortex_hu_true * p.bone_density, p.cortex_mm_true, p.cortical_mm)
+        assert np.isclose((shell - core) * p.cortical_mm, (p.cortex_hu_true * p.bone_density - core) * p.cortex_mm_true)
+        assert 100 < core < 290 and 300 < shell < 1500 and 0.5 <= p.cortex_mm_true <= 1.2 < 1.5 <= p.cortical_mm
+    _, _, _, report = coarse_phantoms[0]
+    p = random_params(4)
+    assert np.isclose(report["trabecular_hu"], round(p.trabecular_hu * p.bone_density, 1))
+    assert shell_hu(100.0, 1600.0, 3.0, 2.0) == 1600.0  # a shell never brighter than the cortex it stands for

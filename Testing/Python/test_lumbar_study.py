@@ -90,7 +90,7 @@ def test_bundled_lumbar_model_is_listed_with_level_codes_and_finds_the_spine(tmp
     known = ~(masks == 255).any(axis=0)
     spine_ref, spine_pred = (masks == 1).any(axis=0) & known, prediction.masks.any(axis=0) & known
     dice = 2 * (spine_ref & spine_pred).sum() / (spine_ref.sum() + spine_pred.sum())
-    assert dice > 0.3, dice  # measured 0.40 on phantom version 2 (0.46 on version 1), seed 77; a broken model: ~0
+    assert dice > 0.3, dice  # measured 0.49 on phantom version 3 (v2 0.40, v1 0.46), seed 77; a broken model: ~0
 
 
 def export_lumbar_phantom(tmp_path, seed: int, voxel_mm: float, views: int, size: int):

@@ -18,9 +18,16 @@ is one mesh, so it cannot take TotalSegmentator's per-rib labels: it is ``ribs_a
 top ``S1_HEIGHT_MM`` (scaled) of the sacrum mesh: an approximation of the S1 segment, stated here because the
 mesh is one piece.
 
-Tissues (HU): cortical shell ``cortical_mm`` thick (900-1,300 HU x bone density), trabecular core (200-340 HU with
-a smooth texture), an elliptical abdomen (skin, subcutaneous fat of random thickness, muscle/organs at 35-50 HU),
-random bowel-gas pockets in front of the spine, air outside. Same seed, same phantom.
+Tissues (HU): a trabecular core (``trabecular_hu``, 120-250 HU x bone density, with a smooth texture) in a cortical
+shell ``cortical_mm`` (1.5-2.5 mm) thick, an elliptical abdomen (skin, subcutaneous fat of random thickness,
+muscle/organs at 35-50 HU), random bowel-gas pockets in front of the spine, air outside. Same seed, same phantom.
+
+The shell is thicker than a real cortex (0.5-1.2 mm; a 1.5 mm grid cannot hold it), so its HU is what gives it the
+*areal density* of the real one: ``trabecular + (cortex_hu_true - trabecular) x cortex_mm_true / cortical_mm``
+(``cortex_hu_true`` 1,400-1,800 HU). Version 3 made this change: version 2's shell (900-1,300 HU over 1.5-2.5 mm)
+and core (200-340 HU) gave an L3 a mean of 500-650 HU, two to three times the bone mass per vertebra of the
+sample abdomen CT (mean 220 HU over a label 1.5 times the volume), so a model trained on the phantoms looked for
+a much brighter spine than a CT shows.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np
 
 from ..volume import Volume
 
-PHANTOM_VERSION = 2
+PHANTOM_VERSION = 3
 SPINE_FILES = {
     "Model_Pose2Sim_Body25b.osim": "72a9baa6a2e7b5e364ca5445155b5a8415060a39bb754fb337b985b32dc8ba95",
     "lumbar1.vtp": "e5accaeba10f253693f894e66accecc6b61abccc950da6982359a9193ad3e7a8",
@@ -76,6 +83,9 @@ class LumbarParams:
     hip_flexion_deg: tuple[float, float] = (0.0, 0.0)  # right, left
     bone_density: float = 1.0
     cortical_mm: float = 2.0  # thicker than anatomy: the 1.5 mm grid blurs the thin shell and endplates
+    trabecular_hu: float = 170.0
+    cortex_mm_true: float = 0.75  # the real cortex the shell stands for (module docstring)
+    cortex_hu_true: float = 1600.0
     abdomen_width_mm: float = 320.0  # left-right
     abdomen_depth_mm: float = 240.0  # anterior-posterior
     fat_mm: float = 20.0
@@ -90,6 +100,8 @@ def random_params(seed: int) -> LumbarParams:
         flexion_deg=tuple(float(v) for v in rng.uniform(-4.0, 3.0, 5)),
         bending_deg=tuple(float(v) for v in rng.uniform(-2.0, 2.0, 5)),
         bone_density=float(rng.uniform(0.85, 1.15)), cortical_mm=float(rng.uniform(1.5, 2.5)),
+        trabecular_hu=float(rng.uniform(120.0, 250.0)), cortex_mm_true=float(rng.uniform(0.5, 1.2)),
+        cortex_hu_true=float(rng.uniform(1400.0, 1800.0)),
         abdomen_width_mm=float(rng.uniform(280.0, 370.0)), abdomen_depth_mm=float(rng.uniform(200.0, 290.0)),
         fat_mm=float(rng.uniform(8.0, 40.0)), gas_pockets=int(rng.integers(2, 9)),
         thoracic_flexion_deg=float(rng.uniform(-4.0, 3.0)),
@@ -255,6 +267,11 @@ def _abdomen(grid: Volume, params: LumbarParams, rng: np.random.Generator) -> np
     return hu
 
 
+def shell_hu(trabecular_hu: float, cortex_hu: float, cortex_mm: float, shell_mm: float) -> float:
+    """HU of a ``shell_mm`` shell with the areal density (HU x mm above the core) of a ``cortex_mm`` cortex."""
+    return float(trabecular_hu + (cortex_hu - trabecular_hu) * min(cortex_mm / shell_mm, 1.0))
+
+
 def build_lumbar_phantom(params: LumbarParams) -> tuple[Volume, Volume, dict[int, str], dict]:
     """(CT in HU int16, labels uint8, {value: name}, report)."""
     from scipy import ndimage
@@ -276,8 +293,9 @@ def build_lumbar_phantom(params: LumbarParams) -> tuple[Volume, Volume, dict[int
     s1[: max(0, top_k - s1_slices)] = False
     labels[s1] = 26
     ct = _abdomen(grid, params, rng)
-    cortical_hu = float(np.clip(1100.0 * params.bone_density * rng.uniform(0.9, 1.1), 900.0, 1300.0))
-    trabecular_hu = float(np.clip(270.0 * params.bone_density, 200.0, 340.0))
+    trabecular_hu = params.trabecular_hu * params.bone_density
+    cortical_hu = shell_hu(trabecular_hu, params.cortex_hu_true * params.bone_density, params.cortex_mm_true,
+                           params.cortical_mm)
     bone = labels > 0
     depth = ndimage.distance_transform_edt(bone, sampling=h)
     texture = ndimage.gaussian_filter(rng.standard_normal(bone.shape).astype(np.float32), 1.0 / h)
