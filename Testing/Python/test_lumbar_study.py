@@ -92,6 +92,19 @@ def test_bundled_lumbar_model_is_listed_with_level_codes_and_finds_the_spine(tmp
     dice = 2 * (spine_ref & spine_pred).sum() / (spine_ref.sum() + spine_pred.sum())
     assert dice > 0.3, dice  # measured 0.49 on phantom version 3 (v2 0.40, v1 0.46), seed 77; a broken model: ~0
 
+    # `lumbar-compare` with the instance-aware model alone: one family, every visible level counted once.
+    import json
+
+    from XraySegInferLib.entry import main
+
+    levels = [lv for lv, m in zip(("L1", "L2", "L3", "L4", "L5", "S1"), masks) if ((m == 1) & known).any()]
+    assert main(["lumbar-compare", str(tmp_path / "x"), "--instance", str(REPO / "Resources" / "Models" / "lumbar"),
+                 "--split", "train", "--device", "cpu", "--out", str(tmp_path / "cmp")]) == 0
+    summary = json.loads((tmp_path / "cmp" / "lumbar.json").read_text())
+    assert list(summary) == ["instance"] and summary["instance"]["images"] == 1
+    assert summary["instance"]["vertebrae"] == len(levels) >= 5
+    assert "| semantic" not in (tmp_path / "cmp" / "lumbar.md").read_text()
+
 
 def export_lumbar_phantom(tmp_path, seed: int, voxel_mm: float, views: int, size: int):
     """A per-level lateral export (L1 ... S1) of a fresh lumbar phantom; returns the output folder."""

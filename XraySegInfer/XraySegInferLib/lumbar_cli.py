@@ -15,7 +15,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                     "recognised when the instance of its level overlaps it with IoU >= 0.5. Writes "
                     "OUT/lumbar.json and OUT/lumbar.md.")
     compare.add_argument("dataset", type=Path, help="dataset folder with per-level classes")
-    compare.add_argument("--semantic", type=Path, required=True, help="model package with one class (vertebra)")
+    compare.add_argument("--semantic", type=Path,
+                         help="model package with one class (vertebra); without it the instance model alone")
     compare.add_argument("--instance", type=Path, required=True, help="model package with one class per level")
     compare.add_argument("--split", choices=("test", "train"), default="test")
     compare.add_argument("--out", type=Path, required=True)
@@ -29,7 +30,7 @@ def run_lumbar_compare(args) -> int:
     from .inference import Predictor
     from .lumbar_study import compare_models, markdown_table
 
-    summary = compare_models(args.dataset, Predictor.from_package(args.semantic, args.device),
+    summary = compare_models(args.dataset, Predictor.from_package(args.semantic, args.device) if args.semantic else None,
                              Predictor.from_package(args.instance, args.device), args.split)
     table = markdown_table(summary)
     write_json(args.out / "lumbar.json", summary)

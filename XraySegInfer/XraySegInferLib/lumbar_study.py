@@ -110,7 +110,8 @@ def _pad(matrix: np.ndarray, n: int) -> np.ndarray:
 
 def compare_models(dataset_dir: str | Path, semantic, instance, split: str = "test") -> dict[str, Any]:
     """Score a semantic predictor (one class) and an instance-aware predictor (one class per level) on the
-    per-level reference masks of a dataset split. Predictors are ``inference.Predictor``s."""
+    per-level reference masks of a dataset split. Predictors are ``inference.Predictor``s; ``semantic=None``
+    scores the instance-aware one alone."""
     from .dataset import read_dataset
     from .errors import DatasetError
     from .ignore import split_ignore
@@ -120,9 +121,9 @@ def compare_models(dataset_dir: str | Path, semantic, instance, split: str = "te
     ref_levels = [level_of(n) for n in dataset.class_names]
     if not any(ref_levels):
         raise DatasetError(f"{dataset.root} has no per-level vertebra classes (L1 ... L5, S1)")
-    if len(semantic.class_names) != 1:
+    if semantic is not None and len(semantic.class_names) != 1:
         raise DatasetError(f"the semantic model must have one class, it has {semantic.class_names}")
-    results: dict[str, list] = {"semantic": [], "instance": []}
+    results: dict[str, list] = {"instance": []} if semantic is None else {"semantic": [], "instance": []}
     for case in dataset.split(split):
         _, masks, spacing = dataset.load(case)
         masks, known = split_ignore(masks)
@@ -131,12 +132,13 @@ def compare_models(dataset_dir: str | Path, semantic, instance, split: str = "te
             continue
         radiograph = read_radiograph(case.image)
         first = next(lv for lv in LEVELS if lv in reference)
-        semantic_mask = semantic.predict(radiograph, spacing).masks[0] & known
+        if semantic is not None:
+            semantic_mask = semantic.predict(radiograph, spacing).masks[0] & known
+            results["semantic"].append(score_case(semantic_instances(semantic_mask, first), reference))
         instance_pred = instance.predict(radiograph, spacing)
-        results["semantic"].append(score_case(semantic_instances(semantic_mask, first), reference))
         results["instance"].append(score_case(
             multilabel_instances(instance_pred.masks & known, list(instance.class_names)), reference))
-    if not results["semantic"]:
+    if not results["instance"]:
         raise DatasetError(f"{dataset.root}: no image of split '{split}' shows a labelled vertebra")
     return {family: summarise(cases) for family, cases in results.items()}
 
@@ -146,7 +148,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
     head = ("| model | pixel acc. | mean acc. | mean IoU | f.w. IoU | recognition rate | mean Dice | "
             + " | ".join(f"Dice {lv}" for lv in LEVELS if lv in summary["instance"]["dice"]) + " |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    for family in ("semantic", "instance"):
+    for family in (f for f in ("semantic", "instance") if f in summary):
         s = summary[family]
         scores = s["scores_levels"]
         cells = [family, *(f"{scores[k]:.3f}" for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou")),

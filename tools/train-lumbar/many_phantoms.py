@@ -57,7 +57,7 @@ def make_phantoms(folder: Path, seeds: range, id_prefix: str) -> Path:
 
 
 def export(pairs: Path, out: Path, dataset_id: str, name: str, seed: str, threads: str,
-           reuse: bool) -> tuple[Path, bool]:
+           reuse: bool, extra: tuple[str, ...] = ()) -> tuple[Path, bool]:
     """The export's dataset folder, and whether it was made now (False: kept, with ``reuse``)."""
     dataset = out / f"Dataset{dataset_id}_{name}"
     if reuse and (dataset / "dataset.json").exists():
@@ -65,8 +65,19 @@ def export(pairs: Path, out: Path, dataset_id: str, name: str, seed: str, thread
     shutil.rmtree(out, ignore_errors=True)
     xrayseg("export", "--pairs", pairs, "--classes", out.parent / "levels.txt", "--virtual-patients", "1",
             "--views-per-ct", "10", "--seed", seed, "--threads", threads, "--dataset-id", dataset_id,
-            "--dataset-name", name, "--out", out, *EXPORT)
+            "--dataset-name", name, "--out", out, *EXPORT, *extra)
     return dataset, True
+
+
+def semantic_copy(train: Path, folder: Path, remade: bool) -> Path:
+    """The one-class copy of the training export, (re)made with it so both families see the same images."""
+    from XraySegInferLib.lumbar_study import semantic_dataset
+
+    kept = None if remade else next(folder.glob("Dataset*/dataset.json"), None)
+    if kept is not None:
+        return kept.parent
+    shutil.rmtree(folder, ignore_errors=True)
+    return semantic_dataset(train, folder)
 
 
 def main() -> int:
@@ -76,29 +87,29 @@ def main() -> int:
     parser.add_argument("--threads", default="2")
     parser.add_argument("--steps", default=STEPS)
     parser.add_argument("--reuse", action="store_true", help="keep exports and runs that are already complete")
+    parser.add_argument("--instance-only", action="store_true", help="train and score the instance-aware family only")
+    parser.add_argument("--ct-blur-range", metavar="LOW,HIGH",
+                        help="scanner-resolution blur (FWHM mm) of the training phantoms only (export's option)")
     args = parser.parse_args()
 
-    from XraySegInferLib.lumbar_study import LEVEL_CLASSES, semantic_dataset
+    from XraySegInferLib.lumbar_study import LEVEL_CLASSES
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "levels.txt").write_text(LEVEL_CLASSES)
     train, remade = export(make_phantoms(out / "phantoms", TRAIN_SEEDS, "phantom"), out / "phantom", "723",
-                           "LumbarPhantomMany", "1", args.threads, args.reuse)
+                           "LumbarPhantomMany", "1", args.threads, args.reuse,
+                           ("--ct-blur-range", args.ct_blur_range) if args.ct_blur_range else ())
     test, _ = export(make_phantoms(out / "test-phantoms", TEST_SEEDS, "testphantom"), out / "test", "724",
                      "LumbarPhantomTest", "7", args.threads, args.reuse)
-    semantic_out = out / "phantom-semantic"
-    semantic = None if remade else next(semantic_out.glob("Dataset*/dataset.json"), None)
-    if semantic is None:  # (re)made with the training export, so both families see the same images
-        shutil.rmtree(semantic_out, ignore_errors=True)
-        semantic = semantic_dataset(train, semantic_out)
-    else:
-        semantic = semantic.parent
+    families = {"instance": train}
+    if not args.instance_only:
+        families["semantic"] = semantic_copy(train, out / "phantom-semantic", remade)
     # the study's recipe with a validation every 1000 steps (the packaged weights are the best validation's)
     train_options = [*TRAIN]
     train_options[train_options.index("--val-every") + 1] = "1000"
     runs = {}
-    for family, data in (("instance", train), ("semantic", semantic)):
+    for family, data in families.items():
         run = out / f"run-{family}"
         runs[family] = run / "model"
         if args.reuse and not remade and (run / "model" / "model.json").exists():
@@ -111,7 +122,8 @@ def main() -> int:
     from XraySegSimLib.phantom.lumbar import PHANTOM_VERSION
 
     study = {"phantom_version": PHANTOM_VERSION, "train_phantoms": [TRAIN_SEEDS.start, TRAIN_SEEDS.stop - 1],
-             "test_phantoms": [TEST_SEEDS.start, TEST_SEEDS.stop - 1], "steps": int(args.steps)}
+             "test_phantoms": [TEST_SEEDS.start, TEST_SEEDS.stop - 1], "steps": int(args.steps),
+             "train_ct_blur_fwhm_mm": args.ct_blur_range or "0,0"}
     targets = {"unseen_phantoms": test}
     if args.ct_dataset.is_dir():
         targets["ct"] = args.ct_dataset
@@ -119,8 +131,9 @@ def main() -> int:
         print(f"note: no CT dataset at {args.ct_dataset} (make train-lumbar makes it): scored on the phantoms only")
     for key, dataset in targets.items():
         report = out / f"compare-to-{key}"
-        xrayseg("lumbar-compare", dataset, "--semantic", runs["semantic"], "--instance", runs["instance"],
-                "--split", "train", "--out", report)
+        semantic = ("--semantic", runs["semantic"]) if "semantic" in runs else ()
+        xrayseg("lumbar-compare", dataset, *semantic, "--instance", runs["instance"], "--split", "train",
+                "--out", report)
         study[f"tested_on_{key}"] = json.loads((report / "lumbar.json").read_text())
     (out / "study.json").write_text(json.dumps(study, indent=2))
     print(f"study -> {out / 'study.json'}")
