@@ -196,6 +196,23 @@ def test_same_seed_same_virtual_patients_other_seed_other_bodies(case, tmp_path)
     assert patients[0]["jacobian_min"] > 0
 
 
+@pytest.mark.slow
+def test_exports_made_before_the_scanner_blur_still_resume(case, tmp_path):
+    import dataclasses
+
+    root = export(case, tmp_path / "old", 5)
+    record = json.loads((root / "export.json").read_text())
+    del record["config"]["virtual_patient_ranges"]["blur_fwhm_mm"]  # as written before the option existed
+    (root / "export.json").write_text(json.dumps(record))
+    (root / "sidecars" / "trunk_v0002.json").unlink()  # one sample to finish
+    config = ExportConfig(out=str(tmp_path / "old"), view="chest-ap", views_per_ct=3, size=40, physics="none",
+                          seed=5, test_fraction=0.0, virtual_patients=2, previews=False)
+    assert run_export([case], config, load_mapping("spine = vertebrae_T6"), resume=True).n_ok == 3
+    blurred = dataclasses.replace(config, virtual_patient_ranges=VirtualPatientRanges(blur_fwhm_mm=(1.0, 2.0)).to_dict())
+    with pytest.raises(InputError, match="differ"):
+        run_export([case], blurred, load_mapping("spine = vertebrae_T6"), resume=True)
+
+
 def test_cli_options_reach_the_sidecar(case, tmp_path, capsys):
     from XraySegInferLib.entry import main
 

@@ -191,6 +191,9 @@ def run_export(
                              "another --out / --dataset-id")
         # An option added after the export was made is read as its default (old exports stay resumable).
         previous["config"] = {**to_jsonable(type(config)(out=config.out).content_dict()), **previous.get("config", {})}
+        ranges = previous["config"].get("virtual_patient_ranges")
+        if isinstance(ranges, dict):  # likewise inside: the scanner blur came later, and off is 0,0
+            ranges.setdefault("blur_fwhm_mm", [0.0, 0.0])
         changed = [k for k in ("config", "classes") if previous.get(k) != to_jsonable(content[k])]
         if changed:
             raise InputError(f"cannot resume {layout.root}: its {' and '.join(changed)} differ from this run's; "
