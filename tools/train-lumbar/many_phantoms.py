@@ -14,7 +14,8 @@ lumbar study gets 72 bodies instead of 6:
 
 Exports use the same settings as `make train-lumbar` (lumbar-lateral, 256 px, strong domain randomisation), and
 training its recipe with 20000 steps and a validation every 1000. Nothing is bundled: the figures go to
-OUT/study.json and the README.
+OUT/study.json and the README. ``--instance-only`` skips the semantic family; ``--ct-blur-range LOW,HIGH`` gives
+the training phantoms the export's scanner-resolution blur (the test phantoms stay sharp).
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ The shell is thicker than a real cortex (0.5-1.2 mm; a 1.5 mm grid cannot hold i
 and core (200-340 HU) gave an L3 a mean of 500-650 HU, two to three times the bone mass per vertebra of the
 sample abdomen CT (mean 220 HU over a label 1.5 times the volume), so a model trained on the phantoms looked for
 a much brighter spine than a CT shows.
+
+Version 4: each vertebra (T11-L5) also gets its own scale about its centre, 0.88-1.12 in depth and 0.9-1.1 in
+height and width, so the vertebrae of one phantom differ in shape as a person's do, and not only all together.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import numpy as np
 
 from ..volume import Volume
 
-PHANTOM_VERSION = 3
+PHANTOM_VERSION = 4
 SPINE_FILES = {
     "Model_Pose2Sim_Body25b.osim": "72a9baa6a2e7b5e364ca5445155b5a8415060a39bb754fb337b985b32dc8ba95",
     "lumbar1.vtp": "e5accaeba10f253693f894e66accecc6b61abccc950da6982359a9193ad3e7a8",
@@ -66,6 +69,8 @@ CHAIN = (("lumbar5", "L5_S1_IVDjnt", 27, "vertebrae_L5"), ("lumbar4", "L4_L5_IVD
 NAMES = {25: "sacrum", 26: "vertebrae_S1", 27: "vertebrae_L5", 28: "vertebrae_L4", 29: "vertebrae_L3",
          30: "vertebrae_L2", 31: "vertebrae_L1", 32: "vertebrae_T12", 33: "vertebrae_T11", 75: "femur_left",
          76: "femur_right", 77: "hip_left", 78: "hip_right", 200: "ribs_and_scapulae"}
+VERTEBRAE = ("vertebrae_T11", "vertebrae_T12", "vertebrae_L1", "vertebrae_L2", "vertebrae_L3", "vertebrae_L4",
+             "vertebrae_L5")
 # Bones that are not the spine: they neither set the grid's extent nor its centre.
 NOT_SPINE = ("sacrum", "hip_left", "hip_right", "femur_left", "femur_right", "ribs_and_scapulae")
 S1_HEIGHT_MM = 28.0
@@ -91,6 +96,8 @@ class LumbarParams:
     fat_mm: float = 20.0
     gas_pockets: int = 8
     voxel_mm: float = 1.5
+    # per vertebra (T11, T12, L1 ... L5): its own scale along depth, height and width about its centre
+    vertebra_scale: tuple[tuple[float, float, float], ...] = ((1.0, 1.0, 1.0),) * 7
 
 
 def random_params(seed: int) -> LumbarParams:
@@ -105,7 +112,9 @@ def random_params(seed: int) -> LumbarParams:
         abdomen_width_mm=float(rng.uniform(280.0, 370.0)), abdomen_depth_mm=float(rng.uniform(200.0, 290.0)),
         fat_mm=float(rng.uniform(8.0, 40.0)), gas_pockets=int(rng.integers(2, 9)),
         thoracic_flexion_deg=float(rng.uniform(-4.0, 3.0)),
-        hip_flexion_deg=(float(rng.uniform(-10.0, 15.0)), float(rng.uniform(-10.0, 15.0))))
+        hip_flexion_deg=(float(rng.uniform(-10.0, 15.0)), float(rng.uniform(-10.0, 15.0))),
+        vertebra_scale=tuple((float(d), float(h), float(w)) for d, h, w in
+                             zip(rng.uniform(0.88, 1.12, 7), rng.uniform(0.9, 1.1, 7), rng.uniform(0.9, 1.1, 7))))
 
 
 def _joint_rotation(flexion_deg: float, bending_deg: float) -> np.ndarray:
@@ -187,7 +196,8 @@ def posed_meshes(params: LumbarParams, folder: Path | None = None) -> dict[str, 
              "femur_left": ("femur_l", "femur_l.vtp"),
              **{name: (body, f"{body}.vtp") for body, _, _, name in CHAIN},
              **{name: (name, file) for name, file in TORSO_MESHES}}
-    return posed_model_meshes(folder, files, body_transforms(osim, params), params.scale)
+    own_scale = dict(zip(VERTEBRAE, params.vertebra_scale))
+    return posed_model_meshes(folder, files, body_transforms(osim, params), params.scale, own_scale)
 
 
 def opensim_to_ras(scale: float) -> np.ndarray:
@@ -198,9 +208,11 @@ def opensim_to_ras(scale: float) -> np.ndarray:
 
 
 def posed_model_meshes(folder: Path, files: dict[str, tuple[str, str]], transforms: dict[str, np.ndarray],
-                       scale: float) -> dict[str, object]:
+                       scale: float, own_scale: dict[str, tuple[float, float, float]] | None = None
+                       ) -> dict[str, object]:
     """{label name: vtkPolyData in RAS mm} of the model meshes ``files`` ({name: (body, mesh file)}), each scaled
-    as the .osim scales it, placed by its body's transform (``body_transforms``) and ``_smoothed``."""
+    as the .osim scales it, then by ``own_scale[name]`` (OpenSim X, Y, Z: depth, height, width) about its own
+    centre, placed by its body's transform (``body_transforms``) and ``_smoothed``."""
     from ..mesh_labels import read_mesh, transform_polydata
     from .hand_meshes import hand_mesh_scales
 
@@ -210,8 +222,20 @@ def posed_model_meshes(folder: Path, files: dict[str, tuple[str, str]], transfor
     for name, (body, file) in files.items():
         poly = read_mesh(folder / file, scale=1.0, lps=False)
         file_scale = np.diag([scales.get(file, 1.0)] * 3 + [1.0])
+        if own_scale and name in own_scale:
+            file_scale = _about_centre(poly, own_scale[name], scales.get(file, 1.0)) @ file_scale
         meshes[name] = _smoothed(transform_polydata(poly, to_ras @ transforms[body] @ file_scale))
     return meshes
+
+
+def _about_centre(poly, factors, file_scale: float) -> np.ndarray:
+    """4x4 scaling by ``factors`` about the centre of the mesh's points once scaled by ``file_scale``."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    centre = vtk_to_numpy(poly.GetPoints().GetData()).astype(float).mean(axis=0) * file_scale
+    out = np.diag([*map(float, factors), 1.0])
+    out[:3, 3] = centre - np.asarray(factors, float) * centre
+    return out
 
 
 def box_grid(low: np.ndarray, high: np.ndarray, voxel_mm: float, name: str) -> Volume:
