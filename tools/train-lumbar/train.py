@@ -1,4 +1,4 @@
-"""Reproduce the lumbar study and the bundled lumbar model (Resources/Models/lumbar/): `make train-lumbar`.
+"""Reproduce the lumbar study (the CT against the phantoms): `make train-lumbar`.
 
 Two bodies, never mixed between training and test:
 
@@ -9,7 +9,9 @@ Two bodies, never mixed between training and test:
 
 For each body, a per-level export (classes L1 ... L5, S1) and its one-class copy (vertebra) give the same images to
 both model families. Each family is trained on one body and scored on the other (`xrayseg lumbar-compare`), both
-ways. The bundled model is the instance-aware model trained on the CT, with the study's figures on its card.
+ways. The study goes to OUT/study.json, and onto the card of the bundled model (tools/train-lumbar/mixed.py,
+`make lumbar-mixed`, trained on this CT export and the many-phantom export). ``--bundle DIR`` bundles this
+script's CT-trained instance model instead (the bundle before version 0.2.0 of the lumbar model).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def export_bodies(out: Path, threads: str) -> dict[str, Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "out" / "lumbar")
-    parser.add_argument("--bundle", type=Path, default=REPO / "Resources" / "Models" / "lumbar")
+    parser.add_argument("--bundle", type=Path,
+                        help="bundle the CT-trained instance model here (the bundle is now mixed.py's model)")
     parser.add_argument("--threads", default="2")
     parser.add_argument("--reuse", action="store_true", help="keep exports and runs that are already complete")
     args = parser.parse_args()
@@ -96,13 +99,21 @@ def main() -> int:
                 "--instance", runs[(train_body, "instance")], "--split", "train", "--out", report)
         study[f"trained_on_{train_body}_tested_on_{test_body}"] = json.loads((report / "lumbar.json").read_text())
     (out / "study.json").write_text(json.dumps(study, indent=2))
-    bundle_model(runs[("ct", "instance")], args.bundle, study)
-    print(f"bundled -> {args.bundle}")
+    if args.bundle:
+        bundle_model(runs[("ct", "instance")], args.bundle, study)
+        print(f"bundled -> {args.bundle}")
     return 0
 
 
-def bundle_model(model: Path, bundle: Path, study: dict) -> None:
-    """Copy the instance-aware CT model, name its segments L1 ... S1 with SNOMED codes, store the study, seal it."""
+CT_DESCRIPTION = ("Lateral lumbar radiographs: L1-L5 and S1, each its own class (instance-aware, multi-label so "
+                  "overlaps survive); trained on DRRs of one abdomen-pelvis CT's virtual patients")
+CT_VALIDATED = ("lateral DRRs of a body never seen in training (lumbar phantoms for the CT-trained model); no real "
+                "radiograph with masks was available, so real-image accuracy is NOT validated")
+
+
+def bundle_model(model: Path, bundle: Path, study: dict, description: str = CT_DESCRIPTION,
+                 validated: str = CT_VALIDATED, version: str | None = None) -> None:
+    """Copy an instance-aware model, name its segments L1 ... S1 with SNOMED codes, store the study, seal it."""
     from XraySegInferLib.package import CARD_FILE, seal_package
 
     shutil.rmtree(bundle, ignore_errors=True)
@@ -114,11 +125,10 @@ def bundle_model(model: Path, bundle: Path, study: dict) -> None:
                                         "CodeMeaning": "Anatomical structure"},
                            "type": {"CodeValue": code, "CodingSchemeDesignator": "SCT", "CodeMeaning": meaning}}
     card["name"] = "xrayseg-lumbar-vertebrae"
-    card["description"] = ("Lateral lumbar radiographs: L1-L5 and S1, each its own class (instance-aware, multi-label "
-                           "so overlaps survive); trained on DRRs of one abdomen-pelvis CT's virtual patients")
+    card["version"] = version or card.get("version", "0.1.0")
+    card["description"] = description
     card["metrics"] = dict(card.get("metrics", {}), lumbar_study=study)
-    card["validated"] = ("lateral DRRs of a body never seen in training (lumbar phantoms for the CT-trained model); "
-                         "no real radiograph with masks was available, so real-image accuracy is NOT validated")
+    card["validated"] = validated
     (bundle / CARD_FILE).write_text(json.dumps(card, indent=2))
     seal_package(bundle)
     add_to_catalog(bundle, card)

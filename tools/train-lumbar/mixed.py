@@ -1,0 +1,129 @@
+"""The lumbar instance-aware model trained on both kinds of body (issue 14 A): `make lumbar-mixed`.
+
+* training: the CT export of `make train-lumbar` (Dataset721: the abdomen-pelvis CT, 12 virtual patients, 120
+  lateral views) and the 72-phantom export of `make lumbar-many-phantoms` (Dataset723, 720 views), merged with
+  `xrayseg merge-datasets` (links); the trainer validates on whole phantoms (its split by CT; the script stops if
+  the CT would land in validation);
+* test: the 12 phantoms never used for training or validation (Dataset724); and 30 new views of the CT (new
+  virtual patients and views, export seed 11, Dataset726). The CT is in training, so these views say how well
+  the model learnt that body, not how it transfers to an unseen CT: that is what the phantom-only and CT-only
+  models of the two studies measure (each scored on the body it never saw);
+* the same recipe and steps as the many-phantom study.
+
+With ``--bundle DIR`` the model becomes the bundled lumbar model (train.py's `bundle_model`), its card carrying
+the two studies (``--study``, ``--many-study``) and this model's own figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train import EXPORT, TRAIN, bundle_model, xrayseg  # noqa: E402
+
+DESCRIPTION = ("Lateral lumbar radiographs: L1-L5 and S1, each its own class (instance-aware, multi-label so "
+               "overlaps survive); trained on DRRs of one abdomen-pelvis CT's virtual patients and of 72 lumbar "
+               "phantoms")
+VALIDATED = ("lateral DRRs of 12 lumbar phantoms never seen in training; the one CT with lumbar labels is in "
+             "training, so transfer to an unseen CT is measured only by the studies' single-body models; no real "
+             "radiograph with masks was available, so real-image accuracy is NOT validated")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ct-dataset", type=Path, default=REPO / "out" / "lumbar" / "ct" / "Dataset721_LumbarCT")
+    parser.add_argument("--many", type=Path, default=REPO / "out" / "lumbar-many",
+                        help="output folder of many_phantoms.py (its phantom export, test export and study.json)")
+    parser.add_argument("--out", type=Path, default=REPO / "out" / "lumbar-mixed")
+    parser.add_argument("--steps", default="8000")
+    parser.add_argument("--threads", default="2")
+    parser.add_argument("--study", type=Path, default=REPO / "out" / "lumbar" / "study.json",
+                        help="the CT-vs-phantom study of train.py, kept on the card")
+    parser.add_argument("--bundle", type=Path, help="bundle the model here (e.g. Resources/Models/lumbar)")
+    parser.add_argument("--reuse", action="store_true", help="keep a trained model in OUT/run-instance")
+    args = parser.parse_args()
+
+    phantoms = next((args.many / "phantom").glob("Dataset*/dataset.json"), None)
+    test = next((args.many / "test").glob("Dataset*/dataset.json"), None)
+    needed = [(args.ct_dataset / "dataset.json", "make train-lumbar"), (phantoms, "many_phantoms.py"),
+              (test, "many_phantoms.py")] + ([(args.study, "make train-lumbar")] if args.bundle else [])
+    missing = [(path, maker) for path, maker in needed if path is None or not Path(path).is_file()]
+    if missing:
+        path, maker = missing[0]
+        print(f"error: {path or args.many} has no export; run {maker} first", file=sys.stderr)
+        return 2
+    phantoms, test = phantoms.parent, test.parent
+    args.out.mkdir(parents=True, exist_ok=True)
+    run = args.out / "run-instance"
+    if not (args.reuse and (run / "model" / "model.json").is_file()):
+        train_mixed(args.ct_dataset, phantoms, args.out, run, args.steps, args.threads)
+    card = json.loads((run / "model" / "model.json").read_text())
+    ct_views = new_ct_views(args.ct_dataset, args.out / "ct-views", args.threads)
+    own = {"train_cts": card["training"].get("train_cts"), "steps": int(args.steps)}
+    for key, dataset in (("unseen_phantoms", test), ("new_views_of_the_training_ct", ct_views)):
+        report = args.out / f"compare-to-{key}"
+        xrayseg("lumbar-compare", dataset, "--instance", run / "model", "--split", "train", "--out", report)
+        own[f"tested_on_{key}"] = json.loads((report / "lumbar.json").read_text())
+    (args.out / "mixed.json").write_text(json.dumps(own, indent=2))
+    print(f"figures -> {args.out / 'mixed.json'}")
+    if args.bundle:
+        study = json.loads(args.study.read_text())
+        study["many_phantoms"] = json.loads((args.many / "study.json").read_text())
+        study["bundled_model_ct_and_phantoms"] = own
+        bundle_model(run / "model", args.bundle, study, DESCRIPTION, VALIDATED, version="0.2.0")
+        print(f"bundled -> {args.bundle}")
+    return 0
+
+
+def train_mixed(ct_dataset: Path, phantoms: Path, out: Path, run: Path, steps: str, threads: str) -> None:
+    """Merge the two exports (links) and train the instance-aware family on them, the CT kept in training."""
+    merged = out / "data"
+    xrayseg("merge-datasets", ct_dataset, phantoms, "--out", merged, "--name", "Dataset725_LumbarMixed")
+    data = merged / "Dataset725_LumbarMixed"
+    _check_ct_trains(data, _ct_ids(ct_dataset))
+    shutil.rmtree(run, ignore_errors=True)
+    options = [*TRAIN]
+    options[options.index("--val-every") + 1] = "1000"
+    xrayseg("train", data, "--steps", steps, "--threads", threads, "--out", run, *options,
+            "--name", "Lumbar L1-L5+S1 (instance-aware, CT + 72 phantoms)")
+
+
+def new_ct_views(ct_dataset: Path, out: Path, threads: str) -> Path:
+    """30 new lateral views of the sample CT that ``ct_dataset`` was exported from (train.py's export with 12 new
+    virtual patients, seed 11)."""
+    from XraySegSimLib.sample_data import fetch_sample
+
+    ct = fetch_sample("abdomen-pelvis-ct")
+    shutil.rmtree(out, ignore_errors=True)
+    xrayseg("export", "--ct", ct["ct"], "--labels", ct["labels"], "--names", ct["names"], "--classes",
+            ct_dataset.parents[1] / "levels.txt", "--virtual-patients", "12", "--views-per-ct", "30", "--seed", "11",
+            "--threads", threads, "--dataset-id", "726", "--dataset-name", "LumbarCTNewViews", "--out", out, *EXPORT)
+    return out / "Dataset726_LumbarCTNewViews"
+
+
+def _check_ct_trains(data: Path, ct_ids: set[str]) -> None:
+    """Stop before training if the recipe's split by CT would put the CT in validation (not in training)."""
+    from XraySegInferLib.dataset import read_dataset
+    from XraySegInferLib.training import RECIPES
+
+    recipe = RECIPES["chest-sample"]
+    _, validation = read_dataset(data).split_by_ct(recipe["val_fraction"], recipe["seed"])
+    held = ct_ids & {c.ct_id for c in validation}
+    if held:
+        raise SystemExit(f"the recipe's split would validate on {sorted(held)}: it must train on the CT")
+
+
+def _ct_ids(dataset: Path) -> set[str]:
+    import csv
+
+    with open(dataset / "manifest.csv", newline="") as handle:
+        return {row["ct_id"] for row in csv.DictReader(handle)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
