@@ -17,6 +17,8 @@ same seed gives the same bodies whatever the order of work:
 * **Scanner resolution** (off by default): the HU blurred by a 3D Gaussian of FWHM ``blur_fwhm_mm`` (drawn per
   patient), so that a sharp source (a mesh phantom, a thin-slice CT) also looks like a thick-slice CT, whose
   partial volume dims thin cortex and endplates. The blur conserves mass (HU x volume); labels are not blurred.
+  Its FWHM is in the CT's own grid, before the anisotropic scaling (which scales it with the body). It needs a
+  float copy of the HU and SciPy's buffers (about 4-5 volumes of 4 bytes) while the patient is set up.
 
 HU is interpolated trilinearly, labels by nearest neighbour, both in one numba pass over the projector's packed
 voxels (low 16 bits HU, high 16 bits class): the deformed CT is never held as float, so memory is one more

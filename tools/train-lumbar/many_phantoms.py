@@ -38,36 +38,62 @@ STEPS = "20000"
 PHANTOM_FILES = ("ct.nii.gz", "labels.nii.gz", "names.csv")
 
 
-def make_phantoms(folder: Path, seeds: range, id_prefix: str) -> Path:
+def make_phantoms(folder: Path, seeds: range, id_prefix: str) -> tuple[Path, bool]:
     """Phantoms in two processes at once (one numba thread each; the phantom builder is serial), kept where all
-    their files were made; returns the pairs CSV (CT ids ``id_prefix + seed``: an export's draws depend on them)."""
-    def one(seed: int) -> None:
+    their files were made by this phantom version from the same seed; returns the pairs CSV (CT ids
+    ``id_prefix + seed``: an export's draws depend on them) and whether any phantom was made now."""
+    def one(seed: int) -> bool:
         target = folder / f"p{seed}"
-        if not all((target / name).exists() for name in PHANTOM_FILES):
-            subprocess.run([sys.executable, "-m", "XraySegInferLib.entry", "phantom", "lumbar", "--out", str(target),
-                            "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL,
-                           env={**os.environ, "NUMBA_NUM_THREADS": "1"})
+        if _current_phantom(target, seed):
+            return False
+        shutil.rmtree(target, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "XraySegInferLib.entry", "phantom", "lumbar", "--out", str(target),
+                        "--seed", str(seed)], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "NUMBA_NUM_THREADS": "1"})
+        return True
 
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(one, seeds))
+        made = any(list(pool.map(one, seeds)))
     rows = ["ct,labels,id,names"] + [f"{folder.name}/p{s}/ct.nii.gz,{folder.name}/p{s}/labels.nii.gz,"
                                      f"{id_prefix}{s},{folder.name}/p{s}/names.csv" for s in seeds]
     pairs = folder.parent / f"{folder.name}.csv"
     pairs.write_text("\n".join(rows) + "\n")
-    return pairs
+    return pairs, made
+
+
+def _current_phantom(target: Path, seed: int) -> bool:
+    """All files there, made by this phantom version from ``seed`` (an older version's phantom is made again)."""
+    from XraySegSimLib.phantom.lumbar import PHANTOM_VERSION
+
+    if not all((target / name).exists() for name in (*PHANTOM_FILES, "phantom.json")):
+        return False
+    record = json.loads((target / "phantom.json").read_text())
+    return record.get("version") == PHANTOM_VERSION and record.get("params", {}).get("seed") == seed
 
 
 def export(pairs: Path, out: Path, dataset_id: str, name: str, seed: str, threads: str,
            reuse: bool, extra: tuple[str, ...] = ()) -> tuple[Path, bool]:
-    """The export's dataset folder, and whether it was made now (False: kept, with ``reuse``)."""
+    """The export's dataset folder, and whether it was made now (False: kept, with ``reuse``, when it exists and
+    was made with the same scanner blur)."""
     dataset = out / f"Dataset{dataset_id}_{name}"
-    if reuse and (dataset / "dataset.json").exists():
+    if reuse and (dataset / "dataset.json").exists() and _blur_of(dataset) == _blur_of_options(extra):
         return dataset, False
     shutil.rmtree(out, ignore_errors=True)
     xrayseg("export", "--pairs", pairs, "--classes", out.parent / "levels.txt", "--virtual-patients", "1",
             "--views-per-ct", "10", "--seed", seed, "--threads", threads, "--dataset-id", dataset_id,
             "--dataset-name", name, "--out", out, *EXPORT, *extra)
     return dataset, True
+
+
+def _blur_of(dataset: Path) -> list[float]:
+    config = json.loads((dataset / "export.json").read_text()).get("config", {})
+    return [float(v) for v in config.get("virtual_patient_ranges", {}).get("blur_fwhm_mm", [0.0, 0.0])]
+
+
+def _blur_of_options(options: tuple[str, ...]) -> list[float]:
+    if "--ct-blur-range" not in options:
+        return [0.0, 0.0]
+    return [float(v) for v in options[options.index("--ct-blur-range") + 1].split(",")]
 
 
 def semantic_copy(train: Path, folder: Path, remade: bool) -> Path:
@@ -92,17 +118,30 @@ def main() -> int:
     parser.add_argument("--ct-blur-range", metavar="LOW,HIGH",
                         help="scanner-resolution blur (FWHM mm) of the training phantoms only (export's option)")
     args = parser.parse_args()
+    from XraySegSimLib.errors import InputError
+    from XraySegSimLib.virtual_patient import VirtualPatientRanges
+
+    if args.ct_blur_range:
+        try:
+            low, high = (float(v) for v in args.ct_blur_range.split(","))
+            VirtualPatientRanges(blur_fwhm_mm=(low, high))
+        except ValueError:
+            parser.error(f"--ct-blur-range expects LOW,HIGH (two numbers), got '{args.ct_blur_range}'")
+        except InputError as error:
+            parser.error(str(error))
 
     from XraySegInferLib.lumbar_study import LEVEL_CLASSES
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "levels.txt").write_text(LEVEL_CLASSES)
-    train, remade = export(make_phantoms(out / "phantoms", TRAIN_SEEDS, "phantom"), out / "phantom", "723",
-                           "LumbarPhantomMany", "1", args.threads, args.reuse,
+    pairs, new_phantoms = make_phantoms(out / "phantoms", TRAIN_SEEDS, "phantom")
+    train, remade = export(pairs, out / "phantom", "723", "LumbarPhantomMany", "1", args.threads,
+                           args.reuse and not new_phantoms,
                            ("--ct-blur-range", args.ct_blur_range) if args.ct_blur_range else ())
-    test, _ = export(make_phantoms(out / "test-phantoms", TEST_SEEDS, "testphantom"), out / "test", "724",
-                     "LumbarPhantomTest", "7", args.threads, args.reuse)
+    pairs, new_phantoms = make_phantoms(out / "test-phantoms", TEST_SEEDS, "testphantom")
+    test, _ = export(pairs, out / "test", "724", "LumbarPhantomTest", "7", args.threads,
+                     args.reuse and not new_phantoms)
     families = {"instance": train}
     if not args.instance_only:
         families["semantic"] = semantic_copy(train, out / "phantom-semantic", remade)

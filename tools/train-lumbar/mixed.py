@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import EXPORT, TRAIN, bundle_model, xrayseg  # noqa: E402
 
 DESCRIPTION = ("Lateral lumbar radiographs: L1-L5 and S1, each its own class (instance-aware, multi-label so "
-               "overlaps survive); trained on DRRs of one abdomen-pelvis CT's virtual patients and of 72 lumbar "
-               "phantoms")
+               "overlaps survive); trained on DRRs of one abdomen-pelvis CT's virtual patients and of lumbar "
+               "phantoms (72: 57 train, 15 validate)")
 VALIDATED = ("lateral DRRs of 12 lumbar phantoms never seen in training; the one CT with lumbar labels is in "
              "training, so transfer to an unseen CT is measured only by the studies' single-body models; no real "
              "radiograph with masks was available, so real-image accuracy is NOT validated")
@@ -46,16 +46,20 @@ def main() -> int:
                         help="the CT-vs-phantom study of train.py, kept on the card")
     parser.add_argument("--bundle", type=Path, help="bundle the model here (e.g. Resources/Models/lumbar)")
     parser.add_argument("--reuse", action="store_true", help="keep a trained model in OUT/run-instance")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
+                        help="also score this model package on the same test sets (e.g. the single-body models)")
     args = parser.parse_args()
 
     phantoms = next((args.many / "phantom").glob("Dataset*/dataset.json"), None)
     test = next((args.many / "test").glob("Dataset*/dataset.json"), None)
     needed = [(args.ct_dataset / "dataset.json", "make train-lumbar"), (phantoms, "many_phantoms.py"),
-              (test, "many_phantoms.py")] + ([(args.study, "make train-lumbar")] if args.bundle else [])
+              (test, "many_phantoms.py")]
+    if args.bundle:
+        needed += [(args.study, "make train-lumbar"), (args.many / "study.json", "many_phantoms.py")]
     missing = [(path, maker) for path, maker in needed if path is None or not Path(path).is_file()]
     if missing:
         path, maker = missing[0]
-        print(f"error: {path or args.many} has no export; run {maker} first", file=sys.stderr)
+        print(f"error: {path or args.many / 'phantom'} is missing; run {maker} first", file=sys.stderr)
         return 2
     phantoms, test = phantoms.parent, test.parent
     args.out.mkdir(parents=True, exist_ok=True)
@@ -64,11 +68,11 @@ def main() -> int:
         train_mixed(args.ct_dataset, phantoms, args.out, run, args.steps, args.threads)
     card = json.loads((run / "model" / "model.json").read_text())
     ct_views = new_ct_views(args.ct_dataset, args.out / "ct-views", args.threads)
-    own = {"train_cts": card["training"].get("train_cts"), "steps": int(args.steps)}
-    for key, dataset in (("unseen_phantoms", test), ("new_views_of_the_training_ct", ct_views)):
-        report = args.out / f"compare-to-{key}"
-        xrayseg("lumbar-compare", dataset, "--instance", run / "model", "--split", "train", "--out", report)
-        own[f"tested_on_{key}"] = json.loads((report / "lumbar.json").read_text())
+    own = {"train_cts": card["training"].get("train_cts"), "validation_cts": card["training"].get("validation_cts"),
+           "steps": int(args.steps), **scores(run / "model", test, ct_views, args.out / "this")}
+    others = dict(item.split("=", 1) for item in args.compare)
+    if others:
+        own["compared"] = {name: scores(Path(model), test, ct_views, args.out / name) for name, model in others.items()}
     (args.out / "mixed.json").write_text(json.dumps(own, indent=2))
     print(f"figures -> {args.out / 'mixed.json'}")
     if args.bundle:
@@ -78,6 +82,16 @@ def main() -> int:
         bundle_model(run / "model", args.bundle, study, DESCRIPTION, VALIDATED, version="0.2.0")
         print(f"bundled -> {args.bundle}")
     return 0
+
+
+def scores(model: Path, test: Path, ct_views: Path, out: Path) -> dict:
+    """``lumbar-compare`` of one instance-aware model on the unseen phantoms and on the new views of the CT."""
+    result = {}
+    for key, dataset in (("unseen_phantoms", test), ("new_views_of_the_training_ct", ct_views)):
+        report = out / f"compare-to-{key}"
+        xrayseg("lumbar-compare", dataset, "--instance", model, "--split", "train", "--out", report)
+        result[f"tested_on_{key}"] = json.loads((report / "lumbar.json").read_text())
+    return result
 
 
 def train_mixed(ct_dataset: Path, phantoms: Path, out: Path, run: Path, steps: str, threads: str) -> None:
@@ -111,7 +125,7 @@ def _check_ct_trains(data: Path, ct_ids: set[str]) -> None:
     from XraySegInferLib.dataset import read_dataset
     from XraySegInferLib.training import RECIPES
 
-    recipe = RECIPES["chest-sample"]
+    recipe = RECIPES[TRAIN[TRAIN.index("--recipe") + 1]]
     _, validation = read_dataset(data).split_by_ct(recipe["val_fraction"], recipe["seed"])
     held = ct_ids & {c.ct_id for c in validation}
     if held:
