@@ -83,6 +83,8 @@ def test_bundled_lumbar_model_is_listed_with_level_codes_and_finds_the_spine(tmp
     assert study["instance"]["recognition_rate"] >= study["semantic"]["recognition_rate"]
     own = card["metrics"]["lumbar_study"]["bundled_model_ct_and_phantoms"]
     assert "example_ct" in own["train_cts"] and own["tested_on_unseen_phantoms"]["instance"]["images"] == 120
+    readme = (REPO / "Resources" / "Models" / "lumbar" / "README.md").read_text()
+    assert f"{card['name']} {card['version']}" in readme and card["weights"]["sha256"] in readme
 
     dataset = read_dataset(export_lumbar_phantom(tmp_path, seed=77, voxel_mm=2.0, views=1, size=256))
     image, masks, spacing = dataset.load(dataset.cases[0])
