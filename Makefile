@@ -138,13 +138,13 @@ lumbar-many-phantoms: setup
 	$(PY) tools/train-lumbar/many_phantoms.py --threads 2
 
 # The bundled lumbar model (Resources/Models/lumbar/): instance-aware, trained on the CT export of train-lumbar
-# and 72 phantoms (8,000 steps), scored on 12 unseen phantoms and new views of the CT; about 45 min after
-# train-lumbar. See tools/train-lumbar/mixed.py.
+# and 72 phantoms (8,000 steps), scored on 12 unseen phantoms and new views of the CT; about 60 min after
+# train-lumbar, with the semantic family on the same images for the paper's table. See tools/train-lumbar/mixed.py.
 lumbar-mixed: setup
 	@test -f out/lumbar/ct/Dataset721_LumbarCT/dataset.json -a -f out/lumbar/study.json || \
 	  { echo "error: out/lumbar has no CT export and study; run make train-lumbar first" >&2; exit 2; }
 	$(PY) tools/train-lumbar/many_phantoms.py --threads 2 --steps 8000 --instance-only --reuse --out out/lumbar-many-v4
-	$(PY) tools/train-lumbar/mixed.py --threads 2 --many out/lumbar-many-v4 --bundle Resources/Models/lumbar \
+	$(PY) tools/train-lumbar/mixed.py --threads 2 --many out/lumbar-many-v4 --bundle Resources/Models/lumbar --with-semantic \
 	  --compare ct-only=out/lumbar/run-ct-instance/model --compare phantoms-only=out/lumbar-many-v4/run-instance/model
 
 # The proximal-femur 3D V-Net demonstrator (issue 14 B): both femurs of the abdomen-pelvis sample CT, held out by

@@ -46,6 +46,8 @@ def main() -> int:
                         help="the CT-vs-phantom study of train.py, kept on the card")
     parser.add_argument("--bundle", type=Path, help="bundle the model here (e.g. Resources/Models/lumbar)")
     parser.add_argument("--reuse", action="store_true", help="keep a trained model in OUT/run-instance")
+    parser.add_argument("--with-semantic", action="store_true",
+                        help="also train the semantic family on the same images and score both (the paper's table)")
     parser.add_argument("--compare", action="append", default=[], metavar="NAME=MODEL",
                         help="also score this model package on the same test sets (e.g. the single-body models)")
     args = parser.parse_args()
@@ -73,6 +75,9 @@ def main() -> int:
     others = dict(item.split("=", 1) for item in args.compare)
     if others:
         own["compared"] = {name: scores(Path(model), test, ct_views, args.out / name) for name, model in others.items()}
+    if args.with_semantic:
+        own["families"] = both_families(args, run / "model", {"unseen_phantoms": test,
+                                                               "new_views_of_the_training_ct": ct_views})
     (args.out / "mixed.json").write_text(json.dumps(own, indent=2))
     print(f"figures -> {args.out / 'mixed.json'}")
     if args.bundle:
@@ -133,17 +138,44 @@ def scores(model: Path, test: Path, ct_views: Path, out: Path) -> dict:
     return result
 
 
-def train_mixed(ct_dataset: Path, phantoms: Path, out: Path, run: Path, steps: str, threads: str) -> None:
-    """Merge the two exports (links) and train the instance-aware family on them, the CT kept in training."""
+def merged_data(ct_dataset: Path, phantoms: Path, out: Path) -> Path:
+    """The two exports in one dataset of links (``xrayseg merge-datasets``), the CT checked to stay in training."""
     merged = out / "data"
     xrayseg("merge-datasets", ct_dataset, phantoms, "--out", merged, "--name", "Dataset725_LumbarMixed")
     data = merged / "Dataset725_LumbarMixed"
     _check_ct_trains(data, _ct_ids(ct_dataset))
+    return data
+
+
+def train_family(data: Path, run: Path, steps: str, threads: str, name: str) -> None:
     shutil.rmtree(run, ignore_errors=True)
     options = [*TRAIN]
     options[options.index("--val-every") + 1] = "1000"
-    xrayseg("train", data, "--steps", steps, "--threads", threads, "--out", run, *options,
-            "--name", "Lumbar L1-L5+S1 (instance-aware, CT + 72 phantoms)")
+    xrayseg("train", data, "--steps", steps, "--threads", threads, "--out", run, *options, "--name", name)
+
+
+def train_mixed(ct_dataset: Path, phantoms: Path, out: Path, run: Path, steps: str, threads: str) -> None:
+    """Train the instance-aware family on the merged exports."""
+    train_family(merged_data(ct_dataset, phantoms, out), run, steps, threads,
+                 "Lumbar L1-L5+S1 (instance-aware, CT + 72 phantoms)")
+
+
+def both_families(args, instance: Path, targets: dict[str, Path]) -> dict:
+    """The semantic family trained on the one-class copy of the same images, and both scored on ``targets``."""
+    from XraySegInferLib.lumbar_study import semantic_dataset
+
+    run = args.out / "run-semantic"
+    if not (args.reuse and (run / "model" / "model.json").is_file()):
+        phantoms = next((args.many / "phantom").glob("Dataset*/dataset.json")).parent
+        data = semantic_dataset(merged_data(args.ct_dataset, phantoms, args.out), args.out / "data-semantic")
+        train_family(data, run, args.steps, args.threads, "Lumbar vertebra (semantic, CT + 72 phantoms)")
+    result = {}
+    for key, dataset in targets.items():
+        report = args.out / "families" / f"compare-to-{key}"
+        xrayseg("lumbar-compare", dataset, "--semantic", run / "model", "--instance", instance, "--split", "train",
+                "--out", report)
+        result[f"tested_on_{key}"] = json.loads((report / "lumbar.json").read_text())
+    return result
 
 
 def new_ct_views(ct_dataset: Path, out: Path, threads: str) -> Path:
