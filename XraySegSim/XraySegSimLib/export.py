@@ -146,6 +146,15 @@ def _wait_any(futures: list, timeout: float, kind: str):
     return list(done)
 
 
+def _with_defaults(options: dict, defaults: dict) -> dict:
+    """``options`` with every option it lacks read as its default, one level into groups of options (dicts)."""
+    merged = {**defaults, **options}
+    for key, default in defaults.items():
+        if isinstance(default, dict) and isinstance(merged[key], dict):
+            merged[key] = {**default, **merged[key]}
+    return merged
+
+
 def run_export(
     cases: Sequence[CaseInput],
     config: ExportConfig,
@@ -189,12 +198,13 @@ def run_export(
         if not resume:
             raise InputError(f"{layout.root} already holds an export; pass --resume to continue it, or choose "
                              "another --out / --dataset-id")
-        # An option added after the export was made is read as its default (old exports stay resumable).
-        previous["config"] = {**to_jsonable(type(config)(out=config.out).content_dict()), **previous.get("config", {})}
-        ranges = previous["config"].get("virtual_patient_ranges")
-        if isinstance(ranges, dict):  # likewise inside: the scanner blur came later, and off is 0,0
-            ranges.setdefault("blur_fwhm_mm", [0.0, 0.0])
-        changed = [k for k in ("config", "classes") if previous.get(k) != to_jsonable(content[k])]
+        # An option added after the export was made is read as its default (old exports stay resumable), also
+        # inside a group of options such as virtual_patient_ranges (the scanner blur came later).
+        defaults = to_jsonable(type(config)(out=config.out).content_dict())
+        previous["config"] = _with_defaults(previous.get("config", {}), defaults)
+        now = {"config": _with_defaults(to_jsonable(content["config"]), defaults),
+               "classes": to_jsonable(content["classes"])}
+        changed = [k for k in ("config", "classes") if previous.get(k) != now[k]]
         if changed:
             raise InputError(f"cannot resume {layout.root}: its {' and '.join(changed)} differ from this run's; "
                              "use the same options (seed, views, size, classes...) or another --out")
