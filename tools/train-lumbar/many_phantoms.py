@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import EXPORT, TRAIN, xrayseg  # noqa: E402
+from train import EXPORT, train_options, xrayseg  # noqa: E402
 
 TRAIN_SEEDS, TEST_SEEDS = range(100, 172), range(200, 212)
 STEPS = "20000"
@@ -72,28 +72,22 @@ def _current_phantom(target: Path, seed: int) -> bool:
 
 
 def export(pairs: Path, out: Path, dataset_id: str, name: str, seed: str, threads: str,
-           reuse: bool, extra: tuple[str, ...] = ()) -> tuple[Path, bool]:
+           reuse: bool, blur: tuple[float, float] = (0.0, 0.0)) -> tuple[Path, bool]:
     """The export's dataset folder, and whether it was made now (False: kept, with ``reuse``, when it exists and
-    was made with the same scanner blur)."""
+    was made with the same scanner blur, FWHM LOW and HIGH in mm)."""
     dataset = out / f"Dataset{dataset_id}_{name}"
-    if reuse and (dataset / "dataset.json").exists() and _blur_of(dataset) == _blur_of_options(extra):
+    if reuse and (dataset / "dataset.json").exists() and _blur_of(dataset) == list(blur):
         return dataset, False
     shutil.rmtree(out, ignore_errors=True)
     xrayseg("export", "--pairs", pairs, "--classes", out.parent / "levels.txt", "--virtual-patients", "1",
             "--views-per-ct", "10", "--seed", seed, "--threads", threads, "--dataset-id", dataset_id,
-            "--dataset-name", name, "--out", out, *EXPORT, *extra)
+            "--dataset-name", name, "--out", out, *EXPORT, "--ct-blur-range", ",".join(map(str, blur)))
     return dataset, True
 
 
 def _blur_of(dataset: Path) -> list[float]:
     config = json.loads((dataset / "export.json").read_text()).get("config", {})
     return [float(v) for v in config.get("virtual_patient_ranges", {}).get("blur_fwhm_mm", [0.0, 0.0])]
-
-
-def _blur_of_options(options: tuple[str, ...]) -> list[float]:
-    if "--ct-blur-range" not in options:
-        return [0.0, 0.0]
-    return [float(v) for v in options[options.index("--ct-blur-range") + 1].split(",")]
 
 
 def semantic_copy(train: Path, folder: Path, remade: bool) -> Path:
@@ -121,10 +115,11 @@ def main() -> int:
     from XraySegSimLib.errors import InputError
     from XraySegSimLib.virtual_patient import VirtualPatientRanges
 
+    blur = (0.0, 0.0)
     if args.ct_blur_range:
         try:
-            low, high = (float(v) for v in args.ct_blur_range.split(","))
-            VirtualPatientRanges(blur_fwhm_mm=(low, high))
+            blur = tuple(float(v) for v in args.ct_blur_range.split(","))
+            VirtualPatientRanges(blur_fwhm_mm=blur)
         except ValueError:
             parser.error(f"--ct-blur-range expects LOW,HIGH (two numbers), got '{args.ct_blur_range}'")
         except InputError as error:
@@ -137,8 +132,7 @@ def main() -> int:
     (out / "levels.txt").write_text(LEVEL_CLASSES)
     pairs, new_phantoms = make_phantoms(out / "phantoms", TRAIN_SEEDS, "phantom")
     train, remade = export(pairs, out / "phantom", "723", "LumbarPhantomMany", "1", args.threads,
-                           args.reuse and not new_phantoms,
-                           ("--ct-blur-range", args.ct_blur_range) if args.ct_blur_range else ())
+                           args.reuse and not new_phantoms, blur)
     pairs, new_phantoms = make_phantoms(out / "test-phantoms", TEST_SEEDS, "testphantom")
     test, _ = export(pairs, out / "test", "724", "LumbarPhantomTest", "7", args.threads,
                      args.reuse and not new_phantoms)
@@ -146,8 +140,7 @@ def main() -> int:
     if not args.instance_only:
         families["semantic"] = semantic_copy(train, out / "phantom-semantic", remade)
     # the study's recipe with a validation every 1000 steps (the packaged weights are the best validation's)
-    train_options = [*TRAIN]
-    train_options[train_options.index("--val-every") + 1] = "1000"
+    options = train_options("1000")
     runs = {}
     for family, data in families.items():
         run = out / f"run-{family}"
@@ -155,7 +148,7 @@ def main() -> int:
         if args.reuse and not remade and (run / "model" / "model.json").exists():
             continue
         shutil.rmtree(run, ignore_errors=True)
-        xrayseg("train", data, "--steps", args.steps, "--threads", args.threads, "--out", run, *train_options,
+        xrayseg("train", data, "--steps", args.steps, "--threads", args.threads, "--out", run, *options,
                 "--name",
                 f"Lumbar {'L1-L5+S1 (instance-aware' if family == 'instance' else 'vertebra (semantic'}"
                 f", {len(TRAIN_SEEDS)} phantoms)")

@@ -11,7 +11,7 @@
 * the same recipe and steps as the many-phantom study.
 
 With ``--bundle DIR`` the model becomes the bundled lumbar model (train.py's `bundle_model`), its card carrying
-the two studies (``--study``, ``--many-study``) and this model's own figures.
+the two studies (``--study`` and ``--many``'s study.json) and this model's own figures.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import EXPORT, TRAIN, bundle_model, xrayseg  # noqa: E402
+from train import EXPORT, TRAIN, bundle_model, train_options, xrayseg  # noqa: E402
 
 DESCRIPTION = ("Lateral lumbar radiographs: L1-L5 and S1, each its own class (instance-aware, multi-label so "
                "overlaps survive); trained on DRRs of one abdomen-pelvis CT's virtual patients and of lumbar "
@@ -63,21 +63,27 @@ def main() -> int:
         path, maker = missing[0]
         print(f"error: {path or args.many / 'phantom'} is missing; run {maker} first", file=sys.stderr)
         return 2
-    phantoms, test = phantoms.parent, test.parent
     args.out.mkdir(parents=True, exist_ok=True)
+    data = merged_data(args.ct_dataset, phantoms.parent, args.out)
     run = args.out / "run-instance"
     if not (args.reuse and (run / "model" / "model.json").is_file()):
-        train_mixed(args.ct_dataset, phantoms, args.out, run, args.steps, args.threads)
+        train_family(data, run, args, "Lumbar L1-L5+S1 (instance-aware, CT + 72 phantoms)")
     card = json.loads((run / "model" / "model.json").read_text())
-    ct_views = new_ct_views(args.ct_dataset, args.out / "ct-views", args.threads)
+    targets = {"unseen_phantoms": test.parent,
+               "new_views_of_the_training_ct": new_ct_views(args.ct_dataset, args.out / "ct-views", args.threads)}
     own = {"train_cts": card["training"].get("train_cts"), "validation_cts": card["training"].get("validation_cts"),
-           "steps": int(args.steps), **scores(run / "model", test, ct_views, args.out / "this")}
+           "steps": int(args.steps), **compare(run / "model", targets, args.out / "this")}
     others = dict(item.split("=", 1) for item in args.compare)
     if others:
-        own["compared"] = {name: scores(Path(model), test, ct_views, args.out / name) for name, model in others.items()}
+        own["compared"] = {name: compare(Path(model), targets, args.out / name) for name, model in others.items()}
     if args.with_semantic:
-        own["families"] = both_families(args, run / "model", {"unseen_phantoms": test,
-                                                               "new_views_of_the_training_ct": ct_views})
+        semantic = args.out / "run-semantic"
+        if not (args.reuse and (semantic / "model" / "model.json").is_file()):
+            from XraySegInferLib.lumbar_study import semantic_dataset
+
+            train_family(semantic_dataset(data, args.out / "data-semantic"), semantic, args,
+                         "Lumbar vertebra (semantic, CT + 72 phantoms)")
+        own["families"] = compare(run / "model", targets, args.out / "families", semantic / "model")
     (args.out / "mixed.json").write_text(json.dumps(own, indent=2))
     print(f"figures -> {args.out / 'mixed.json'}")
     if args.bundle:
@@ -128,12 +134,13 @@ def write_model_readme(bundle: Path, own: dict) -> None:
         Path(tmp).write_text("\n".join(lines))
 
 
-def scores(model: Path, test: Path, ct_views: Path, out: Path) -> dict:
-    """``lumbar-compare`` of one instance-aware model on the unseen phantoms and on the new views of the CT."""
+def compare(instance: Path, targets: dict[str, Path], out: Path, semantic: Path | None = None) -> dict:
+    """``lumbar-compare`` of an instance-aware model (and a semantic one, if given) on each target dataset."""
     result = {}
-    for key, dataset in (("unseen_phantoms", test), ("new_views_of_the_training_ct", ct_views)):
+    for key, dataset in targets.items():
         report = out / f"compare-to-{key}"
-        xrayseg("lumbar-compare", dataset, "--instance", model, "--split", "train", "--out", report)
+        xrayseg("lumbar-compare", dataset, *(("--semantic", semantic) if semantic else ()), "--instance", instance,
+                "--split", "train", "--out", report)
         result[f"tested_on_{key}"] = json.loads((report / "lumbar.json").read_text())
     return result
 
@@ -143,39 +150,15 @@ def merged_data(ct_dataset: Path, phantoms: Path, out: Path) -> Path:
     merged = out / "data"
     xrayseg("merge-datasets", ct_dataset, phantoms, "--out", merged, "--name", "Dataset725_LumbarMixed")
     data = merged / "Dataset725_LumbarMixed"
-    _check_ct_trains(data, _ct_ids(ct_dataset))
+    _check_ct_trains(data, ct_dataset)
     return data
 
 
-def train_family(data: Path, run: Path, steps: str, threads: str, name: str) -> None:
+def train_family(data: Path, run: Path, args, name: str) -> None:
+    """One model family on ``data``: the study's recipe, a validation every 1000 steps."""
     shutil.rmtree(run, ignore_errors=True)
-    options = [*TRAIN]
-    options[options.index("--val-every") + 1] = "1000"
-    xrayseg("train", data, "--steps", steps, "--threads", threads, "--out", run, *options, "--name", name)
-
-
-def train_mixed(ct_dataset: Path, phantoms: Path, out: Path, run: Path, steps: str, threads: str) -> None:
-    """Train the instance-aware family on the merged exports."""
-    train_family(merged_data(ct_dataset, phantoms, out), run, steps, threads,
-                 "Lumbar L1-L5+S1 (instance-aware, CT + 72 phantoms)")
-
-
-def both_families(args, instance: Path, targets: dict[str, Path]) -> dict:
-    """The semantic family trained on the one-class copy of the same images, and both scored on ``targets``."""
-    from XraySegInferLib.lumbar_study import semantic_dataset
-
-    run = args.out / "run-semantic"
-    if not (args.reuse and (run / "model" / "model.json").is_file()):
-        phantoms = next((args.many / "phantom").glob("Dataset*/dataset.json")).parent
-        data = semantic_dataset(merged_data(args.ct_dataset, phantoms, args.out), args.out / "data-semantic")
-        train_family(data, run, args.steps, args.threads, "Lumbar vertebra (semantic, CT + 72 phantoms)")
-    result = {}
-    for key, dataset in targets.items():
-        report = args.out / "families" / f"compare-to-{key}"
-        xrayseg("lumbar-compare", dataset, "--semantic", run / "model", "--instance", instance, "--split", "train",
-                "--out", report)
-        result[f"tested_on_{key}"] = json.loads((report / "lumbar.json").read_text())
-    return result
+    xrayseg("train", data, "--steps", args.steps, "--threads", args.threads, "--out", run, *train_options("1000"),
+            "--name", name)
 
 
 def new_ct_views(ct_dataset: Path, out: Path, threads: str) -> Path:
@@ -191,23 +174,16 @@ def new_ct_views(ct_dataset: Path, out: Path, threads: str) -> Path:
     return out / "Dataset726_LumbarCTNewViews"
 
 
-def _check_ct_trains(data: Path, ct_ids: set[str]) -> None:
+def _check_ct_trains(data: Path, ct_dataset: Path) -> None:
     """Stop before training if the recipe's split by CT would put the CT in validation (not in training)."""
     from XraySegInferLib.dataset import read_dataset
     from XraySegInferLib.training import RECIPES
 
     recipe = RECIPES[TRAIN[TRAIN.index("--recipe") + 1]]
     _, validation = read_dataset(data).split_by_ct(recipe["val_fraction"], recipe["seed"])
-    held = ct_ids & {c.ct_id for c in validation}
+    held = {c.ct_id for c in read_dataset(ct_dataset).cases} & {c.ct_id for c in validation}
     if held:
         raise SystemExit(f"the recipe's split would validate on {sorted(held)}: it must train on the CT")
-
-
-def _ct_ids(dataset: Path) -> set[str]:
-    import csv
-
-    with open(dataset / "manifest.csv", newline="") as handle:
-        return {row["ct_id"] for row in csv.DictReader(handle)}
 
 
 if __name__ == "__main__":

@@ -27,6 +27,13 @@ REPO = Path(__file__).resolve().parents[2]
 EXPORT = ["--view", "lumbar-lateral", "--size", "256", "--test-fraction", "0", "--domain-randomisation", "strong",
           "--quiet"]
 TRAIN = ["--recipe", "chest-sample", "--mode", "multilabel", "--patch-size", "192", "--val-every", "500", "--quiet"]
+
+
+def train_options(val_every: str) -> list[str]:
+    """The study's training options with a validation every ``val_every`` steps."""
+    options = [*TRAIN]
+    options[options.index("--val-every") + 1] = val_every
+    return options
 STEPS = {"ct": "2000", "phantom": "1500"}
 # SNOMED CT codes of the levels (as TotalSegmentator's Slicer terminology uses them); S1 has no code of its own
 # there, so it carries the sacrum's (S1 is the sacrum's first segment).
