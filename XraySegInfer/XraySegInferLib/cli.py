@@ -40,6 +40,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--spacing", type=float, help="training pixel spacing, mm (default: median of the images)")
     train.add_argument("--lr", type=float, dest="learning_rate", help="learning rate (default 2e-3)")
     train.add_argument("--channels", type=int, nargs="+", help="U-Net channels per level, e.g. 16 32 64 128 256")
+    train.add_argument("--local-contrast", type=float, metavar="SIGMA_PX",
+                       help="put a fixed local-contrast filter (Gaussian sigma in pixels at the training spacing) in "
+                            "front of the network, so that it sees bone edges rather than grey levels (default off)")
     train.add_argument("--flip", type=float, dest="flip_horizontal",
                        help="probability of left/right flips (default 0: off; refused for lateral views)")
     train.add_argument("--device", help="auto (default), cpu, cuda")
@@ -137,6 +140,11 @@ def run_train(args) -> int:
         arch["channels"] = args.channels
         arch["strides"] = [2] * (len(args.channels) - 1)
         data["architecture"] = arch
+    if args.local_contrast is not None:
+        if not args.local_contrast > 0:
+            raise InputError(f"--local-contrast must be > 0 pixels, got {args.local_contrast}")
+        data["architecture"] = {**(data.get("architecture") or TrainConfig().architecture),
+                                "local_contrast_px": args.local_contrast}
     if args.flip_horizontal is not None:
         data.setdefault("augment", {})["flip_horizontal"] = args.flip_horizontal
     try:

@@ -4,6 +4,9 @@
 or ``{"name": "BasicUNet", "features": [16, 32, 64, 128, 256, 16]}``. ``in_channels`` is 1 (a radiograph);
 ``out_channels`` follows from the classes and the label mode: C + 1 (background) for "multiclass" (softmax),
 C for "multilabel" (a sigmoid per class, overlaps allowed).
+
+``"local_contrast_px": S`` (optional) puts a fixed local-contrast filter in front of the network (see
+:class:`LocalContrast`); the network then sees edges at the scale of bones, not the image's global grey levels.
 """
 
 from __future__ import annotations
@@ -24,11 +27,39 @@ def out_channels_for(mode: str, n_classes: int) -> int:
     return n_classes + 1 if mode == "multiclass" else n_classes
 
 
+class LocalContrast(torch.nn.Module):
+    """Fixed input filter: ``(x - G(x)) / sqrt(G((x - G(x))^2) + floor^2)``, clipped to +-``clip``, with G a Gaussian
+    of ``sigma_px`` pixels (at the model's spacing). It removes what differs most between simulated and real
+    radiographs and between bodies (overall brightness, thickness gradients, vendor windowing) and keeps the local
+    edges the bones make. ``floor`` (0.01 of the [0, 1] range) keeps flat regions from amplifying noise. No weights.
+    """
+
+    def __init__(self, sigma_px: float, floor: float = 0.01, clip: float = 4.0):
+        super().__init__()
+        if not sigma_px > 0:
+            raise ModelPackageError(f"local_contrast_px must be > 0, got {sigma_px}")
+        self.sigma_px, self.floor, self.clip = float(sigma_px), float(floor), float(clip)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        from .transforms import gaussian_blur
+
+        x = image.float()
+        high_pass = x - gaussian_blur(x, self.sigma_px)
+        local_std = torch.sqrt(gaussian_blur(high_pass * high_pass, self.sigma_px) + self.floor ** 2)
+        return torch.clamp(high_pass / local_std, -self.clip, self.clip).to(image.dtype)
+
+
 def build_network(architecture: dict, n_classes: int, mode: str) -> torch.nn.Module:
     """A MONAI network for 1-channel 2D input and the right number of outputs (see module docstring)."""
+    arch = dict(architecture)
+    sigma = arch.pop("local_contrast_px", None)
+    network = _build_monai(arch, n_classes, mode, architecture)
+    return torch.nn.Sequential(LocalContrast(float(sigma)), network) if sigma else network
+
+
+def _build_monai(arch: dict, n_classes: int, mode: str, architecture: dict) -> torch.nn.Module:
     from monai.networks import nets
 
-    arch = dict(architecture)
     name = arch.pop("name", "UNet")
     out = out_channels_for(mode, n_classes)
     arch.pop("in_channels", None)
