@@ -109,6 +109,8 @@ def main() -> int:
     parser.add_argument("--steps", default=STEPS)
     parser.add_argument("--reuse", action="store_true", help="keep exports and runs that are already complete")
     parser.add_argument("--instance-only", action="store_true", help="train and score the instance-aware family only")
+    parser.add_argument("--local-contrast", metavar="SIGMA_PX",
+                        help="train with the local-contrast input filter (xrayseg train --local-contrast)")
     parser.add_argument("--ct-blur-range", metavar="LOW,HIGH",
                         help="scanner-resolution blur (FWHM mm) of the training phantoms only (export's option)")
     args = parser.parse_args()
@@ -140,12 +142,12 @@ def main() -> int:
     if not args.instance_only:
         families["semantic"] = semantic_copy(train, out / "phantom-semantic", remade)
     # the study's recipe with a validation every 1000 steps (the packaged weights are the best validation's)
-    options = train_options("1000")
+    options = train_options("1000") + (["--local-contrast", args.local_contrast] if args.local_contrast else [])
     runs = {}
     for family, data in families.items():
         run = out / f"run-{family}"
         runs[family] = run / "model"
-        if args.reuse and not remade and (run / "model" / "model.json").exists():
+        if args.reuse and not remade and _trained_with(run / "model", args.local_contrast):
             continue
         shutil.rmtree(run, ignore_errors=True)
         xrayseg("train", data, "--steps", args.steps, "--threads", args.threads, "--out", run, *options,
@@ -156,7 +158,8 @@ def main() -> int:
 
     study = {"phantom_version": PHANTOM_VERSION, "train_phantoms": [TRAIN_SEEDS.start, TRAIN_SEEDS.stop - 1],
              "test_phantoms": [TEST_SEEDS.start, TEST_SEEDS.stop - 1], "steps": int(args.steps),
-             "train_ct_blur_fwhm_mm": args.ct_blur_range or "0,0"}
+             "train_ct_blur_fwhm_mm": args.ct_blur_range or "0,0",
+             "local_contrast_px": float(args.local_contrast) if args.local_contrast else None}
     targets = {"unseen_phantoms": test}
     if args.ct_dataset.is_dir():
         targets["ct"] = args.ct_dataset
@@ -171,6 +174,15 @@ def main() -> int:
     (out / "study.json").write_text(json.dumps(study, indent=2))
     print(f"study -> {out / 'study.json'}")
     return 0
+
+
+def _trained_with(model: Path, local_contrast: str | None) -> bool:
+    """A complete model package whose input filter is the one asked for (a run is reused only then)."""
+    card = model / "model.json"
+    if not card.is_file():
+        return False
+    sigma = json.loads(card.read_text())["architecture"].get("local_contrast_px")
+    return sigma == (float(local_contrast) if local_contrast else None)
 
 
 if __name__ == "__main__":

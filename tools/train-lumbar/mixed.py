@@ -64,7 +64,7 @@ def main() -> int:
         print(f"error: {path or args.many / 'phantom'} is missing; run {maker} first", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    data = merged_data(args.ct_dataset, phantoms.parent, args.out)
+    data = merged_data([args.ct_dataset, phantoms.parent], args.out, must_train=[args.ct_dataset])
     run = args.out / "run-instance"
     if not (args.reuse and (run / "model" / "model.json").is_file()):
         train_family(data, run, args, "Lumbar L1-L5+S1 (instance-aware, CT + 72 phantoms)")
@@ -91,45 +91,56 @@ def main() -> int:
         study["many_phantoms"] = json.loads((args.many / "study.json").read_text())
         study["bundled_model_ct_and_phantoms"] = own
         bundle_model(run / "model", args.bundle, study, DESCRIPTION, VALIDATED, version="0.2.0")
-        write_model_readme(args.bundle, own)
+        write_model_readme(args.bundle, [("this model (CT + phantoms)", own), *own.get("compared", {}).items()])
         print(f"bundled -> {args.bundle}")
     return 0
 
 
-def write_model_readme(bundle: Path, own: dict) -> None:
-    """README.md of the bundle: what the model is, what it saw, its figures and what was not validated."""
+MIXED_TRAINING = ["the abdomen-pelvis CT of the TotalSegmentator sdist (3 mm, TotalSegmentator labels), 12 virtual "
+                  "patients, 120 lateral views, strong domain randomisation (always in training)",
+                  "lumbar phantoms version 4 (`xrayseg phantom lumbar`, seeds 100-171: OpenSim meshes of one "
+                  "skeleton, posed, scaled per vertebra), 10 lateral views each"]
+MIXED_COLUMNS = [("unseen_phantoms", "12 unseen phantoms"), ("new_views_of_the_training_ct", "new views of the training CT")]
+MIXED_CLOSING = ("The CT is in this model's training, so its CT column says how well it learnt that body, not how it "
+                 "transfers to an unseen CT. The target of the lumbar issue (mean Dice >= 0.90 on a body not used for "
+                 "training) is not met.")
+
+
+def write_model_readme(bundle: Path, rows: list[tuple[str, dict]], columns: list[tuple[str, str]] = MIXED_COLUMNS,
+                       training_data: list[str] = MIXED_TRAINING, closing: str = MIXED_CLOSING,
+                       rebuild: str = "`make train-lumbar`, then `make lumbar-mixed`") -> None:
+    """README.md of the bundle: what the model is, what it saw, its figures (``rows`` of (name, compare() result),
+    one column per (target key, title)) and what was not validated."""
     from XraySegSimLib.io import atomic_path
 
     card = json.loads((bundle / "model.json").read_text())
     training, architecture = card["training"], card["architecture"]
-    rows = [("this model (CT + phantoms)", own)] + list(own.get("compared", {}).items())
+    filter_note = (f"; a local-contrast input filter (sigma {architecture['local_contrast_px']:g} px)"
+                   if architecture.get("local_contrast_px") else "")
     lines = [f"# {card['name']} {card['version']}: bundled lumbar vertebra model", "", card["description"] + ".", "",
              "Use it with `xrayseg infer RADIOGRAPH --model Resources/Models/lumbar --out DIR`, or pick it in "
-             "XraySegInfer. Rebuild it with `make train-lumbar`, then `make lumbar-mixed`.", "",
+             f"XraySegInfer. Rebuild it with {rebuild}.", "",
              "**Not for clinical use.** Simulated radiographs only; " + card["validated"] + ".", "",
              "## Files", "", f"- `model.safetensors`: the weights, SHA-256 `{card['weights']['sha256']}`",
-             "- `model.json`: the model card (both lumbar studies under `metrics.lumbar_study`); `manifest.json`: "
+             "- `model.json`: the model card (the lumbar studies under `metrics.lumbar_study`); `manifest.json`: "
              "SHA-256 over card and weights", "", "## Input and network", "",
              f"- lateral views, pixel spacing {card['input']['pixel_spacing_mm'][0]:.3f} mm (inputs are resampled "
              f"to it), threshold {card['inference']['threshold']}",
-             f"- MONAI UNet, channels {architecture['channels']}, {architecture['norm']} norm; multi-label (a "
-             f"sigmoid per level), {training['steps']} steps", "", "## Training data", "",
+             f"- MONAI UNet, channels {architecture['channels']}, {architecture['norm']} norm{filter_note}; "
+             f"multi-label (a sigmoid per level), {training['steps']} steps", "", "## Training data", "",
              f"- {training['train_images']} training and {training['validation_images']} validation images "
              f"({len(training['train_cts'])} bodies train, {len(training['validation_cts'])} validate, whole)",
-             "- the abdomen-pelvis CT of the TotalSegmentator sdist (3 mm, TotalSegmentator labels), 12 virtual "
-             "patients, 120 lateral views, strong domain randomisation (always in training)",
-             "- lumbar phantoms version 4 (`xrayseg phantom lumbar`, seeds 100-171: OpenSim meshes of one skeleton, "
-             "posed, scaled per vertebra), 10 lateral views each", "",
+             *[f"- {line}" for line in training_data], "",
              "## Figures (instance-aware; recognised = IoU >= 0.5 with the correct level)", "",
-             "| model | 12 unseen phantoms: mean Dice / recognition | new views of the training CT: mean Dice / "
-             "recognition |", "|---|---|---|"]
+             "| model | " + " | ".join(f"{title}: mean Dice / recognition" for _, title in columns) + " |",
+             "|---|" + "---|" * len(columns)]
     for name, result in rows:
-        cells = [f"{result[k]['instance']['mean_dice']:.3f} / {result[k]['instance']['recognition_rate']:.3f}"
-                 for k in ("tested_on_unseen_phantoms", "tested_on_new_views_of_the_training_ct")]
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
-    lines += ["", "The CT is in this model's training, so its CT column says how well it learnt that body, not how it "
-              "transfers to an unseen CT. The target of the lumbar issue (mean Dice >= 0.90 on a body not used for "
-              "training) is not met.", ""]
+        cells = []
+        for key, _ in columns:
+            scores = result.get(f"tested_on_{key}", {}).get("instance")
+            cells.append(f"{scores['mean_dice']:.3f} / {scores['recognition_rate']:.3f}" if scores else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", closing, ""]
     with atomic_path(bundle / "README.md") as tmp:
         Path(tmp).write_text("\n".join(lines))
 
@@ -145,20 +156,23 @@ def compare(instance: Path, targets: dict[str, Path], out: Path, semantic: Path 
     return result
 
 
-def merged_data(ct_dataset: Path, phantoms: Path, out: Path) -> Path:
-    """The two exports in one dataset of links (``xrayseg merge-datasets``), the CT checked to stay in training."""
+def merged_data(datasets: list[Path], out: Path, name: str = "Dataset725_LumbarMixed",
+                must_train: list[Path] = ()) -> Path:
+    """The exports in one dataset of links (``xrayseg merge-datasets``), the CTs of ``must_train`` checked to stay
+    in training."""
     merged = out / "data"
-    xrayseg("merge-datasets", ct_dataset, phantoms, "--out", merged, "--name", "Dataset725_LumbarMixed")
-    data = merged / "Dataset725_LumbarMixed"
-    _check_ct_trains(data, ct_dataset)
+    xrayseg("merge-datasets", *datasets, "--out", merged, "--name", name)
+    data = merged / name
+    for ct_dataset in must_train:
+        _check_ct_trains(data, ct_dataset)
     return data
 
 
-def train_family(data: Path, run: Path, args, name: str) -> None:
-    """One model family on ``data``: the study's recipe, a validation every 1000 steps."""
+def train_family(data: Path, run: Path, args, name: str, *extra: str) -> None:
+    """One model family on ``data``: the study's recipe, a validation every 1000 steps (``extra``: more options)."""
     shutil.rmtree(run, ignore_errors=True)
     xrayseg("train", data, "--steps", args.steps, "--threads", args.threads, "--out", run, *train_options("1000"),
-            "--name", name)
+            "--name", name, *extra)
 
 
 def new_ct_views(ct_dataset: Path, out: Path, threads: str) -> Path:
