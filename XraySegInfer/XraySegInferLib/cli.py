@@ -141,8 +141,8 @@ def run_train(args) -> int:
         arch["strides"] = [2] * (len(args.channels) - 1)
         data["architecture"] = arch
     if args.local_contrast is not None:
-        if not args.local_contrast > 0:
-            raise InputError(f"--local-contrast must be > 0 pixels, got {args.local_contrast}")
+        if not 0 < args.local_contrast < float("inf"):
+            raise InputError(f"--local-contrast must be a positive number of pixels, got {args.local_contrast}")
         data["architecture"] = {**(data.get("architecture") or TrainConfig().architecture),
                                 "local_contrast_px": args.local_contrast}
     if args.flip_horizontal is not None:

@@ -36,17 +36,18 @@ class LocalContrast(torch.nn.Module):
 
     def __init__(self, sigma_px: float, floor: float = 0.01, clip: float = 4.0):
         super().__init__()
-        if not sigma_px > 0:
+        if not 0 < sigma_px < float("inf"):
             raise ModelPackageError(f"local_contrast_px must be > 0, got {sigma_px}")
         self.sigma_px, self.floor, self.clip = float(sigma_px), float(floor), float(clip)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         from .transforms import gaussian_blur
 
-        x = image.float()
-        high_pass = x - gaussian_blur(x, self.sigma_px)
-        local_std = torch.sqrt(gaussian_blur(high_pass * high_pass, self.sigma_px) + self.floor ** 2)
-        return torch.clamp(high_pass / local_std, -self.clip, self.clip).to(image.dtype)
+        with torch.autocast(image.device.type, enabled=False):  # the same float32 filter under AMP as on a CPU
+            x = image.float()
+            high_pass = x - gaussian_blur(x, self.sigma_px)
+            local_std = torch.sqrt(gaussian_blur(high_pass * high_pass, self.sigma_px) + self.floor ** 2)
+            return torch.clamp(high_pass / local_std, -self.clip, self.clip).to(image.dtype)
 
 
 def build_network(architecture: dict, n_classes: int, mode: str) -> torch.nn.Module:
@@ -54,7 +55,7 @@ def build_network(architecture: dict, n_classes: int, mode: str) -> torch.nn.Mod
     arch = dict(architecture)
     sigma = arch.pop("local_contrast_px", None)
     network = _build_monai(arch, n_classes, mode, architecture)
-    return torch.nn.Sequential(LocalContrast(float(sigma)), network) if sigma else network
+    return torch.nn.Sequential(LocalContrast(float(sigma)), network) if sigma is not None else network
 
 
 def _build_monai(arch: dict, n_classes: int, mode: str, architecture: dict) -> torch.nn.Module:

@@ -78,11 +78,13 @@ def _gaussian_kernel(sigma: float, device, dtype) -> torch.Tensor:
 
 
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, 1, H, W), reflect padding."""
+    """Separable Gaussian blur of (N, 1, H, W), reflect padding (replicate along a side shorter than the kernel's
+    radius, where reflection is undefined)."""
     k = _gaussian_kernel(sigma, image.device, image.dtype)
     r = (k.numel() - 1) // 2
-    out = F.conv2d(F.pad(image, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    across, down = ("reflect" if r < n else "replicate" for n in (image.shape[-1], image.shape[-2]))
+    out = F.conv2d(F.pad(image, (r, r, 0, 0), mode=across), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(out, (0, 0, r, r), mode=down), k.view(1, 1, -1, 1))
 
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, config: AugmentConfig, generator: torch.Generator,

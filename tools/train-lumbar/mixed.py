@@ -63,6 +63,9 @@ def main() -> int:
         path, maker = missing[0]
         print(f"error: {path or args.many / 'phantom'} is missing; run {maker} first", file=sys.stderr)
         return 2
+    if any("=" not in item for item in args.compare):
+        print("error: --compare takes NAME=MODEL", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     data = merged_data([args.ct_dataset, phantoms.parent], args.out, must_train=[args.ct_dataset])
     run = args.out / "run-instance"
@@ -197,7 +200,8 @@ def _check_ct_trains(data: Path, ct_dataset: Path) -> None:
     _, validation = read_dataset(data).split_by_ct(recipe["val_fraction"], recipe["seed"])
     held = {c.ct_id for c in read_dataset(ct_dataset).cases} & {c.ct_id for c in validation}
     if held:
-        raise SystemExit(f"the recipe's split would validate on {sorted(held)}: it must train on the CT")
+        print(f"error: the recipe's split would validate on {sorted(held)}: it must train on the CT", file=sys.stderr)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

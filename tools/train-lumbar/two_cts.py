@@ -62,6 +62,8 @@ def main() -> int:
     parser.add_argument("--steps", default="8000")
     parser.add_argument("--threads", default="2")
     parser.add_argument("--local-contrast", default="8", help="sigma of the input filter, pixels")
+    parser.add_argument("--study", type=Path, default=REPO / "out" / "lumbar" / "study.json",
+                        help="the CT-vs-phantom study of train.py, kept on the card")
     parser.add_argument("--bundle", type=Path, help="bundle the two-CT model here (e.g. Resources/Models/lumbar)")
     parser.add_argument("--reuse", action="store_true", help="keep exports and models already in OUT")
     parser.add_argument("--without-filter", action="append", default=[], metavar="FOLD",
@@ -72,12 +74,17 @@ def main() -> int:
 
     phantoms = next((args.many / "phantom").glob("Dataset*/dataset.json"), None)
     test = next((args.many / "test").glob("Dataset*/dataset.json"), None)
-    study_files = [REPO / "out" / "lumbar" / "study.json", args.many / "study.json", args.mixed / "mixed.json"]
-    needed = [(args.ct_dataset / "dataset.json", "make train-lumbar"), (phantoms, "make lumbar-mixed"),
-              (test, "make lumbar-mixed"), *((path, "make lumbar-mixed") for path in study_files[1:])]
+    study_files = [args.study, args.many / "study.json", args.mixed / "mixed.json"]
+    needed = [(args.ct_dataset / "dataset.json", "make train-lumbar"), (args.study, "make train-lumbar"),
+              (phantoms, "make lumbar-mixed"), (test, "make lumbar-mixed"),
+              *((path, "make lumbar-mixed") for path in study_files[1:])]
     missing = [(path, maker) for path, maker in needed if path is None or not Path(path).is_file()]
     if missing:
         print(f"error: {missing[0][0] or args.many / 'phantom'} is missing; run {missing[0][1]} first", file=sys.stderr)
+        return 2
+    problem = _bad_options(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     chest_train = chest_ct_export(args.out / "chest-train", "0", "120", "733", "LumbarChestCT", args)
@@ -90,10 +97,6 @@ def main() -> int:
              "both_cts_and_phantoms": ([args.ct_dataset, chest_train, phantoms.parent], "Dataset734_LumbarTwoCTs")}
     targets = {"chest_ct_unseen_or_not": chest_test, "abdomen_ct_unseen_or_not": abdomen_test,
                "unseen_phantoms": test.parent}
-    unknown = set(args.without_filter) - set(folds)
-    if unknown:
-        print(f"error: --without-filter {sorted(unknown)[0]}: choose one of {', '.join(folds)}", file=sys.stderr)
-        return 2
     result = {"local_contrast_px": float(args.local_contrast), "steps": int(args.steps)}
     runs = [(fold, fold, ("--local-contrast", args.local_contrast)) for fold in folds]
     runs += [(f"{fold}_without_filter", fold, ()) for fold in args.without_filter]
@@ -101,7 +104,7 @@ def main() -> int:
         datasets, name = folds[fold]
         data = merged_data(datasets, args.out / fold, name, must_train=[d for d in datasets if d != phantoms.parent])
         run = args.out / f"run-{key}"
-        if not (args.reuse and (run / "model" / "model.json").is_file()):
+        if not (args.reuse and _reusable(run / "model", options, args.steps)):
             train_family(data, run, args, f"Lumbar L1-L5+S1 ({key.replace('_', ' ')})", *options)
         result[key] = {"train_cts": _train_cts(run / "model"), **compare(run / "model", targets, args.out / key)}
     others = dict(item.split("=", 1) for item in args.compare)
@@ -113,6 +116,34 @@ def main() -> int:
     if args.bundle:
         bundle(args, result, study_files)
     return 0
+
+
+FOLDS = ("abdomen_ct_and_phantoms", "chest_ct_and_phantoms", "both_cts_and_phantoms")
+
+
+def _bad_options(args) -> str | None:
+    """What is wrong with the options, in one line (checked before anything is exported or trained)."""
+    unknown = set(args.without_filter) - set(FOLDS)
+    if unknown:
+        return f"--without-filter {sorted(unknown)[0]}: choose one of {', '.join(FOLDS)}"
+    if any("=" not in item for item in args.compare):
+        return "--compare takes NAME=MODEL"
+    try:
+        if not (float(args.local_contrast) > 0 and int(args.steps) > 0):
+            raise ValueError
+    except ValueError:
+        return f"--local-contrast {args.local_contrast} / --steps {args.steps}: need positive numbers"
+    return None
+
+
+def _reusable(model: Path, options: tuple[str, ...], steps: str) -> bool:
+    """A finished run trained with this fold's filter (or none) and steps."""
+    card = model / "model.json"
+    if not card.is_file():
+        return False
+    card = json.loads(card.read_text())
+    sigma = float(options[1]) if options else None
+    return card["architecture"].get("local_contrast_px") == sigma and card["training"]["steps"] == int(steps)
 
 
 def _train_cts(model: Path) -> list[str]:
@@ -143,7 +174,7 @@ def bundle(args, result: dict, study_files: list[Path]) -> None:
                  version="0.3.0")
     rows = [("this model (both CTs + phantoms; both CTs in training)", result["both_cts_and_phantoms"])]
     rows += [(f"fold: {key.replace('_', ' ')}", _transfer_only(result[key])) for key in result
-             if key.endswith(("ct_and_phantoms", "without_filter")) and key != "both_cts_and_phantoms"]
+             if key.endswith(("ct_and_phantoms", "without_filter"))]
     rows += [(name, _transfer_only(scores)) for name, scores in result.get("compared", {}).items()]
     closing = ("Only the fold rows' CT columns measure transfer to a CT not used for training; the first row's CT "
                "columns say how well the model learnt its own bodies. The target of the lumbar issue (mean Dice >= "
