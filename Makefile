@@ -153,7 +153,7 @@ lumbar-mixed: setup
 lumbar-two-cts: setup
 	@test -f out/lumbar-mixed/mixed.json || { echo "error: no out/lumbar-mixed/mixed.json; run make lumbar-mixed first" >&2; exit 2; }
 	$(PY) tools/train-lumbar/two_cts.py --threads 2 --reuse --bundle Resources/Models/lumbar \
-	  --without-filter chest_ct_and_phantoms --compare bundle-0.2.0=out/lumbar-mixed/run-instance/model
+	  --without-filter chest_ct_and_phantoms --compare 'bundle 0.2.0 (abdomen CT + phantoms, no filter)=out/lumbar-mixed/run-instance/model'
 
 # The proximal-femur 3D V-Net demonstrator (issue 14 B): both femurs of the abdomen-pelvis sample CT, held out by
 # side both ways (~5 min per fold); bundles Resources/Models/femur/, then the hip-phantom study (~45 min) that its

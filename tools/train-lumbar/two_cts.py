@@ -146,6 +146,12 @@ def _reusable(model: Path, options: tuple[str, ...], steps: str) -> bool:
     return card["architecture"].get("local_contrast_px") == sigma and card["training"]["steps"] == int(steps)
 
 
+def _title(key: str) -> str:
+    """'chest_ct_and_phantoms_without_filter' -> 'chest CT + phantoms, without the filter'."""
+    return key.replace("_ct_and_", " CT + ").replace("_cts_and_", " CTs + ").replace("_without_filter",
+                                                                                  ", without the filter")
+
+
 def _train_cts(model: Path) -> list[str]:
     return json.loads((model / "model.json").read_text())["training"].get("train_cts") or []
 
@@ -173,7 +179,7 @@ def bundle(args, result: dict, study_files: list[Path]) -> None:
     bundle_model(args.out / "run-both_cts_and_phantoms" / "model", args.bundle, study, DESCRIPTION, VALIDATED,
                  version="0.3.0")
     rows = [("this model (both CTs + phantoms; both CTs in training)", result["both_cts_and_phantoms"])]
-    rows += [(f"fold: {key.replace('_', ' ')}", _transfer_only(result[key])) for key in result
+    rows += [(f"fold: {_title(key)}", _transfer_only(result[key])) for key in result
              if key.endswith(("ct_and_phantoms", "without_filter"))]
     rows += [(name, _transfer_only(scores)) for name, scores in result.get("compared", {}).items()]
     closing = ("Only the fold rows' CT columns measure transfer to a CT not used for training; the first row's CT "
