@@ -1,6 +1,6 @@
 """README picture of the local-contrast input filter: one plain lateral lumbar view (exported as `xrayseg export`
-writes it, physics on, no virtual patient or domain randomisation) of the abdomen CT, the chest CT and a version 4
-phantom; top row the normalised image, bottom row what the network sees through ``networks.LocalContrast`` at the
+writes it, physics on, no virtual patient or domain randomisation) of the abdomen CT, the chest CT and a lumbar
+phantom (seed 4, the current phantom version); top row the normalised image, bottom row what the network sees through ``networks.LocalContrast`` at the
 bundled lumbar model's spacing and sigma, the reference vertebrae outlined in red.
 
     .venv/bin/python tools/train-lumbar/filter_figure.py [--out Resources/Screenshots/lumbar-local-contrast.png]
@@ -9,6 +9,7 @@ bundled lumbar model's spacing and sigma, the reference vertebrae outlined in re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -58,7 +59,7 @@ def tiles(dataset: Path, sigma_px: float, model_mm: float) -> tuple[np.ndarray, 
     spine = resample(torch.from_numpy(reference.any(0).astype(np.float32))[None, None], size, "nearest")[0, 0] > 0
     seen = LocalContrast(sigma_px)(image)[0, 0].numpy()
     gray = (np.clip(image[0, 0].numpy(), 0, 1) * 255).astype(np.uint8)
-    filtered = ((np.clip(seen, -3, 3) + 3) / 6 * 255).astype(np.uint8)
+    filtered = ((seen + 4) / 8 * 255).astype(np.uint8)  # the filter's whole range, -4 ... 4
     outline = spine.numpy() & ~ndimage.binary_erosion(spine.numpy(), iterations=1)
     rgb = np.repeat(filtered[..., None], 3, axis=-1)
     rgb[outline] = (255, 40, 40)
@@ -78,8 +79,6 @@ def main() -> int:
     sigma, model_mm = card["architecture"]["local_contrast_px"], card["input"]["pixel_spacing_mm"][0]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        import dataclasses
-
         phantom = write_lumbar_phantom(tmp / "phantom", dataclasses.replace(random_params(4), voxel_mm=1.5))
         bodies = [fetch_sample("abdomen-pelvis-ct"), fetch_sample("chest-ct"), phantom]
         columns = [tiles(one_view(body, tmp / f"view{i}" / "x"), sigma, model_mm) for i, body in enumerate(bodies)]

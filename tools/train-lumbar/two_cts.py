@@ -38,7 +38,7 @@ DESCRIPTION = ("Lateral lumbar radiographs: L1-L5 and S1, each its own class (in
                "overlaps survive), with a local-contrast input filter; trained on DRRs of two CTs' virtual patients "
                "(an abdomen-pelvis CT and a chest CT that ends at L3) and of 72 lumbar phantoms")
 VALIDATED = ("leave one CT out: lateral DRRs of a CT never seen in training (the chest CT's L1-L3, and the "
-             "abdomen-pelvis CT's L1-S1) by the two-body folds; lateral DRRs of 12 unseen lumbar phantoms; both CTs are "
+             "abdomen-pelvis CT's L1-S1) by the folds trained on the other CT and the phantoms; lateral DRRs of 12 unseen lumbar phantoms; both CTs are "
              "in this model's training; no real radiograph with masks was available, so real-image accuracy is NOT "
              "validated")
 TRAINING_DATA = ["the abdomen-pelvis CT of the TotalSegmentator sdist (3 mm, TotalSegmentator labels, L1-S1), 12 "
