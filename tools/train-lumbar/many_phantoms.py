@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import EXPORT, train_options, xrayseg  # noqa: E402
+from train import EXPORT, train_options, trained_with, xrayseg  # noqa: E402
 
 TRAIN_SEEDS, TEST_SEEDS = range(100, 172), range(200, 212)
 STEPS = "20000"
@@ -147,7 +147,7 @@ def main() -> int:
     for family, data in families.items():
         run = out / f"run-{family}"
         runs[family] = run / "model"
-        if args.reuse and not remade and _trained_with(run / "model", args.local_contrast):
+        if args.reuse and not remade and trained_with(run / "model", args.local_contrast):
             continue
         shutil.rmtree(run, ignore_errors=True)
         xrayseg("train", data, "--steps", args.steps, "--threads", args.threads, "--out", run, *options,
@@ -174,15 +174,6 @@ def main() -> int:
     (out / "study.json").write_text(json.dumps(study, indent=2))
     print(f"study -> {out / 'study.json'}")
     return 0
-
-
-def _trained_with(model: Path, local_contrast: str | None) -> bool:
-    """A complete model package whose input filter is the one asked for (a run is reused only then)."""
-    card = model / "model.json"
-    if not card.is_file():
-        return False
-    sigma = json.loads(card.read_text())["architecture"].get("local_contrast_px")
-    return sigma == (float(local_contrast) if local_contrast else None)
 
 
 if __name__ == "__main__":

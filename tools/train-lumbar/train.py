@@ -34,6 +34,20 @@ def train_options(val_every: str) -> list[str]:
     options = [*TRAIN]
     options[options.index("--val-every") + 1] = val_every
     return options
+
+
+def trained_with(model: Path, local_contrast: str | None, steps: str | None = None) -> bool:
+    """A complete model package whose input filter is the one asked for (``local_contrast``: sigma in pixels, or
+    None for no filter) and, when ``steps`` is given, trained for that many steps: a run is reused only then."""
+    card = model / "model.json"
+    if not card.is_file():
+        return False
+    card = json.loads(card.read_text())
+    sigma = float(local_contrast) if local_contrast else None
+    return card["architecture"].get("local_contrast_px") == sigma and (
+        steps is None or card["training"]["steps"] == int(steps))
+
+
 STEPS = {"ct": "2000", "phantom": "1500"}
 # SNOMED CT codes of the levels (as TotalSegmentator's Slicer terminology uses them); S1 has no code of its own
 # there, so it carries the sacrum's (S1 is the sacrum's first segment).

@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mixed import compare, merged_data, new_ct_views, train_family, write_model_readme  # noqa: E402
-from train import EXPORT, bundle_model, xrayseg  # noqa: E402
+from train import EXPORT, bundle_model, trained_with, xrayseg  # noqa: E402
 
 DESCRIPTION = ("Lateral lumbar radiographs: L1-L5 and S1, each its own class (instance-aware, multi-label so "
                "overlaps survive), with a local-contrast input filter; trained on DRRs of two CTs' virtual patients "
@@ -104,7 +104,7 @@ def main() -> int:
         datasets, name = folds[fold]
         data = merged_data(datasets, args.out / fold, name, must_train=[d for d in datasets if d != phantoms.parent])
         run = args.out / f"run-{key}"
-        if not (args.reuse and _reusable(run / "model", options, args.steps)):
+        if not (args.reuse and trained_with(run / "model", options[1] if options else None, args.steps)):
             train_family(data, run, args, f"Lumbar L1-L5+S1 ({key.replace('_', ' ')})", *options)
         result[key] = {"train_cts": _train_cts(run / "model"), **compare(run / "model", targets, args.out / key)}
     others = dict(item.split("=", 1) for item in args.compare)
@@ -134,16 +134,6 @@ def _bad_options(args) -> str | None:
     except ValueError:
         return f"--local-contrast {args.local_contrast} / --steps {args.steps}: need positive numbers"
     return None
-
-
-def _reusable(model: Path, options: tuple[str, ...], steps: str) -> bool:
-    """A finished run trained with this fold's filter (or none) and steps."""
-    card = model / "model.json"
-    if not card.is_file():
-        return False
-    card = json.loads(card.read_text())
-    sigma = float(options[1]) if options else None
-    return card["architecture"].get("local_contrast_px") == sigma and card["training"]["steps"] == int(steps)
 
 
 def _title(key: str) -> str:
