@@ -100,6 +100,7 @@ class XraySegSimParameterNode:
     exportResume: bool = False
     exportVirtualPatients: Annotated[int, WithinRange(0, 10000)] = 0  # xrayseg export --virtual-patients
     exportDomainRandomisation: Annotated[str, Choice(DOMAIN_RANDOMISATION)] = "none"
+    exportSuppressContrast: bool = False  # xrayseg export --suppress-contrast
     # Labels for an unlabelled CT: the atlas of "Transfer labels from atlas" (no atlas CT: the chest-ct sample).
     atlasVolume: Optional[vtkMRMLScalarVolumeNode]
     atlasLabels: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]

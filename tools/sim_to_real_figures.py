@@ -1,5 +1,5 @@
 """Figures of issue 10's export features on the sample chest CT (README): truncation mask, virtual patients,
-domain randomisation. Not run by the tests.
+domain randomisation, contrast suppression. Not run by the tests.
 
     .venv/bin/python tools/sim_to_real_figures.py      # writes Resources/Screenshots/export-*.png (~1 min)
 """
@@ -114,8 +114,41 @@ def domain_figure(projector, geometry) -> None:
     _row(tiles, OUT / "export-domain-randomisation.png")
 
 
+def contrast_figure(geometry) -> None:
+    """The sample CT as it is (contrast-enhanced) and made virtual non-contrast, same view and noise."""
+    from XraySegSimLib import DrrProjector, LabelClasses, physics, read_volume
+    from XraySegSimLib.contrast import suppress_contrast
+    from XraySegSimLib.export_inputs import names_table
+    from XraySegSimLib.materials import MaterialModel
+    from XraySegSimLib.sample_data import fetch_sample
+    from XraySegSimLib.volume import Volume
+
+    sample = fetch_sample("chest-ct")
+    ct, labels = read_volume(sample["ct"]), read_volume(sample["labels"])
+    hu, report = suppress_contrast(ct.array, labels.array, names_table(str(sample["names"])),
+                                   np.linalg.norm(ct.ijk_to_ras[:3, :3], axis=0))
+    tiles, images = [], []
+    for volume, caption in ((ct, "the sample CT as it is\n(heart, aorta, veins with iodine)"),
+                            (Volume(hu, ct.ijk_to_ras, ct.name),
+                             f"--suppress-contrast: {report['suppressed_ml']:.0f} ml\n"
+                             f"from median {report['median_hu_before']:.0f} HU to 40 HU")):
+        projector = DrrProjector(volume, labels, LabelClasses.totalsegmentator_bones(), materials=MaterialModel())
+        # the log signal before the vendor processing, which would equalise the difference away
+        images.append(physics.simulate_radiograph(projector.render(geometry), "chest-pa", rng=0).log_image)
+        tiles.append(caption)
+    low, high = np.percentile(np.concatenate([i.ravel() for i in images]), [1, 99.5])
+    shown = [np.clip((i - low) / (high - low), 0, 1) for i in images]
+    difference = np.clip((images[0] - images[1]) / max(float((images[0] - images[1]).max()), 1e-6), 0, 1)
+    _row([_tile(shown[0], tiles[0]), _tile(shown[1], tiles[1]),
+          _tile(difference, "difference of the two (log signal),\nwhite = most")], OUT / "export-contrast.png")
+
+
 if __name__ == "__main__":
     projector, geometry = _setup()
+    if sys.argv[1:] == ["contrast"]:
+        contrast_figure(geometry)
+        raise SystemExit(0)
     truncation_figure(projector, geometry)
     virtual_patients_figure(projector, geometry)
     domain_figure(projector, geometry)
+    contrast_figure(geometry)

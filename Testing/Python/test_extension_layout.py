@@ -170,7 +170,8 @@ def test_sim_parameter_node_and_ui():
               "exportPhysicsComboBox": "exportPhysics", "exportSeedSpinBox": "exportSeed",
               "exportTestFractionSpinBox": "exportTestFraction", "exportWorkersSpinBox": "exportWorkers",
               "exportResumeCheckBox": "exportResume", "exportVirtualPatientsSpinBox": "exportVirtualPatients",
-              "exportDomainRandomisationComboBox": "exportDomainRandomisation"}
+              "exportDomainRandomisationComboBox": "exportDomainRandomisation",
+              "exportSuppressContrastCheckBox": "exportSuppressContrast"}
     atlas = {"atlasVolumeSelector": "atlasVolume", "atlasLabelsSelector": "atlasLabels"}
     assert set(annotated_fields(cls)) == {"inputVolume", "inputLabels", "viewPreset", "detectorSize",
                                           "isocenterSegment", *set_up.values(), *isocentre.values(),

@@ -91,3 +91,30 @@ def test_export_panel_options_reach_the_background_job(app, monkeypatch, tmp_pat
         prepare_scene_export(app.scene, ct, bones, tmp_path / "bad", virtual_patients=-1)
     assert not (tmp_path / "bad").exists()
     widget.cleanup()
+
+
+def test_export_panel_suppress_contrast_reaches_the_written_ct(app, monkeypatch, tmp_path):
+    """A TotalSegmentator label map (default colours): its bones are the classes, its heart seeds the contrast
+    suppression; the CT written for the worker has the enhanced heart at blood HU and the spine unchanged."""
+    import vtk
+
+    from test_contrast import HEART, SPINE, _chest
+    from XraySegSimLib import read_volume
+
+    volume, labels, parts = _chest()
+    ct = add_volume(app.scene, volume.array.astype(np.int16), volume.ijk_to_ras, "Contrast CT")
+    label_map = add_volume(app.scene, labels, volume.ijk_to_ras, "CT labels", "vtkMRMLLabelMapVolumeNode",
+                           vtk.VTK_UNSIGNED_CHAR)
+    widget, _ = open_sim(app, monkeypatch, tmp_path / "missing")
+    p = widget._parameterNode
+    p.inputLabels, p.exportFolder, p.exportSuppressContrast = label_map, tmp_path / "out", True
+    options = widget.logic._exportOptions(p)
+    assert options["suppress_contrast"] is True
+    job = prepare_scene_export(app.scene, ct, label_map, options.pop("out"), **options)
+    report = job.mapping.spec["slicer_scene"]["contrast_suppression"]
+    assert job.mapping.names == ("vertebrae_T6",) and report["median_hu_before"] == 350.0
+    written = read_volume(job.input_paths["ct"]).array
+    assert (written[parts["heart"] & ~parts["spine"]] == 40).mean() > 0.9
+    np.testing.assert_array_equal(written[parts["spine"]], 900)
+    assert (labels == HEART).any() and (labels == SPINE).any()
+    widget.cleanup()

@@ -64,6 +64,9 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
                    choices=("none", "light", "strong"),
                    help="image-domain randomisation: vendor processing, collimation, text, devices, noise, blur, "
                         "dropout, inversion (default none; README: Sim-to-real)")
+    p.add_argument("--suppress-contrast", action="store_true",
+                   help="virtual non-contrast: set iodine-enhanced blood and organs (found from the label map's "
+                        "heart, vessel and organ labels) to 40 HU before rendering (README: Sim-to-real)")
     p.add_argument("--keep-truncated", action="store_true",
                    help="do not mark pixels whose ray crosses body beyond a cut face of the CT as 'ignore'")
     p.add_argument("--isocenter", choices=("labels", "center"), default="labels",
@@ -140,7 +143,7 @@ def run_export_command(args: argparse.Namespace) -> int:
         seed=args.seed, test_fraction=args.test_fraction,
         test_ids=tuple(s.strip() for s in args.test_ids.split(",") if s.strip()) if args.test_ids else None,
         isocenter=args.isocenter, previews=not args.no_previews, preview_max_px=args.preview_size,
-        ignore_truncated=not args.keep_truncated,
+        ignore_truncated=not args.keep_truncated, suppress_contrast=args.suppress_contrast,
         domain_randomisation=args.domain_randomisation,
         virtual_patients=args.virtual_patients, virtual_patient_ranges={
             "deform_mm": args.deform_mm, "deform_spacing_mm": args.deform_spacing_mm,

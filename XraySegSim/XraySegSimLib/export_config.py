@@ -65,6 +65,9 @@ class ExportConfig:
     # made from the CT (sample v is patient v % N), with these ranges (VirtualPatientRanges fields).
     virtual_patients: int = 0
     virtual_patient_ranges: dict = field(default_factory=lambda: VirtualPatientRanges().to_dict())
+    # Virtual non-contrast (see contrast): set the CT's iodine-enhanced blood and organs, found from the label
+    # map's heart, vessel and organ labels, to blood HU before rendering; plain radiographs have no contrast.
+    suppress_contrast: bool = False
     # Image-domain randomisation (see domain_randomisation): "none", "light" or "strong".
     domain_randomisation: str = "none"
 

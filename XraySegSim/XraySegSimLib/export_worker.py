@@ -78,6 +78,7 @@ class _CtContext:
     ct_grid: Any
     local_to_global: np.ndarray
     cut_faces: Any = None  # truncation.CutFaces of the CT, or None (no ignore label)
+    contrast: dict | None = None  # contrast.suppress_contrast's report, or None (suppression off)
 
 
 def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
@@ -152,6 +153,7 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
         "domain_randomisation": plan,
         "collimated_pixels": collimated,
         "ignore_rule": IGNORE_RULE if ctx.cut_faces is not None else None,
+        "contrast_suppression": ctx.contrast,
         "unknown_label_values_ignored": list(result.unknown_label_values),
         "render_ms": round(job.render_ms, 1),
         "files": {k: str(p.relative_to(layout.root)) for k, p in {
@@ -206,6 +208,18 @@ def process_ct(task: CtTask) -> dict[str, Any]:
         _set_chunksize(previous_chunk)
 
 
+def _suppress_contrast(loaded) -> dict:
+    """The loaded CT made virtual non-contrast (in place of its HU); returns the suppression's report."""
+    from .contrast import suppress_contrast
+
+    if loaded.labels is None or not loaded.names:
+        return {"suppressed_ml": 0.0, "note": "no label map: nothing to seed the suppression"}
+    spacing = np.linalg.norm(loaded.ct.ijk_to_ras[:3, :3], axis=0)
+    hu, report = suppress_contrast(loaded.ct.array, loaded.labels.array, loaded.names, spacing)
+    loaded.ct = dataclasses.replace(loaded.ct, array=hu) if hu is not loaded.ct.array else loaded.ct
+    return report
+
+
 def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: list[dict],
                 report: dict[str, Any]) -> dict[str, Any]:
     from .labels import LabelClasses
@@ -215,6 +229,7 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
     case_in, config, mapping = task.case, task.config, task.mapping
     try:
         loaded = load_case(case_in, mapping)
+        contrast = _suppress_contrast(loaded) if config.suppress_contrast else None
         classes_ct = mapping.classes_for(loaded.names) if loaded.labels is not None else LabelClasses(())
         physics_on = config.physics_preset() is not None
         projector = DrrProjector(loaded.ct, loaded.labels, classes_ct if loaded.labels is not None else None,
@@ -245,7 +260,7 @@ def _process_ct(task: CtTask, started: float, layout: DatasetLayout, outcomes: l
         return report
     global_index = {name: i for i, name in enumerate(mapping.names)}
     local_to_global = np.array([global_index[c.name] for c in projector.classes.classes], np.int64)
-    ctx = _CtContext(layout, case_in, config, mapping, ct_grid, local_to_global, cut_faces)
+    ctx = _CtContext(layout, case_in, config, mapping, ct_grid, local_to_global, cut_faces, contrast)
     # One writer thread finishes each sample (image, masks, codes, preview, files) while the next view renders.
     writer = cf.ThreadPoolExecutor(1, initializer=_set_numba_threads, initargs=(task.threads,))
     pending: list[tuple[cf.Future, int]] = []  # (future, index of its row in outcomes)

@@ -240,8 +240,13 @@ def atlas_bone_values(atlas_labels: np.ndarray, names: dict[int, str] | None = N
 
 def transfer_labels(atlas_ct: Any, atlas_labels: Any, target_ct: Any, *, label_values: Iterable[int] | None = None,
                     settings: TransferSettings = TransferSettings(), progress: Progress | None = None,
-                    reference: Any = None, reference_value: int | None = None) -> TransferResult:
+                    reference: Any = None, reference_value: int | None = None,
+                    carry_values: Iterable[int] = ()) -> TransferResult:
     """Transfer the atlas's labels (default: its bones) onto ``target_ct``; images or paths (NIfTI, NRRD, DICOM).
+
+    ``carry_values``: atlas labels moved as well but not refined by bone HU, written where no bone label is:
+    the heart, vessels and enhancing organs, so that ``export --suppress-contrast`` can find the contrast
+    (:mod:`.contrast` grows them over the target's enhanced voxels). They do not count in the quality figures.
 
     ``reference``: a binary mask of one structure on the target (any grid), compared with label
     ``reference_value`` (Dice in the report). ``progress(fraction, message)`` is called between the stages.
@@ -314,13 +319,23 @@ def transfer_labels(atlas_ct: Any, atlas_labels: Any, target_ct: Any, *, label_v
     refined = label_refine.refine_labels(moved_array, target_hu, voxel_spacing, settings.keep_hu,
                                          settings.grow_mm, allowed=in_view, marrow_hu=settings.marrow_hu,
                                          interior_mm=settings.interior_mm)
-    out_dtype = np.uint8 if max(values) < 256 else np.uint16
-    result = sitk.GetImageFromArray(refined.astype(out_dtype))
+    carried = sorted(set(int(v) for v in carry_values) - set(values))
+    labelled = refined
+    if carried:
+        carried_only = sitk.GetImageFromArray(np.where(np.isin(atlas_array, carried), atlas_array, 0)
+                                              .astype(np.uint16))
+        carried_only.CopyInformation(label_image)
+        moved_carried = sitk.GetArrayFromImage(sitk.Resample(carried_only, target_image, transform,
+                                                             sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16))
+        labelled = np.where((refined == 0) & in_view, moved_carried, refined)
+    out_dtype = np.uint8 if max(values + carried) < 256 else np.uint16
+    result = sitk.GetImageFromArray(labelled.astype(out_dtype))
     result.CopyInformation(target_image)
     stage("labels and refinement", 1.0)
 
     report: dict[str, Any] = {
         "label_values": values,
+        "carried_values": carried,
         "settings": asdict(settings),
         "metric": {"z_search": round(z_metric, 4), "affine": round(affine_metric, 4),
                    "bspline": round(bspline_metric, 4)},

@@ -26,7 +26,9 @@ def _recipe(cache: Path) -> dict:
     return {"atlas": ATLAS, "target": TARGET,
             "inputs_sha256": {f"{s.name}/{f.name}": f.sha256 for s in (atlas, target) for f in s.files
                               if f.key in ("ct", "labels")},
-            "settings": asdict(TransferSettings())}
+            "settings": asdict(TransferSettings()),
+            # the heart, vessels and enhancing organs come along for export --suppress-contrast
+            "carry": "enhancing"}
 
 
 def _paths(name: str, cache: Path) -> dict[str, Path]:
@@ -71,8 +73,12 @@ def build_labelled_sample(name: str, cache: Path, progress: Callable[[str], None
 
     if progress:
         progress(f"transferring the bone labels of {ATLAS} onto {TARGET} (first use: a few minutes)")
+    from .contrast import enhancing_values
+    from .export_inputs import names_table
+
+    carried = enhancing_values(names_table(atlas["names"]))
     transferred = transfer_labels(atlas["ct"], atlas["labels"], target["ct"], reference=target["t12_reference"],
-                                  reference_value=T12_VALUE,
+                                  reference_value=T12_VALUE, carry_values=carried,
                                   progress=(lambda f, m: progress(f"  {100 * f:3.0f}% {m}")) if progress else None)
     folder = paths["labels"].parent
     folder.mkdir(parents=True, exist_ok=True)

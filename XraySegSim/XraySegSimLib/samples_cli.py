@@ -44,6 +44,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     transfer.add_argument("--reference", type=Path, help="a binary mask of one structure on the target, for a "
                                                          "Dice in the report")
     transfer.add_argument("--reference-label", help="the label value or name that --reference shows")
+    transfer.add_argument("--carry-enhancing", action="store_true",
+                          help="also move the atlas's heart, vessel and enhancing-organ labels (not refined by "
+                               "bone HU), so that 'xrayseg export --suppress-contrast' can find the contrast")
     transfer.add_argument("--bspline-iterations", type=int, help="B-spline iterations (default 80)")
     transfer.add_argument("--keep-hu", type=float, help="labels are kept on voxels above this HU and the marrow "
                                                         "they enclose (default 150)")
@@ -92,6 +95,7 @@ def run_label_transfer(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .label_transfer import TransferSettings, transfer_labels, write_transfer_outputs
+    from .contrast import enhancing_values
     from .export_inputs import names_table
 
     names = names_table(args.names)
@@ -109,6 +113,7 @@ def run_label_transfer(args: argparse.Namespace) -> int:
     result = transfer_labels(
         args.atlas_ct, args.atlas_labels, args.ct, label_values=values, settings=settings,
         reference=args.reference, reference_value=reference_value,
+        carry_values=enhancing_values(names) if args.carry_enhancing else (),
         progress=lambda fraction, message: print(f"{100 * fraction:3.0f}% {message}", file=sys.stderr, flush=True),
     )
     result.report["inputs"] = {"atlas_ct": str(args.atlas_ct), "atlas_labels": str(args.atlas_labels),

@@ -134,11 +134,13 @@ def prepare_scene_export(scene, ct_node, labels_node, out: str | Path, view: str
                          test_fraction: float = 0.2, workers: int = 1, resume: bool = False,
                          dataset_id: int = 501, dataset_name: str = "XraySeg",
                          keep_inputs: bool = False, virtual_patients: int = 0,
-                         domain_randomisation: str = "none") -> SceneExportJob:
+                         domain_randomisation: str = "none", suppress_contrast: bool = False) -> SceneExportJob:
     """Check the options and inputs and write the CT and labels as NRRD into the dataset's ``.work`` (see
-    :func:`export_training_set`); returns the job. ``virtual_patients`` and ``domain_randomisation`` are
-    ``xrayseg export``'s ``--virtual-patients`` and ``--domain-randomisation``. Refused (InputError): as
-    :func:`export_training_set`, with nothing left behind."""
+    :func:`export_training_set`); returns the job. ``virtual_patients``, ``domain_randomisation`` and
+    ``suppress_contrast`` are ``xrayseg export``'s ``--virtual-patients``, ``--domain-randomisation`` and
+    ``--suppress-contrast`` (here applied to the CT before it is written, from the labels' segment or class
+    names; its report is in dataset.json's class spec). Refused (InputError): as :func:`export_training_set`,
+    with nothing left behind."""
     import shutil
 
     from . import views as views_module
@@ -164,6 +166,18 @@ def prepare_scene_export(scene, ct_node, labels_node, out: str | Path, view: str
     labels, classes = labels_from_node(scene, labels_node, ct_node)
     if labels is None or classes is None or not len(classes):
         raise InputError(f"{labels_node.GetName()}: holds no label classes to export")
+    contrast = None
+    if suppress_contrast:  # from the raw labels, whose organ values the compaction below sets to 0
+        from .contrast import suppress_contrast as make_virtual_non_contrast
+
+        named = {int(v): c.name for c in classes.classes for v in c.values}
+        if not labels_node.IsA("vtkMRMLSegmentationNode"):  # a label map's other values: as xrayseg export reads
+            from .export_inputs import names_table  # them, by the TotalSegmentator v1 table
+
+            named = {**names_table(None), **named}
+        hu, contrast = make_virtual_non_contrast(ct.array, labels.array, named,
+                                                 np.linalg.norm(ct.ijk_to_ras[:3, :3], axis=0))
+        ct = Volume(hu, ct.ijk_to_ras, ct.name)
     # Class i (in the input's order) becomes label value i + 1; values of no class (e.g. the organs of a
     # TotalSegmentator label map) become 0, so the exporter sees exactly the classes the preview shows.
     names = _unique_names(classes.names)
@@ -176,7 +190,8 @@ def prepare_scene_export(scene, ct_node, labels_node, out: str | Path, view: str
     mapping = ClassMapping(tuple(names), tuple((i,) for i in range(1, len(names) + 1)),
                            tuple(tuple(float(x) for x in c.color) for c in classes.classes),
                            default_names={i: n for i, n in enumerate(names, start=1)},
-                           spec={"slicer_scene": {"labels": labels_node.GetName(), "classes": names}})
+                           spec={"slicer_scene": {"labels": labels_node.GetName(), "classes": names,
+                                                  "contrast_suppression": contrast}})
     config = ExportConfig(out=str(out), dataset_id=int(dataset_id), dataset_name=dataset_name, view=view,
                           views_per_ct=int(views_per_ct), size=int(size), physics=physics, seed=int(seed),
                           test_fraction=float(test_fraction), virtual_patients=int(virtual_patients),
@@ -230,7 +245,7 @@ def export_training_set(scene, ct_node, labels_node, out: str | Path, view: str 
                         progress: Callable[[int, int, str], None] | None = None,
                         cancel: Callable[[], bool] | None = None, dataset_id: int = 501,
                         dataset_name: str = "XraySeg", keep_inputs: bool = False, virtual_patients: int = 0,
-                        domain_randomisation: str = "none"):
+                        domain_randomisation: str = "none", suppress_contrast: bool = False):
     """Batch-export randomised views of the scene's CT with its labels (``export.run_export``, nnU-Net v2
     layout under ``<out>/Dataset<ID>_<Name>``); returns its ``ExportReport``.
 
@@ -248,5 +263,5 @@ def export_training_set(scene, ct_node, labels_node, out: str | Path, view: str 
     ``resume``."""
     job = prepare_scene_export(scene, ct_node, labels_node, out, view, views_per_ct, size, physics, seed,
                                test_fraction, workers, resume, dataset_id, dataset_name, keep_inputs,
-                               virtual_patients, domain_randomisation)
+                               virtual_patients, domain_randomisation, suppress_contrast)
     return job.run(progress=progress, cancel=cancel)

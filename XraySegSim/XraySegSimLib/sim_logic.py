@@ -88,7 +88,8 @@ class SimLogic:
                     physics=p.exportPhysics, seed=p.exportSeed, test_fraction=p.exportTestFraction,
                     workers=p.exportWorkers, resume=p.exportResume, out=folder,
                     virtual_patients=getattr(p, "exportVirtualPatients", 0),
-                    domain_randomisation=getattr(p, "exportDomainRandomisation", "none"))
+                    domain_randomisation=getattr(p, "exportDomainRandomisation", "none"),
+                    suppress_contrast=bool(getattr(p, "exportSuppressContrast", False)))
 
     def exportTrainingSet(self, p, progress=None, cancel=None):
         """Batch-export randomised views of ``p.inputVolume`` with ``p.inputLabels`` in this process, one CT
