@@ -1,8 +1,8 @@
 """Contrast suppression: a virtual non-contrast CT for simulating plain radiographs (issue 10).
 
 Most CTs that come with bone labels (TotalSegmentator's, both chest samples here) are contrast-enhanced: the heart,
-the aorta and the great veins hold iodinated blood at 250-450 HU, the injected vein up to 1,300 HU, and the kidneys
-and spleen enhance too. A plain radiograph has no contrast, so in a DRR of such a CT the mediastinum is as dense
+the aorta and the great veins hold iodinated blood at 250-450 HU (the sample CT's superior vena cava 1,260 HU), and
+the kidneys and spleen enhance too. A plain radiograph has no contrast, so in a DRR of such a CT the mediastinum is as dense
 as bone (the sample CT's heart: median 331 HU against ~40 HU for blood without contrast). Suppression sets the
 enhanced blood and organ voxels to ``blood_hu``.
 
