@@ -7,7 +7,8 @@ Those pixels say nothing true, neither the image nor the labels, so the exporter
 v2's ignore label) rather than inventing anatomy.
 
 Rule (exact on the voxel grid, no sampling): on each of the six faces of the CT grid, the *cut section* is the
-set of boundary voxels that are body (HU > ``BODY_HU``, or labelled). The body beyond the face is taken to
+set of boundary voxels that are labelled, or body (HU > ``BODY_HU``) that belongs to the patient
+(:func:`patient_parts`: the CT couch, its pad and rails are not the patient). The body beyond the face is taken to
 continue as that section extruded outward along the face normal, without end (a prism). A pixel is truncated
 when its ray, between the source and the detector pixel, passes through the prism of any face. This contains
 every ray that leaves or enters the CT through a cut face inside the body (the prism starts at the face), and
@@ -36,7 +37,11 @@ import numpy as np
 from .truncation_walk import (block_reach, block_states, block_walk_hits, deepest_full_square, face_ray, full_depth,
                               meets_square, set_box)
 
-BODY_HU = -500  # voxels above this (or labelled) are body; the same rule as the detector placement
+# Voxels above this (or labelled) are body. Soft tissue and fat lie above -150 HU; the foam of couch pads and
+# mattresses (-300 to -700 HU) lies against the patient's back and, at -500, joined the couch to the patient: on the
+# full chest CT (its couch cut by the posterior face) 70-100 % of every PA view was ignored; now 31-49 %.
+BODY_HU = -200
+PATIENT_PART_FRACTION = 0.2  # a part of the body at least this share of the largest is the patient's too (limbs)
 TILE = 8  # pixels per side of the tiles that are settled whole before any ray of theirs is walked
 
 
@@ -170,9 +175,45 @@ def _truncated_kernel(sections, blocks, reaches, depths, boxes, source, origin, 
                                                                      origin, column_step, row_step, shape_kji, r, c))
 
 
+def _fine(coarse_section: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A coarse face section back on the face's own grid (each coarse cell covers 2 x 2 voxels)."""
+    return np.repeat(np.repeat(coarse_section, 2, 0), 2, 1)[:shape[0], :shape[1]]
+
+
 def _is_body(words: np.ndarray, body_hu: int) -> np.ndarray:
     words = words.astype(np.int64)
     return ((words & 0xFFFF).astype(np.uint16).view(np.int16) > body_hu) | (words >> 16 != 0)
+
+
+def _coarse_body(a: np.ndarray, packed: bool, body_hu: int, labels: np.ndarray | None) -> np.ndarray:
+    """Body mask on a grid 2x coarser per axis (a coarse voxel is body when any of its 8 voxels is), built two
+    slices at a time so that no full-size temporary is made (the packed chest CT has 35 M words)."""
+    k, j, i = a.shape
+    out = np.zeros(((k + 1) // 2, (j + 1) // 2, (i + 1) // 2), np.bool_)
+    for z in range(0, k, 2):
+        slab = a[z:z + 2]
+        body = _is_body(slab, body_hu) if packed else slab > body_hu
+        if labels is not None and not packed:
+            body = body | (labels[z:z + 2] != 0)
+        body = body.any(0)
+        body = np.pad(body, ((0, j % 2), (0, i % 2)))
+        out[z // 2] = body.reshape(out.shape[1], 2, out.shape[2], 2).any((1, 3))
+    return out
+
+
+def patient_parts(coarse_body: np.ndarray, fraction: float = PATIENT_PART_FRACTION) -> np.ndarray:
+    """The patient in a (coarse) body mask: its largest 6-connected part and every part at least ``fraction`` of
+    its size. What lies apart from the patient (the couch shell and rails, a positioning aid, a tube) is dropped."""
+    import scipy.ndimage as ndi
+
+    parts, count = ndi.label(coarse_body)
+    if count <= 1:
+        return coarse_body
+    sizes = np.bincount(parts.ravel())
+    sizes[0] = 0
+    keep = sizes >= fraction * sizes.max()
+    keep[0] = False
+    return keep[parts]
 
 
 class CutFaces:
@@ -187,23 +228,26 @@ class CutFaces:
         a = hu_or_packed
         self.shape_kji = np.array(a.shape, np.int64)
         self.ras_to_ijk = np.asarray(ras_to_ijk, np.float64)
+        patient = patient_parts(_coarse_body(a, packed, body_hu, labels))
 
-        def body(section: np.ndarray, label_section: np.ndarray | None) -> np.ndarray:
+        def body(section: np.ndarray, label_section: np.ndarray | None, index) -> np.ndarray:
+            # HU body counts where it is the patient's; a labelled voxel is anatomy wherever it lies
             if packed:
-                return np.ascontiguousarray(_is_body(section, body_hu), np.uint8)
-            mask = section > body_hu
-            if label_section is not None:
-                mask |= label_section != 0
+                words = section.astype(np.int64)
+                hu_body, labelled = _is_body(words & 0xFFFF, body_hu), (words >> 16) != 0
+            else:
+                hu_body = section > body_hu
+                labelled = np.zeros(section.shape, bool) if label_section is None else label_section != 0
+            mask = (hu_body & _fine(patient[index], section.shape)) | labelled
             return np.ascontiguousarray(mask, np.uint8)
 
-        def lab(index) -> np.ndarray | None:
-            return None if labels is None else labels[index]
+        def face(index):  # the face's voxels, their labels, and the index of the face on the coarse grid (the same)
+            return a[index], None if labels is None or packed else labels[index], index
 
-        self.faces_i = np.stack([body(a[:, :, 0], lab((slice(None), slice(None), 0))),
-                                 body(a[:, :, -1], lab((slice(None), slice(None), -1)))])
-        self.faces_j = np.stack([body(a[:, 0, :], lab((slice(None), 0, slice(None)))),
-                                 body(a[:, -1, :], lab((slice(None), -1, slice(None))))])
-        self.faces_k = np.stack([body(a[0], lab(0)), body(a[-1], lab(-1))])
+        every = slice(None)
+        self.faces_i = np.stack([body(*face((every, every, 0))), body(*face((every, every, -1)))])
+        self.faces_j = np.stack([body(*face((every, 0, every))), body(*face((every, -1, every)))])
+        self.faces_k = np.stack([body(*face((0, every, every))), body(*face((-1, every, every)))])
         sections = [section for faces in (self.faces_i, self.faces_j, self.faces_k) for section in faces]
         self._blocks = tuple(block_states(section) for section in sections)
         self._sections = tuple(np.ascontiguousarray(section) for section in sections)
@@ -247,4 +291,5 @@ def truncated_mask(projector, geometry, body_hu: int = BODY_HU) -> np.ndarray:
 
 IGNORE_MASK_VALUE = 255  # value of unknown pixels in every class plane of masksTr/masksTs (classes are 0/1)
 IGNORE_RULE = ("pixels whose ray crosses the body's continuation beyond a cut face of the CT (boundary voxels "
-               f"with HU > {BODY_HU} or labelled, extruded outward): labelsTr 'ignore', masks {IGNORE_MASK_VALUE}")
+               f"with HU > {BODY_HU} or labelled, of the patient's connected body, not the couch; extruded outward): "
+               f"labelsTr 'ignore', masks {IGNORE_MASK_VALUE}")
