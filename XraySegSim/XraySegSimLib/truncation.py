@@ -180,9 +180,14 @@ def _fine(coarse_section: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(np.repeat(coarse_section, 2, 0), 2, 1)[:shape[0], :shape[1]]
 
 
-def _is_body(words: np.ndarray, body_hu: int) -> np.ndarray:
-    words = words.astype(np.int64)
-    return ((words & 0xFFFF).astype(np.uint16).view(np.int16) > body_hu) | (words >> 16 != 0)
+def _hu_body_and_labelled(values: np.ndarray, labels: np.ndarray | None, packed: bool, body_hu: int
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(HU above ``body_hu``, labelled) of packed words (low 16 bits HU, high 16 bits class), or of HU values
+    and their labels (or none)."""
+    if packed:
+        words = values.astype(np.int64)
+        return (words & 0xFFFF).astype(np.uint16).view(np.int16) > body_hu, (words >> 16) != 0
+    return values > body_hu, np.zeros(values.shape, bool) if labels is None else labels != 0
 
 
 def _coarse_body(a: np.ndarray, packed: bool, body_hu: int, labels: np.ndarray | None) -> np.ndarray:
@@ -191,11 +196,9 @@ def _coarse_body(a: np.ndarray, packed: bool, body_hu: int, labels: np.ndarray |
     k, j, i = a.shape
     out = np.zeros(((k + 1) // 2, (j + 1) // 2, (i + 1) // 2), np.bool_)
     for z in range(0, k, 2):
-        slab = a[z:z + 2]
-        body = _is_body(slab, body_hu) if packed else slab > body_hu
-        if labels is not None and not packed:
-            body = body | (labels[z:z + 2] != 0)
-        body = body.any(0)
+        hu_body, labelled = _hu_body_and_labelled(a[z:z + 2], None if labels is None else labels[z:z + 2], packed,
+                                                  body_hu)
+        body = (hu_body | labelled).any(0)
         body = np.pad(body, ((0, j % 2), (0, i % 2)))
         out[z // 2] = body.reshape(out.shape[1], 2, out.shape[2], 2).any((1, 3))
     return out
@@ -232,17 +235,12 @@ class CutFaces:
 
         def body(section: np.ndarray, label_section: np.ndarray | None, index) -> np.ndarray:
             # HU body counts where it is the patient's; a labelled voxel is anatomy wherever it lies
-            if packed:
-                words = section.astype(np.int64)
-                hu_body, labelled = _is_body(words & 0xFFFF, body_hu), (words >> 16) != 0
-            else:
-                hu_body = section > body_hu
-                labelled = np.zeros(section.shape, bool) if label_section is None else label_section != 0
+            hu_body, labelled = _hu_body_and_labelled(section, label_section, packed, body_hu)
             mask = (hu_body & _fine(patient[index], section.shape)) | labelled
             return np.ascontiguousarray(mask, np.uint8)
 
         def face(index):  # the face's voxels, their labels, and the index of the face on the coarse grid (the same)
-            return a[index], None if labels is None or packed else labels[index], index
+            return a[index], None if labels is None else labels[index], index
 
         every = slice(None)
         self.faces_i = np.stack([body(*face((every, every, 0))), body(*face((every, every, -1)))])
