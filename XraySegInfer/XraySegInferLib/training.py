@@ -348,7 +348,7 @@ RECIPES: dict[str, dict] = {
                     "contrast": [0.7, 1.3], "brightness": 0.1, "gamma": [0.6, 1.6], "noise_std": 0.04,
                     "blur_sigma_px": [0.5, 1.2], "blur_probability": 0.2, "flip_horizontal": 0.0},
         "window_percentiles": [0.5, 99.5], "gamma": 1.0, "amp": True,
-        "name": "xrayseg-chest-bones", "version": "0.2.0",
+        "name": "xrayseg-chest-bones", "version": "0.3.0",
     },
     # A quick smoke run for any dataset (minutes on CPU).
     "quick": {"architecture": {"name": "UNet", "channels": [8, 16, 32, 64], "strides": [2, 2, 2],
