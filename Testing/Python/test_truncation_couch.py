@@ -58,5 +58,22 @@ def test_patient_parts_keeps_the_largest_part_and_parts_of_a_similar_size(fracti
     mask[2:8, 2:8, 2:8] = True  # 216 voxels: the trunk
     mask[2:8, 2:8, 12:16] = True  # 144: an arm apart from it
     mask[2:4, 15:18, 2:4] = True  # 12: a rail
-    parts = patient_parts(mask, fraction)
+    parts = patient_parts(mask, fraction=fraction)
     assert parts.sum() == (216, 360)[kept - 1] and not parts[2:4, 15:18, 2:4].any()
+    labelled = np.zeros_like(mask)
+    labelled[3, 16, 3] = True  # a label in the small part: it is anatomy, whatever its size
+    assert patient_parts(mask, labelled, fraction=fraction)[2:4, 15:18, 2:4].all()
+
+
+def test_a_labelled_arm_apart_from_the_trunk_stays_body():
+    """An arm beside the trunk, both cut by the axial faces, the arm smaller than a fifth of the trunk: its section
+    counts when it holds a label (the humerus), as the trunk's does."""
+    volume = patient_on_couch(200.0, couch=True)
+    c = voxel_centers_ras(volume)
+    arm = (np.hypot(c[..., 0] - 52, c[..., 1] - 5) < 6)
+    volume.array[arm] = 40.0
+    labels = np.zeros(volume.array.shape, np.uint8)
+    labels[arm & (np.hypot(c[..., 0] - 52, c[..., 1] - 5) < 3)] = 7
+    trunk_only = CutFaces(volume.array, volume.ras_to_ijk, packed=False).cut_voxels["k_low"]
+    with_arm = CutFaces(volume.array, volume.ras_to_ijk, labels=labels, packed=False).cut_voxels["k_low"]
+    assert with_arm - trunk_only == int(arm[0].sum()) > 0

@@ -190,23 +190,31 @@ def _hu_body_and_labelled(values: np.ndarray, labels: np.ndarray | None, packed:
     return values > body_hu, np.zeros(values.shape, bool) if labels is None else labels != 0
 
 
-def _coarse_body(a: np.ndarray, packed: bool, body_hu: int, labels: np.ndarray | None) -> np.ndarray:
-    """Body mask on a grid 2x coarser per axis (a coarse voxel is body when any of its 8 voxels is), built two
-    slices at a time so that no full-size temporary is made (the packed chest CT has 35 M words)."""
+def _coarse_body(a: np.ndarray, packed: bool, body_hu: int, labels: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(body, labelled) on a grid 2x coarser per axis (a coarse voxel is set when any of its 8 voxels is), built
+    two slices at a time so that no full-size temporary is made (the packed chest CT has 35 M words)."""
     k, j, i = a.shape
-    out = np.zeros(((k + 1) // 2, (j + 1) // 2, (i + 1) // 2), np.bool_)
+    shape = ((k + 1) // 2, (j + 1) // 2, (i + 1) // 2)
+    body, labelled = np.zeros(shape, np.bool_), np.zeros(shape, np.bool_)
+
+    def pooled(slab: np.ndarray) -> np.ndarray:
+        plane = np.pad(slab.any(0), ((0, j % 2), (0, i % 2)))
+        return plane.reshape(shape[1], 2, shape[2], 2).any((1, 3))
+
     for z in range(0, k, 2):
-        hu_body, labelled = _hu_body_and_labelled(a[z:z + 2], None if labels is None else labels[z:z + 2], packed,
-                                                  body_hu)
-        body = (hu_body | labelled).any(0)
-        body = np.pad(body, ((0, j % 2), (0, i % 2)))
-        out[z // 2] = body.reshape(out.shape[1], 2, out.shape[2], 2).any((1, 3))
-    return out
+        hu_body, has_label = _hu_body_and_labelled(a[z:z + 2], None if labels is None else labels[z:z + 2], packed,
+                                                   body_hu)
+        body[z // 2], labelled[z // 2] = pooled(hu_body | has_label), pooled(has_label)
+    return body, labelled
 
 
-def patient_parts(coarse_body: np.ndarray, fraction: float = PATIENT_PART_FRACTION) -> np.ndarray:
-    """The patient in a (coarse) body mask: its largest 6-connected part and every part at least ``fraction`` of
-    its size. What lies apart from the patient (the couch shell and rails, a positioning aid, a tube) is dropped."""
+def patient_parts(coarse_body: np.ndarray, coarse_labelled: np.ndarray | None = None,
+                  fraction: float = PATIENT_PART_FRACTION) -> np.ndarray:
+    """The patient in a (coarse) body mask: its largest 6-connected part, every part at least ``fraction`` of its
+    size (a leg beside the other), and every part that holds a label (an arm apart from the trunk). What lies
+    apart from the patient unlabelled (the couch shell and rails, a positioning aid, a tube) is dropped; so is an
+    unlabelled arm that the scan shows apart from the trunk."""
     import scipy.ndimage as ndi
 
     parts, count = ndi.label(coarse_body)
@@ -215,6 +223,8 @@ def patient_parts(coarse_body: np.ndarray, fraction: float = PATIENT_PART_FRACTI
     sizes = np.bincount(parts.ravel())
     sizes[0] = 0
     keep = sizes >= fraction * sizes.max()
+    if coarse_labelled is not None:
+        keep[np.unique(parts[coarse_labelled])] = True
     keep[0] = False
     return keep[parts]
 
@@ -231,7 +241,7 @@ class CutFaces:
         a = hu_or_packed
         self.shape_kji = np.array(a.shape, np.int64)
         self.ras_to_ijk = np.asarray(ras_to_ijk, np.float64)
-        patient = patient_parts(_coarse_body(a, packed, body_hu, labels))
+        patient = patient_parts(*_coarse_body(a, packed, body_hu, labels))
 
         def body(section: np.ndarray, label_section: np.ndarray | None, index) -> np.ndarray:
             # HU body counts where it is the patient's; a labelled voxel is anatomy wherever it lies
@@ -239,13 +249,13 @@ class CutFaces:
             mask = (hu_body & _fine(patient[index], section.shape)) | labelled
             return np.ascontiguousarray(mask, np.uint8)
 
-        def face(index):  # the face's voxels, their labels, and the index of the face on the coarse grid (the same)
-            return a[index], None if labels is None else labels[index], index
+        def section(index):  # one face; the coarse grid's face has the same index
+            return body(a[index], None if labels is None else labels[index], index)
 
         every = slice(None)
-        self.faces_i = np.stack([body(*face((every, every, 0))), body(*face((every, every, -1)))])
-        self.faces_j = np.stack([body(*face((every, 0, every))), body(*face((every, -1, every)))])
-        self.faces_k = np.stack([body(*face((0, every, every))), body(*face((-1, every, every)))])
+        self.faces_i = np.stack([section((every, every, 0)), section((every, every, -1))])
+        self.faces_j = np.stack([section((every, 0, every)), section((every, -1, every))])
+        self.faces_k = np.stack([section((0, every, every)), section((-1, every, every))])
         sections = [section for faces in (self.faces_i, self.faces_j, self.faces_k) for section in faces]
         self._blocks = tuple(block_states(section) for section in sections)
         self._sections = tuple(np.ascontiguousarray(section) for section in sections)
