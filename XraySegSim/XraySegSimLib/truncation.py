@@ -39,7 +39,7 @@ from .truncation_walk import (block_reach, block_states, block_walk_hits, deepes
 
 # Voxels above this (or labelled) are body. Soft tissue and fat lie above -150 HU; the foam of couch pads and
 # mattresses (-300 to -700 HU) lies against the patient's back and, at -500, joined the couch to the patient: on the
-# full chest CT (its couch cut by the posterior face) 70-100 % of every PA view was ignored; now 31-49 %.
+# full chest CT (its couch cut by the posterior face) 70-100 % of every PA view was ignored; now a median of 40 %.
 BODY_HU = -200
 PATIENT_PART_FRACTION = 0.2  # a part of the body at least this share of the largest is the patient's too (limbs)
 TILE = 8  # pixels per side of the tiles that are settled whole before any ray of theirs is walked
