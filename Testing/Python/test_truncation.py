@@ -32,8 +32,10 @@ def pa_geometry(size=(72, 72), spacing=2.5, source_shift=(8.0, 0.0, 12.0)) -> Xr
                         column_axis=(1, 0, 0), row_axis=(0, 0, -1), size=size, spacing=(spacing, spacing))
 
 
-def analytic_truncation(geometry: XrayGeometry, axis: int, low: float, high: float) -> np.ndarray:
-    """Pixels whose source-to-pixel segment meets the infinite cylinder outside [low, high] along ``axis``."""
+def analytic_truncation(geometry: XrayGeometry, axis: int, low: float, high: float,
+                        depth: float = np.inf) -> np.ndarray:
+    """Pixels whose source-to-pixel segment meets the infinite cylinder outside [low, high] along ``axis``, at
+    most ``depth`` beyond either end."""
     cols, rows = geometry.size
     i, j = np.meshgrid(np.arange(cols), np.arange(rows))
     pixel = (geometry.origin + i[..., None] * geometry.spacing[0] * geometry.column_axis
@@ -51,7 +53,8 @@ def analytic_truncation(geometry: XrayGeometry, axis: int, low: float, high: flo
     t1 = np.clip((-b + root) / (2 * a), 0, 1)
     meets = (disc > 0) & (t1 > t0)
     z0, z1 = s[axis] + t0 * d[..., axis], s[axis] + t1 * d[..., axis]
-    return meets & ((np.minimum(z0, z1) < low) | (np.maximum(z0, z1) > high))
+    z_lo, z_hi = np.minimum(z0, z1), np.maximum(z0, z1)
+    return meets & (((z_lo < low) & (z_hi >= low - depth)) | ((z_hi > high) & (z_lo <= high + depth)))
 
 
 def near_edge(mask: np.ndarray) -> np.ndarray:
@@ -78,6 +81,33 @@ def test_ignore_mask_covers_exactly_the_rays_through_the_cut_faces(axis):
     # The rays inside the CT that never reach a cut face keep their truth: the DRR there is the cylinder's.
     drr = projector.render(geometry).line_integral
     assert (drr[~mask & ~near_edge(reference)] >= 0).all() and drr[~mask].max() > 1.0
+
+
+def test_a_side_face_continuation_ends_at_its_depth():
+    """A body cut by faces along its side (here the cylinder's ends, along R: the grid's long axis is S) goes on
+    for ``side_depth_mm`` only: the rays that meet the cylinder only farther out are not truncated."""
+    volume = cylinder_ct(0)
+    geometry = pa_geometry(size=(96, 72))
+    extent = volume.array.shape[::-1][0] / 2.0
+    packed = DrrProjector(volume).packed
+    bounded = CutFaces(packed, volume.ras_to_ijk, side_depth_mm=20.0)
+    np.testing.assert_allclose(bounded.limits, [20, 20, 20, 20, np.inf, np.inf])
+    mask, without_end = bounded.mask(geometry), CutFaces(packed, volume.ras_to_ijk, side_depth_mm=np.inf).mask(geometry)
+    reference = analytic_truncation(geometry, 0, -extent, extent, depth=20.0)
+    assert (without_end & ~reference).sum() > 300, "the depth must matter for this view"
+    wrong = mask != reference
+    assert not (wrong & ~near_edge(reference)).any(), "mismatch away from the reference boundary"
+    assert wrong.sum() <= 0.5 * near_edge(reference).sum()
+    assert not (mask & ~without_end).any()
+
+
+def test_the_long_axis_is_the_grid_axis_closest_to_superior():
+    """The faces across the patient's long axis go on without end, whichever grid axis that is."""
+    from XraySegSimLib.truncation import face_limits
+
+    # i along S (0.5 mm), j along A (1 mm), k along R (2 mm): limits in voxels of each face's own axis
+    permuted = np.array([[0, 0, 2.0, 0], [0, 1.0, 0, 0], [0.5, 0, 0, 0], [0, 0, 0, 1]])
+    np.testing.assert_allclose(face_limits(np.linalg.inv(permuted), 100.0), [np.inf, np.inf, 100, 100, 50, 50])
 
 
 def test_cut_faces_of_an_oblique_grid_match_the_axis_aligned_result():

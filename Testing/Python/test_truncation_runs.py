@@ -31,9 +31,10 @@ def cut_blobby_body(seed: int, oblique: bool, holes: bool = True):
                                                   (3, True, False), (4, False, False)])
 @pytest.mark.parametrize("view, lao, cranial", [("chest-pa", 0, 0), ("chest-lateral", 15, 10),
                                                 ("carm-ap", 40, -30), ("lumbar-lateral", -70, 60)])
-def test_fast_pass_matches_the_cell_walk(seed, oblique, holes, view, lao, cranial):
+@pytest.mark.parametrize("side_depth_mm", [np.inf, 12.0], ids=["sides-without-end", "sides-12mm"])
+def test_fast_pass_matches_the_cell_walk(seed, oblique, holes, view, lao, cranial, side_depth_mm):
     volume = cut_blobby_body(seed, oblique, holes)
-    faces = CutFaces(volume.array, volume.ras_to_ijk, packed=False)
+    faces = CutFaces(volume.array, volume.ras_to_ijk, packed=False, side_depth_mm=side_depth_mm)
     cut = faces.cut_voxels
     assert cut["k_low"] > 0 and cut["k_high"] > 0 and (not oblique or all(n > 0 for n in cut.values()))
     geometry = views.from_preset(view, volume.center_ras, size=(96, 80), detector_mm=(700, 600), lao_deg=lao,
@@ -85,16 +86,17 @@ def tile_verdicts(faces: CutFaces, geometry):
                                       c_lo, c_hi)
                 passed &= beyond < 0
                 whole |= beyond == 4 and _tile_hit_whole(
-                    face, faces._sections[face], faces._blocks[face], faces._depths[face], box, source, origin,
-                    column_step, row_step, faces.shape_kji, r_lo, r_hi, c_lo, c_hi)
+                    face, faces._sections[face], faces._blocks[face], faces._depths[face], box, faces.limits[face],
+                    source, origin, column_step, row_step, faces.shape_kji, r_lo, r_hi, c_lo, c_hi)
             yield slice(r_lo, r_hi + 1), slice(c_lo, c_hi + 1), passed, whole
 
 
 @pytest.mark.parametrize("view, lao, cranial", [("chest-pa", 0, 0), ("chest-lateral", 15, 10), ("carm-ap", 40, -30)])
-def test_tiles_settled_whole_agree_with_the_cell_walk_pixel_by_pixel(view, lao, cranial):
+@pytest.mark.parametrize("side_depth_mm", [np.inf, 12.0], ids=["sides-without-end", "sides-12mm"])
+def test_tiles_settled_whole_agree_with_the_cell_walk_pixel_by_pixel(view, lao, cranial, side_depth_mm):
     """Both tile tests are used (tiles passed and tiles hit whole), and each is right for every pixel of the tile."""
     volume = cut_blobby_body(5, True, holes=False)
-    faces = CutFaces(volume.array, volume.ras_to_ijk, packed=False)
+    faces = CutFaces(volume.array, volume.ras_to_ijk, packed=False, side_depth_mm=side_depth_mm)
     geometry = views.from_preset(view, volume.center_ras, size=(160, 128), detector_mm=(700, 600), lao_deg=lao,
                                  cranial_deg=cranial)
     reference = reference_mask(faces, geometry)

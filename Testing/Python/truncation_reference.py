@@ -13,7 +13,7 @@ from XraySegSimLib.truncation_walk import beyond_interval as _beyond_interval, c
 
 
 @numba.njit(parallel=True, nogil=True, boundscheck=False)
-def reference_truncated_kernel(faces_i, faces_j, faces_k, source, origin, column_step, row_step, shape_kji,
+def reference_truncated_kernel(faces_i, faces_j, faces_k, limits, source, origin, column_step, row_step, shape_kji,
                       out):  # pragma: no cover - compiled
     nk, nj, ni = shape_kji[0], shape_kji[1], shape_kji[2]
     rows, cols = out.shape
@@ -27,13 +27,13 @@ def reference_truncated_kernel(faces_i, faces_j, faces_k, source, origin, column
             for side in range(2):
                 high = side == 1
                 # i faces: section [k, j]; j faces: [k, i]; k faces: [j, i]
-                t0, t1 = _beyond_interval(s[0], d0, ni, high)
+                t0, t1 = _beyond_interval(s[0], d0, ni, high, limits[0 + side])
                 if not hit and t0 < t1 and _walk_hits(faces_i[side], s[1], s[2], d1, d2, t0, t1):
                     hit = True
-                t0, t1 = _beyond_interval(s[1], d1, nj, high)
+                t0, t1 = _beyond_interval(s[1], d1, nj, high, limits[2 + side])
                 if not hit and t0 < t1 and _walk_hits(faces_j[side], s[0], s[2], d0, d2, t0, t1):
                     hit = True
-                t0, t1 = _beyond_interval(s[2], d2, nk, high)
+                t0, t1 = _beyond_interval(s[2], d2, nk, high, limits[4 + side])
                 if not hit and t0 < t1 and _walk_hits(faces_k[side], s[0], s[1], d0, d1, t0, t1):
                     hit = True
             out[r, c] = hit
@@ -44,6 +44,6 @@ def reference_mask(cut_faces, geometry) -> np.ndarray:
     cols, rows = geometry.size
     out = np.zeros((rows, cols), np.bool_)
     source, origin, column_step, row_step = cut_faces.detector_in_voxels(geometry)
-    reference_truncated_kernel(cut_faces.faces_i, cut_faces.faces_j, cut_faces.faces_k, source, origin,
-                               column_step, row_step, cut_faces.shape_kji, out)
+    reference_truncated_kernel(cut_faces.faces_i, cut_faces.faces_j, cut_faces.faces_k, cut_faces.limits, source,
+                               origin, column_step, row_step, cut_faces.shape_kji, out)
     return out

@@ -143,29 +143,30 @@ def block_walk_hits(section, blocks, reach, box, pb, pc, db, dc, t0, t1):  # pra
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def beyond_interval(s, d, n, high):  # pragma: no cover - compiled
-    """t-interval of [0, 1] where s + t d lies beyond the face (> n when ``high``, < 0 otherwise)."""
-    plane = n if high else 0.0
+def beyond_interval(s, d, n, high, depth):  # pragma: no cover - compiled
+    """t-interval of [0, 1] where s + t d lies beyond the face and at most ``depth`` past its plane
+    (n < x <= n + depth when ``high``, -depth <= x < 0 otherwise; ``depth`` may be inf)."""
+    lo, hi = (n, n + depth) if high else (-depth, 0.0)
     if d == 0.0:
-        beyond = s > plane if high else s < plane
-        return (0.0, 1.0) if beyond else (1.0, 0.0)
-    t = (plane - s) / d
-    if (d > 0.0) == high:  # moving outward through this face: beyond after t
-        return max(t, 0.0), 1.0
-    return 0.0, min(t, 1.0)
+        return (0.0, 1.0) if lo < s < hi else (1.0, 0.0)
+    ta, tb = (lo - s) / d, (hi - s) / d
+    if ta > tb:
+        ta, tb = tb, ta
+    return max(ta, 0.0), min(tb, 1.0)
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
-def face_ray(face, s, d0, d1, d2, shape_kji):  # pragma: no cover - compiled
-    """(t0, t1, pb, pc, db, dc): the ray's t-interval beyond ``face`` and its 2D line in the face's section."""
+def face_ray(face, s, d0, d1, d2, shape_kji, depth):  # pragma: no cover - compiled
+    """(t0, t1, pb, pc, db, dc): the ray's t-interval beyond ``face`` (at most ``depth`` voxels past it) and its
+    2D line in the face's section."""
     axis, high = face // 2, face % 2 == 1
     if axis == 0:  # i faces: section [k, j]; j faces: [k, i]; k faces: [j, i]
-        t0, t1 = beyond_interval(s[0], d0, shape_kji[2], high)
+        t0, t1 = beyond_interval(s[0], d0, shape_kji[2], high, depth)
         return t0, t1, s[1], s[2], d1, d2
     if axis == 1:
-        t0, t1 = beyond_interval(s[1], d1, shape_kji[1], high)
+        t0, t1 = beyond_interval(s[1], d1, shape_kji[1], high, depth)
         return t0, t1, s[0], s[2], d0, d2
-    t0, t1 = beyond_interval(s[2], d2, shape_kji[0], high)
+    t0, t1 = beyond_interval(s[2], d2, shape_kji[0], high, depth)
     return t0, t1, s[0], s[1], d0, d1
 
 
