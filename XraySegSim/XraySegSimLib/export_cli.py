@@ -60,6 +60,11 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
     vp.add_argument("--ct-blur-range", default="0,0", metavar="LOW,HIGH",
                     help="scanner resolution: extra 3D Gaussian blur of the HU, FWHM in mm drawn in this range "
                          "(default 0,0: off), e.g. 1,4 so that a sharp phantom also looks like a thick-slice CT")
+    vp.add_argument("--shoulder-range", default="0,0", metavar="LOW,HIGH",
+                    help="shoulder pose: each shoulder girdle (labelled clavicle, scapula, humerus) turned about its "
+                         "sternoclavicular joint by an angle drawn per side in this range, degrees, negative "
+                         "lowering it (default 0,0: off), e.g. --shoulder-range=-20,5 towards the arms-down pose "
+                         "of a PA chest")
     p.add_argument("--domain-randomisation", "--domain-randomization", default="none",
                    choices=("none", "light", "strong"),
                    help="image-domain randomisation: vendor processing, collimation, text, devices, noise, blur, "
@@ -150,7 +155,8 @@ def run_export_command(args: argparse.Namespace) -> int:
             "scale": _low_high(args.scale_range, "--scale-range"),
             "soft_tissue": _low_high(args.soft_tissue_range, "--soft-tissue-range"),
             "bone_density": _low_high(args.bone_density_range, "--bone-density-range"),
-            "blur_fwhm_mm": _low_high(args.ct_blur_range, "--ct-blur-range")})
+            "blur_fwhm_mm": _low_high(args.ct_blur_range, "--ct-blur-range"),
+            "shoulder_deg": _low_high(args.shoulder_range, "--shoulder-range")})
     bar = None
     progress = None
     if not args.quiet:

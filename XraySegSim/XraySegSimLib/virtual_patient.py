@@ -14,6 +14,9 @@ same seed gives the same bodies whatever the order of work:
   organs) is multiplied by ``soft_tissue``, that of bone (above 200 HU) by ``bone_density``, blended linearly
   between 100 and 200 HU and from -600 to -500 HU (lungs and air are unchanged). In projection, scaling a
   tissue's density is scaling its thickness (the line integral is density x length).
+* **Shoulder pose** (off by default): each shoulder girdle turned in the coronal plane about its
+  sternoclavicular joint by ``shoulder_deg`` (drawn per side; :mod:`shoulder_pose`), CTs being scanned with
+  the arms raised and PA radiographs taken with the arms down.
 * **Scanner resolution** (off by default): the HU blurred by a 3D Gaussian of FWHM ``blur_fwhm_mm`` (drawn per
   patient), so that a sharp source (a mesh phantom, a thin-slice CT) also looks like a thick-slice CT, whose
   partial volume dims thin cortex and endplates. The blur conserves mass (HU x volume); labels are not blurred.
@@ -50,6 +53,7 @@ class VirtualPatientRanges:
     soft_tissue: tuple[float, float] = (0.85, 1.15)
     bone_density: tuple[float, float] = (0.85, 1.15)
     blur_fwhm_mm: tuple[float, float] = (0.0, 0.0)
+    shoulder_deg: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.deform_mm <= 30.0:
@@ -59,7 +63,8 @@ class VirtualPatientRanges:
         for name, low_high, bounds in (("--scale-range", self.scale, (0.5, 2.0)),
                                        ("--soft-tissue-range", self.soft_tissue, (0.3, 3.0)),
                                        ("--bone-density-range", self.bone_density, (0.3, 3.0)),
-                                       ("--ct-blur-range", self.blur_fwhm_mm, (0.0, 10.0))):
+                                       ("--ct-blur-range", self.blur_fwhm_mm, (0.0, 10.0)),
+                                       ("--shoulder-range", self.shoulder_deg, (-30.0, 30.0))):
             low, high = low_high
             if not bounds[0] <= low <= high <= bounds[1]:
                 raise InputError(f"{name} {low},{high}: need {bounds[0]} <= LOW <= HIGH <= {bounds[1]}")
@@ -85,12 +90,15 @@ def patient_rng(seed: int, ct_id: str, index: int) -> np.random.Generator:
 def draw_patient(ranges: VirtualPatientRanges, rng: np.random.Generator, index: int = 0) -> dict[str, Any]:
     """The values of one virtual patient (what the sidecar records), in a fixed draw order."""
     scale = [float(rng.uniform(*ranges.scale)) for _ in range(3)]
-    return {"index": int(index), "scale_ras": scale, "soft_tissue": float(rng.uniform(*ranges.soft_tissue)),
+    values = {"index": int(index), "scale_ras": scale, "soft_tissue": float(rng.uniform(*ranges.soft_tissue)),
             "bone_density": float(rng.uniform(*ranges.bone_density)), "deform_mm": ranges.deform_mm,
             "deform_spacing_mm": ranges.deform_spacing_mm, "taper_mm": ranges.taper_mm,
             "field_seed": int(rng.integers(0, 2**63 - 1)),
             # drawn last, and only when on, so that the other values of a seed do not change with it
             "blur_fwhm_mm": float(rng.uniform(*ranges.blur_fwhm_mm)) if ranges.blur_fwhm_mm[1] > 0 else 0.0}
+    if ranges.shoulder_deg != (0.0, 0.0):  # after the blur, for the same reason: (right, left) elevation, degrees
+        values["shoulder_deg"] = [float(rng.uniform(*ranges.shoulder_deg)) for _ in range(2)]
+    return values
 
 
 def density_lut(soft_tissue: float, bone_density: float) -> np.ndarray:
@@ -136,12 +144,16 @@ def displacement_lattice(shape_kji: tuple[int, int, int], spacing_ijk: np.ndarra
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, hu_lut, out):  # pragma: no cover
-    """out[k, j, i] = packed sampled at (i, j, k) + u: HU trilinear (then the density LUT), class nearest.
+def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, hu_lut, extra, extra_steps,
+                 out):  # pragma: no cover
+    """out[k, j, i] = packed sampled at (i, j, k) + u + e: HU trilinear (then the density LUT), class nearest.
 
-    ``planes`` (3, Kc, nj, ni): the field contracted over the i and j lattice axes; u = basis_k[k] . planes."""
+    ``planes`` (3, Kc, nj, ni): the field contracted over the i and j lattice axes; u = basis_k[k] . planes.
+    ``extra`` (3, Kd, Jd, Id): a second field in voxels on cells of ``extra_steps`` (i, j, k) voxels (the
+    shoulder pose), sampled trilinearly, not tapered."""
     nk, nj, ni = packed.shape
     n_controls = basis_k.shape[1]
+    ek, ej, ei = extra.shape[1], extra.shape[2], extra.shape[3]
     for k in numba.prange(nk):
         for j in range(nj):
             for i in range(ni):
@@ -154,9 +166,25 @@ def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, 
                         ui += w * planes[0, m, j, i]
                         uj += w * planes[1, m, j, i]
                         uk += w * planes[2, m, j, i]
-                x = min(max(i + ui * to_voxels[0] * taper_i[i], 0.0), ni - 1.0)
-                y = min(max(j + uj * to_voxels[1] * taper_j[j], 0.0), nj - 1.0)
-                z = min(max(k + uk * to_voxels[2] * taper_k[k], 0.0), nk - 1.0)
+                gx = min(max((i + 0.5) / extra_steps[0] - 0.5, 0.0), ei - 1.0)
+                gy = min(max((j + 0.5) / extra_steps[1] - 0.5, 0.0), ej - 1.0)
+                gz = min(max((k + 0.5) / extra_steps[2] - 0.5, 0.0), ek - 1.0)
+                ax, ay, az = min(int(gx), max(ei - 2, 0)), min(int(gy), max(ej - 2, 0)), min(int(gz), max(ek - 2, 0))
+                ex = ey = ez = 0.0
+                for dz in range(2):
+                    wz = (gz - az) if dz else 1.0 - (gz - az)
+                    for dy in range(2):
+                        wy = (gy - ay) if dy else 1.0 - (gy - ay)
+                        for dx in range(2):
+                            w = wz * wy * ((gx - ax) if dx else 1.0 - (gx - ax))
+                            if w != 0.0:
+                                cz, cy, cx = min(az + dz, ek - 1), min(ay + dy, ej - 1), min(ax + dx, ei - 1)
+                                ex += w * extra[0, cz, cy, cx]
+                                ey += w * extra[1, cz, cy, cx]
+                                ez += w * extra[2, cz, cy, cx]
+                x = min(max(i + ui * to_voxels[0] * taper_i[i] + ex, 0.0), ni - 1.0)
+                y = min(max(j + uj * to_voxels[1] * taper_j[j] + ey, 0.0), nj - 1.0)
+                z = min(max(k + uk * to_voxels[2] * taper_k[k] + ez, 0.0), nk - 1.0)
                 x0 = min(int(x), ni - 2) if ni > 1 else 0
                 y0 = min(int(y), nj - 2) if nj > 1 else 0
                 z0 = min(int(z), nk - 2) if nk > 1 else 0
@@ -175,9 +203,21 @@ def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, 
                 out[k, j, i] = np.uint32((nearest >> 16) << 16) | np.uint32(code)
 
 
-def warp_packed(packed: np.ndarray, ijk_to_ras: np.ndarray, values: dict, threads: int | None = None) -> np.ndarray:
-    """The patient's deformation and density factors applied to packed voxels (same grid; see the docstring)."""
+def warp_packed(packed: np.ndarray, ijk_to_ras: np.ndarray, values: dict, threads: int | None = None,
+                class_names: list[str] | None = None) -> np.ndarray:
+    """The patient's deformation and density factors applied to packed voxels (same grid; see the docstring).
+    With ``values["shoulder_deg"]`` (right, left) not zero and ``class_names`` naming a clavicle, each shoulder
+    girdle is turned too (:mod:`shoulder_pose`); what was applied goes into ``values``."""
     spacing = np.linalg.norm(np.asarray(ijk_to_ras, float)[:3, :3], axis=0)
+    extra, extra_steps = np.zeros((3, 1, 1, 1), np.float32), np.ones(3, np.float32)
+    angles = values.get("shoulder_deg", [0.0, 0.0])
+    if any(angles) and class_names:
+        from .shoulder_pose import shoulder_field
+
+        turned = shoulder_field(packed, ijk_to_ras, class_names, (float(angles[0]), float(angles[1])))
+        if turned is not None:
+            extra, extra_steps, info = turned
+            values.update(info)
     controls, basis_k, basis_j, basis_i = displacement_lattice(packed.shape, spacing, values)
     # Contract the field over the j and i lattice axes once: (3, Kc, nj, ni); the kernel finishes along k.
     planes = np.einsum("ja,ckab,ib->ckji", basis_j, controls, basis_i, optimize=True).astype(np.float32)
@@ -189,7 +229,7 @@ def warp_packed(packed: np.ndarray, ijk_to_ras: np.ndarray, values: dict, thread
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     try:
         _warp_packed(packed, planes, np.ascontiguousarray(basis_k, np.float32), taper[0], taper[1], taper[2],
-                     (1.0 / spacing).astype(np.float32), lut, out)
+                     (1.0 / spacing).astype(np.float32), lut, extra, extra_steps, out)
     finally:
         numba.set_num_threads(previous)
     return blur_packed_hu(out, spacing, float(values.get("blur_fwhm_mm", 0.0)))
@@ -250,7 +290,7 @@ def virtual_projector(projector, values: dict, threads: int | None = None):
     the scaled grid. The base projector is left as it was."""
     from .volume import Volume
 
-    packed = warp_packed(projector.packed, projector.ct.ijk_to_ras, values, threads)
+    packed = warp_packed(projector.packed, projector.ct.ijk_to_ras, values, threads, projector.classes.names)
     ijk_to_ras = scaled_ijk_to_ras(projector.ct.ijk_to_ras, packed.shape, values["scale_ras"])
     clone = copy.copy(projector)
     placeholder = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), packed.shape, (0, 0, 0))
