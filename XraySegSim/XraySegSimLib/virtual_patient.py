@@ -154,6 +154,7 @@ def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, 
     nk, nj, ni = packed.shape
     n_controls = basis_k.shape[1]
     ek, ej, ei = extra.shape[1], extra.shape[2], extra.shape[3]
+    has_extra = ek * ej * ei > 1
     for k in numba.prange(nk):
         for j in range(nj):
             for i in range(ni):
@@ -166,22 +167,24 @@ def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, 
                         ui += w * planes[0, m, j, i]
                         uj += w * planes[1, m, j, i]
                         uk += w * planes[2, m, j, i]
-                gx = min(max((i + 0.5) / extra_steps[0] - 0.5, 0.0), ei - 1.0)
-                gy = min(max((j + 0.5) / extra_steps[1] - 0.5, 0.0), ej - 1.0)
-                gz = min(max((k + 0.5) / extra_steps[2] - 0.5, 0.0), ek - 1.0)
-                ax, ay, az = min(int(gx), max(ei - 2, 0)), min(int(gy), max(ej - 2, 0)), min(int(gz), max(ek - 2, 0))
                 ex = ey = ez = 0.0
-                for dz in range(2):
-                    wz = (gz - az) if dz else 1.0 - (gz - az)
-                    for dy in range(2):
-                        wy = (gy - ay) if dy else 1.0 - (gy - ay)
-                        for dx in range(2):
-                            w = wz * wy * ((gx - ax) if dx else 1.0 - (gx - ax))
-                            if w != 0.0:
-                                cz, cy, cx = min(az + dz, ek - 1), min(ay + dy, ej - 1), min(ax + dx, ei - 1)
-                                ex += w * extra[0, cz, cy, cx]
-                                ey += w * extra[1, cz, cy, cx]
-                                ez += w * extra[2, cz, cy, cx]
+                if has_extra:  # (a shoulder pose; without one the warp costs what it did)
+                    gx = min(max((i + 0.5) / extra_steps[0] - 0.5, 0.0), ei - 1.0)
+                    gy = min(max((j + 0.5) / extra_steps[1] - 0.5, 0.0), ej - 1.0)
+                    gz = min(max((k + 0.5) / extra_steps[2] - 0.5, 0.0), ek - 1.0)
+                    ax, ay = min(int(gx), max(ei - 2, 0)), min(int(gy), max(ej - 2, 0))
+                    az = min(int(gz), max(ek - 2, 0))
+                    for dz in range(2):
+                        wz = (gz - az) if dz else 1.0 - (gz - az)
+                        for dy in range(2):
+                            wy = (gy - ay) if dy else 1.0 - (gy - ay)
+                            for dx in range(2):
+                                w = wz * wy * ((gx - ax) if dx else 1.0 - (gx - ax))
+                                if w != 0.0:
+                                    cz, cy, cx = min(az + dz, ek - 1), min(ay + dy, ej - 1), min(ax + dx, ei - 1)
+                                    ex += w * extra[0, cz, cy, cx]
+                                    ey += w * extra[1, cz, cy, cx]
+                                    ez += w * extra[2, cz, cy, cx]
                 x = min(max(i + ui * to_voxels[0] * taper_i[i] + ex, 0.0), ni - 1.0)
                 y = min(max(j + uj * to_voxels[1] * taper_j[j] + ey, 0.0), nj - 1.0)
                 z = min(max(k + uk * to_voxels[2] * taper_k[k] + ez, 0.0), nk - 1.0)
