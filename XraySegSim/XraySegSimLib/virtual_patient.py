@@ -150,7 +150,7 @@ def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, 
 
     ``planes`` (3, Kc, nj, ni): the field contracted over the i and j lattice axes; u = basis_k[k] . planes.
     ``extra`` (3, Kd, Jd, Id): a second field in voxels on cells of ``extra_steps`` (i, j, k) voxels (the
-    shoulder pose), sampled trilinearly, not tapered."""
+    shoulder pose), sampled trilinearly and cut short where it would sample beyond a face."""
     nk, nj, ni = packed.shape
     n_controls = basis_k.shape[1]
     ek, ej, ei = extra.shape[1], extra.shape[2], extra.shape[3]
@@ -185,9 +185,17 @@ def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, 
                                     ex += w * extra[0, cz, cy, cx]
                                     ey += w * extra[1, cz, cy, cx]
                                     ez += w * extra[2, cz, cy, cx]
-                x = min(max(i + ui * to_voxels[0] * taper_i[i] + ex, 0.0), ni - 1.0)
-                y = min(max(j + uj * to_voxels[1] * taper_j[j] + ey, 0.0), nj - 1.0)
-                z = min(max(k + uk * to_voxels[2] * taper_k[k] + ez, 0.0), nk - 1.0)
+                x = min(max(i + ui * to_voxels[0] * taper_i[i], 0.0), ni - 1.0)
+                y = min(max(j + uj * to_voxels[1] * taper_j[j], 0.0), nj - 1.0)
+                z = min(max(k + uk * to_voxels[2] * taper_k[k], 0.0), nk - 1.0)
+                if has_extra:  # the turn is cut short where it would sample beyond a face (nothing known there)
+                    cut = 1.0
+                    for p, e, n in ((x, ex, ni), (y, ey, nj), (z, ez, nk)):
+                        if p + e > n - 1.0:
+                            cut = min(cut, (n - 1.0 - p) / e)
+                        elif p + e < 0.0:
+                            cut = min(cut, -p / e)
+                    x, y, z = x + cut * ex, y + cut * ey, z + cut * ez
                 x0 = min(int(x), ni - 2) if ni > 1 else 0
                 y0 = min(int(y), nj - 2) if nj > 1 else 0
                 z0 = min(int(z), nk - 2) if nk > 1 else 0
