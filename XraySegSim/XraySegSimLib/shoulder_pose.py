@@ -20,8 +20,9 @@ face of the CT (nothing is known there; sampled at the face, the sample CT's cla
 face, grew by 60 % with copies of the top slice). That cut short still samples at the face: a girdle cut by a
 face is smeared from its section there (a phantom's clavicles cut by the top face grow by 31 % when lowered by
 20 degrees, against 11 % of stretch when they lie inside), so the sidecar says per side whether the girdle
-reaches a face (``shoulder_girdle_at_face``); the sample chest CT's does (its top face cuts the clavicles). The smallest Jacobian determinant
-of the field goes into the sidecar (below 0 the blend folds tissue: use a smaller angle).
+reaches a face (``shoulder_girdle_at_face``); the sample chest CT's does (its top face cuts the clavicles).
+The smallest Jacobian determinant of the field goes into the sidecar (below 0 the blend folds tissue: use a
+smaller angle).
 """
 
 from __future__ import annotations
