@@ -36,6 +36,7 @@ def export_view(ct: str, labels: str, angle: int, out: Path) -> Path:
 
 def outlined(dataset: Path) -> np.ndarray:
     from XraySegInferLib.dataset import read_dataset
+    from XraySegSimLib.overlay import mask_outline
 
     data = read_dataset(dataset, require="train")
     image, reference, _ = data.load(data.split("train")[0])
@@ -43,9 +44,7 @@ def outlined(dataset: Path) -> np.ndarray:
     low, high = np.percentile(image, (1, 99))
     rgb = np.repeat(np.clip((image - low) / (high - low + 1e-9), 0, 1)[..., None] * 215, 3, -1)
     for name, colour in OUTLINES.items():
-        mask = reference[data.class_names.index(name)] == 1
-        inner = np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
-        rgb[mask & ~inner] = colour
+        rgb[mask_outline(reference[data.class_names.index(name)] == 1)] = colour
     return rgb.astype(np.uint8)
 
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .virtual_patient import jacobian_determinants
+
 GIRDLE_WORDS = ("clavic", "scapul", "humer")  # class names of the shoulder girdle (TotalSegmentator's and ours)
 CLAVICLE_WORD = "clavic"
 CELL_MM = 6.0
@@ -36,18 +38,20 @@ BLEND_MM = 30.0
 MEDIAL_SHARE = 0.15  # the most medial share of a clavicle's cells is its sternoclavicular end (the pivot)
 
 
-def _coarse_classes(packed: np.ndarray, steps: tuple[int, int, int], wanted: list[int]) -> np.ndarray:
-    """(Kd, Jd, Id) bool: cells (steps k, j, i voxels) holding a voxel of one of the ``wanted`` classes."""
+def _coarse_classes(packed: np.ndarray, steps: tuple[int, int, int], groups: list[list[int]]) -> list[np.ndarray]:
+    """Per group of class indices, a (Kd, Jd, Id) bool of the cells (steps k, j, i voxels) holding a voxel of
+    one of its classes; one pass over the voxels for all groups (a bit per group)."""
     k, j, i = packed.shape
     sk, sj, si = steps
-    out = np.zeros((-(-k // sk), -(-j // sj), -(-i // si)), bool)
-    lookup = np.zeros(65536, bool)
-    lookup[wanted] = True
+    out = np.zeros((-(-k // sk), -(-j // sj), -(-i // si)), np.uint8)
+    lookup = np.zeros(65536, np.uint8)
+    for bit, wanted in enumerate(groups):
+        lookup[wanted] |= np.uint8(1 << bit)
     for z in range(0, k, sk):  # a slab at a time: no full-size temporary
-        slab = lookup[(packed[z:z + sk] >> 16).astype(np.int64)].any(0)
+        slab = np.bitwise_or.reduce(lookup[(packed[z:z + sk] >> 16).astype(np.int64)], axis=0)
         slab = np.pad(slab, ((0, -j % sj), (0, -i % si)))
-        out[z // sk] = slab.reshape(out.shape[1], sj, out.shape[2], si).any((1, 3))
-    return out
+        out[z // sk] = np.bitwise_or.reduce(slab.reshape(out.shape[1], sj, out.shape[2], si), axis=(1, 3))
+    return [(out & np.uint8(1 << bit)) != 0 for bit in range(len(groups))]
 
 
 def _rotation(theta_deg: float, lateral_sign: float) -> np.ndarray:
@@ -73,8 +77,10 @@ def shoulder_field(packed: np.ndarray, ijk_to_ras: np.ndarray, class_names: list
     spacing = np.linalg.norm(m[:3, :3], axis=0)  # i, j, k
     steps_ijk = np.maximum(1, np.round(cell_mm / spacing)).astype(int)
     steps_kji = tuple(int(s) for s in steps_ijk[::-1])
-    girdle_cells = _coarse_classes(packed, steps_kji, girdle)
-    clavicle_cells = _coarse_classes(packed, steps_kji, clavicle)
+    # the midline: the centroid of every labelled cell (spine, sternum, both sides' ribs), not of the clavicles,
+    # which may be labelled on one side only
+    girdle_cells, clavicle_cells, labelled_cells = _coarse_classes(
+        packed, steps_kji, [girdle, clavicle, list(range(1, len(class_names) + 1))])
     if not clavicle_cells.any():
         return None
     shape = girdle_cells.shape
@@ -82,9 +88,6 @@ def shoulder_field(packed: np.ndarray, ijk_to_ras: np.ndarray, class_names: list
     centres_ijk = np.stack([(ii + 0.5) * steps_ijk[0] - 0.5, (jj + 0.5) * steps_ijk[1] - 0.5,
                             (kk + 0.5) * steps_ijk[2] - 0.5], -1)
     centres = centres_ijk @ m[:3, :3].T + m[:3, 3]  # (Kd, Jd, Id, 3) RAS
-    # the midline: the centroid of every labelled cell (spine, sternum, both sides' ribs), not of the clavicles,
-    # which may be labelled on one side only
-    labelled_cells = _coarse_classes(packed, steps_kji, list(range(1, len(class_names) + 1)))
     midline = float(centres[labelled_cells][:, 0].mean())
     ras_to_ijk = np.linalg.inv(m)[:3, :3]
     field_ras = np.zeros(shape + (3,))
@@ -114,17 +117,5 @@ def shoulder_field(packed: np.ndarray, ijk_to_ras: np.ndarray, class_names: list
         info["shoulder_pivots_ras"][side] = [round(float(v), 2) for v in pivot]
         info["shoulder_deg_applied"][side] = float(angle)
     field = np.moveaxis(field_ras @ ras_to_ijk.T, -1, 0).astype(np.float32)
-    info["shoulder_jacobian_min"] = round(_jacobian_min(field, steps_ijk), 4)
+    info["shoulder_jacobian_min"] = round(float(jacobian_determinants(field, steps_ijk).min()), 4)
     return np.ascontiguousarray(field), steps_ijk.astype(np.float32), info
-
-
-def _jacobian_min(field: np.ndarray, steps_ijk: np.ndarray) -> float:
-    """Smallest det(I + du/dx) of a voxel-unit backward field (components i, j, k; arrays k, j, i) on its cells
-    of ``steps_ijk`` voxels."""
-    grads = [[np.gradient(field[a], axis=2 - b) / steps_ijk[b] if field.shape[3 - b] > 1 else np.zeros_like(field[a])
-              for b in range(3)] for a in range(3)]
-    jac = np.empty(field.shape[1:] + (3, 3))
-    for a in range(3):
-        for b in range(3):
-            jac[..., a, b] = (a == b) + grads[a][b]
-    return float(np.linalg.det(jac).min())

@@ -91,11 +91,11 @@ def draw_patient(ranges: VirtualPatientRanges, rng: np.random.Generator, index: 
     """The values of one virtual patient (what the sidecar records), in a fixed draw order."""
     scale = [float(rng.uniform(*ranges.scale)) for _ in range(3)]
     values = {"index": int(index), "scale_ras": scale, "soft_tissue": float(rng.uniform(*ranges.soft_tissue)),
-            "bone_density": float(rng.uniform(*ranges.bone_density)), "deform_mm": ranges.deform_mm,
-            "deform_spacing_mm": ranges.deform_spacing_mm, "taper_mm": ranges.taper_mm,
-            "field_seed": int(rng.integers(0, 2**63 - 1)),
-            # drawn last, and only when on, so that the other values of a seed do not change with it
-            "blur_fwhm_mm": float(rng.uniform(*ranges.blur_fwhm_mm)) if ranges.blur_fwhm_mm[1] > 0 else 0.0}
+              "bone_density": float(rng.uniform(*ranges.bone_density)), "deform_mm": ranges.deform_mm,
+              "deform_spacing_mm": ranges.deform_spacing_mm, "taper_mm": ranges.taper_mm,
+              "field_seed": int(rng.integers(0, 2**63 - 1)),
+              # drawn last, and only when on, so that the other values of a seed do not change with it
+              "blur_fwhm_mm": float(rng.uniform(*ranges.blur_fwhm_mm)) if ranges.blur_fwhm_mm[1] > 0 else 0.0}
     if ranges.shoulder_deg != (0.0, 0.0):  # after the blur, for the same reason: (right, left) elevation, degrees
         values["shoulder_deg"] = [float(rng.uniform(*ranges.shoulder_deg)) for _ in range(2)]
     return values
@@ -284,16 +284,21 @@ def jacobian_range(shape_kji, spacing_ijk, values: dict, step_mm: float = 4.0) -
     u[0] *= taper[0][None, None, :]
     u[1] *= taper[1][None, :, None]
     u[2] *= taper[2][:, None, None]
-    h = [float(s) * st for s, st in zip(spacing_ijk, steps)]
-    # gradient[a][b] = du_a / dx_b (x: i, j, k in mm); array axes are (k, j, i)
-    grad = [[np.gradient(u[a], h[b], axis=2 - b) if u.shape[3 - b] > 1 else np.zeros_like(u[a])
+    det = jacobian_determinants(u, [float(s) * st for s, st in zip(spacing_ijk, steps)])
+    return float(det.min()), float(det.max()), float(np.sqrt((u ** 2).sum(0)).max())
+
+
+def jacobian_determinants(u: np.ndarray, h_ijk) -> np.ndarray:
+    """det(I + du/dx) of a displacement field ``u`` (3, k, j, i; components i, j, k) sampled every ``h_ijk``
+    along i, j, k (u and h in the same unit: mm, or voxels)."""
+    # gradient[a][b] = du_a / dx_b; array axes are (k, j, i)
+    grad = [[np.gradient(u[a], h_ijk[b], axis=2 - b) if u.shape[3 - b] > 1 else np.zeros_like(u[a])
              for b in range(3)] for a in range(3)]
     jac = np.empty(u.shape[1:] + (3, 3))
     for a in range(3):
         for b in range(3):
             jac[..., a, b] = (a == b) + grad[a][b]
-    det = np.linalg.det(jac)
-    return float(det.min()), float(det.max()), float(np.sqrt((u ** 2).sum(0)).max())
+    return np.linalg.det(jac)
 
 
 def virtual_projector(projector, values: dict, threads: int | None = None):
@@ -320,8 +325,8 @@ def patient_of_view(view: int, n_patients: int) -> int:
     return int(view) % int(n_patients)
 
 
-__all__ = ["VirtualPatientRanges", "blur_packed_hu", "density_lut", "draw_patient", "jacobian_range", "patient_of_view",
-           "patient_rng", "scaled_ijk_to_ras", "virtual_projector", "warp_packed"]
+__all__ = ["VirtualPatientRanges", "blur_packed_hu", "density_lut", "draw_patient", "jacobian_determinants",
+           "jacobian_range", "patient_of_view", "patient_rng", "scaled_ijk_to_ras", "virtual_projector", "warp_packed"]
 
 
 @dataclass
