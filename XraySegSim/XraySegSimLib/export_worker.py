@@ -27,7 +27,7 @@ from .export_masks import sample_masks, with_ignored
 from .export_nrrd import write_image_2d, write_mask_stack
 from .export_preview import preview_factor, preview_rgb, thumbnail_inputs, write_png_fast
 from .io import atomic_path, write_json
-from .truncation import IGNORE_MASK_VALUE, IGNORE_RULE, CutFaces
+from .truncation import IGNORE_MASK_VALUE, CutFaces
 from .virtual_patient import VirtualPatientRanges, patient_of_view, setup_patient
 
 
@@ -152,7 +152,7 @@ def _finish_sample(ctx: _CtContext, job: _SampleJob) -> None:
         "virtual_patient": job.patient,
         "domain_randomisation": plan,
         "collimated_pixels": collimated,
-        "ignore_rule": IGNORE_RULE if ctx.cut_faces is not None else None,
+        "ignore_rule": ctx.cut_faces.rule if ctx.cut_faces is not None else None,
         "contrast_suppression": ctx.contrast,
         "unknown_label_values_ignored": list(result.unknown_label_values),
         "render_ms": round(job.render_ms, 1),

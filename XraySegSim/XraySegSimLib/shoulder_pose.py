@@ -21,6 +21,8 @@ face, grew by 60 % with copies of the top slice). That cut short still samples a
 face is smeared from its section there (a phantom's clavicles cut by the top face grow by 31 % when lowered by
 20 degrees, against 11 % of stretch when they lie inside), so the sidecar says per side whether the girdle
 reaches a face (``shoulder_girdle_at_face``); the sample chest CT's does (its top face cuts the clavicles).
+The voxels whose turn was cut short at body are recorded, and the pixels whose rays cross them are ignored
+(:mod:`unknown_region`): the smeared section is seen but not learnt from.
 The smallest Jacobian determinant of the field goes into the sidecar (below 0 the blend folds tissue: use a
 smaller angle).
 """

@@ -43,6 +43,7 @@ import numpy as np
 
 from .truncation_walk import (block_reach, block_states, block_walk_hits, deepest_full_square, face_ray, full_depth,
                               meets_square, set_box)
+from .unknown_region import UNKNOWN_RULE
 
 # Voxels above this (or labelled) are body. Soft tissue and fat lie above -150 HU; the foam of couch pads and
 # mattresses (-300 to -700 HU) lies against the patient's back and, at -500, joined the couch to the patient: on the
@@ -261,9 +262,12 @@ class CutFaces:
 
     def __init__(self, hu_or_packed: np.ndarray, ras_to_ijk: np.ndarray, body_hu: int = BODY_HU,
                  labels: np.ndarray | None = None, packed: bool = True,
-                 side_depth_mm: float = SIDE_DEPTH_MM) -> None:
+                 side_depth_mm: float = SIDE_DEPTH_MM, unknown=None) -> None:
         """``hu_or_packed``: (k, j, i) packed uint32 words (``packed=True``) or HU values. ``side_depth_mm``:
-        how far the body goes on beyond the faces along the patient's sides (see :func:`face_limits`)."""
+        how far the body goes on beyond the faces along the patient's sides (see :func:`face_limits`).
+        ``unknown``: an :class:`~unknown_region.UnknownRegion` (a virtual patient's shoulder pose) whose pixels
+        are masked too."""
+        self.unknown = unknown
         a = hu_or_packed
         self.shape_kji = np.array(a.shape, np.int64)
         self.ras_to_ijk = np.asarray(ras_to_ijk, np.float64)
@@ -293,6 +297,11 @@ class CutFaces:
         self._cut_voxels = {name: int(np.count_nonzero(section)) for name, section in zip(names, sections)}
 
     @property
+    def rule(self) -> str:
+        """The ignore rule of this mask, for the sidecars."""
+        return IGNORE_RULE if self.unknown is None else f"{IGNORE_RULE}; {UNKNOWN_RULE}"
+
+    @property
     def cut_voxels(self) -> dict[str, int]:
         """Body voxels on each face (0 everywhere: the CT holds the whole body, nothing is truncated)."""
         return dict(self._cut_voxels)
@@ -308,14 +317,16 @@ class CutFaces:
         return source, origin, column_step, row_step
 
     def mask(self, geometry) -> np.ndarray:
-        """(rows, cols) bool: the pixel's ray crosses the body's continuation beyond a cut face."""
+        """(rows, cols) bool: the pixel's ray crosses the body's continuation beyond a cut face (or, with
+        ``unknown``, an unknown cell)."""
         cols, rows = geometry.size
         out = np.zeros((rows, cols), np.bool_)
-        if not any(self._cut_voxels.values()):
-            return out
-        source, origin, column_step, row_step = self.detector_in_voxels(geometry)
-        _truncated_kernel(self._sections, self._blocks, self._reaches, self._depths, self._boxes, self.limits, source,
-                          origin, column_step, row_step, self.shape_kji, out)
+        if any(self._cut_voxels.values()):
+            source, origin, column_step, row_step = self.detector_in_voxels(geometry)
+            _truncated_kernel(self._sections, self._blocks, self._reaches, self._depths, self._boxes, self.limits,
+                              source, origin, column_step, row_step, self.shape_kji, out)
+        if self.unknown is not None:  # (the kernel writes every pixel: the unknown ones are added after it)
+            out |= self.unknown.mask(geometry)
         return out
 
 

@@ -40,6 +40,8 @@ import numba
 import numpy as np
 
 from .errors import InputError
+from .truncation import BODY_HU
+from .unknown_region import UNKNOWN_SHORTFALL_VOXELS
 
 
 @dataclass(frozen=True)
@@ -145,12 +147,13 @@ def displacement_lattice(shape_kji: tuple[int, int, int], spacing_ijk: np.ndarra
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
 def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, hu_lut, extra, extra_steps,
-                 out):  # pragma: no cover
+                 out, unknown):  # pragma: no cover
     """out[k, j, i] = packed sampled at (i, j, k) + u + e: HU trilinear (then the density LUT), class nearest.
 
     ``planes`` (3, Kc, nj, ni): the field contracted over the i and j lattice axes; u = basis_k[k] . planes.
     ``extra`` (3, Kd, Jd, Id): a second field in voxels on cells of ``extra_steps`` (i, j, k) voxels (the
-    shoulder pose), sampled trilinearly and cut short where it would sample beyond a face."""
+    shoulder pose), sampled trilinearly and cut short where it would sample beyond a face; ``unknown`` (Kd, Jd,
+    Id) gets 1 in the cells of the voxels whose turn was cut short at body (:mod:`unknown_region`)."""
     nk, nj, ni = packed.shape
     n_controls = basis_k.shape[1]
     ek, ej, ei = extra.shape[1], extra.shape[2], extra.shape[3]
@@ -188,6 +191,7 @@ def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, 
                 x = min(max(i + ui * to_voxels[0] * taper_i[i], 0.0), ni - 1.0)
                 y = min(max(j + uj * to_voxels[1] * taper_j[j], 0.0), nj - 1.0)
                 z = min(max(k + uk * to_voxels[2] * taper_k[k], 0.0), nk - 1.0)
+                short = False
                 if has_extra:  # the turn is cut short where it would sample beyond a face (nothing known there)
                     cut = 1.0
                     for p, e, n in ((x, ex, ni), (y, ey, nj), (z, ez, nk)):
@@ -196,6 +200,7 @@ def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, 
                         elif p + e < 0.0:
                             cut = min(cut, -p / e)
                     x, y, z = x + cut * ex, y + cut * ey, z + cut * ez
+                    short = (1.0 - cut) * np.sqrt(ex * ex + ey * ey + ez * ez) > UNKNOWN_SHORTFALL_VOXELS
                 x0 = min(int(x), ni - 2) if ni > 1 else 0
                 y0 = min(int(y), nj - 2) if nj > 1 else 0
                 z0 = min(int(z), nk - 2) if nk > 1 else 0
@@ -212,6 +217,9 @@ def _warp_packed(packed, planes, basis_k, taper_i, taper_j, taper_k, to_voxels, 
                 nearest = np.int64(packed[int(z + 0.5), int(y + 0.5), int(x + 0.5)])
                 code = np.uint16(hu_lut[np.uint16(np.int16(min(max(round(hu), -32768), 32767)))])
                 out[k, j, i] = np.uint32((nearest >> 16) << 16) | np.uint32(code)
+                if short and (hu > BODY_HU or nearest >> 16 != 0):  # body at the face: it went on beyond it
+                    unknown[min(int(k / extra_steps[2]), ek - 1), min(int(j / extra_steps[1]), ej - 1),
+                            min(int(i / extra_steps[0]), ei - 1)] = 1  # (every thread writes the same 1)
 
 
 def warp_packed(packed: np.ndarray, ijk_to_ras: np.ndarray, values: dict, threads: int | None = None,
@@ -219,9 +227,18 @@ def warp_packed(packed: np.ndarray, ijk_to_ras: np.ndarray, values: dict, thread
     """The patient's deformation and density factors applied to packed voxels (same grid; see the docstring).
     With ``values["shoulder_deg"]`` (right, left) not zero and ``class_names`` naming a clavicle, each shoulder
     girdle is turned too (:mod:`shoulder_pose`); what was applied goes into ``values``."""
+    return warp_packed_and_unknown(packed, ijk_to_ras, values, threads, class_names)[0]
+
+
+def warp_packed_and_unknown(packed: np.ndarray, ijk_to_ras: np.ndarray, values: dict, threads: int | None = None,
+                            class_names: list[str] | None = None
+                            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """:func:`warp_packed`, with the unknown cells of its shoulder pose: (voxels, cells (Kd, Jd, Id) bool or None
+    without a turn, voxels per cell along i, j, k or None); see :mod:`unknown_region`."""
     spacing = np.linalg.norm(np.asarray(ijk_to_ras, float)[:3, :3], axis=0)
     extra, extra_steps = np.zeros((3, 1, 1, 1), np.float32), np.ones(3, np.float32)
     angles = values.get("shoulder_deg", [0.0, 0.0])
+    turned = None
     if any(angles) and class_names:
         from .shoulder_pose import shoulder_field
 
@@ -229,6 +246,7 @@ def warp_packed(packed: np.ndarray, ijk_to_ras: np.ndarray, values: dict, thread
         if turned is not None:
             extra, extra_steps, info = turned
             values.update(info)
+    unknown = np.zeros(extra.shape[1:], np.uint8)
     controls, basis_k, basis_j, basis_i = displacement_lattice(packed.shape, spacing, values)
     # Contract the field over the j and i lattice axes once: (3, Kc, nj, ni); the kernel finishes along k.
     planes = np.einsum("ja,ckab,ib->ckji", basis_j, controls, basis_i, optimize=True).astype(np.float32)
@@ -240,10 +258,13 @@ def warp_packed(packed: np.ndarray, ijk_to_ras: np.ndarray, values: dict, thread
         numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
     try:
         _warp_packed(packed, planes, np.ascontiguousarray(basis_k, np.float32), taper[0], taper[1], taper[2],
-                     (1.0 / spacing).astype(np.float32), lut, extra, extra_steps, out)
+                     (1.0 / spacing).astype(np.float32), lut, extra, extra_steps, out, unknown)
     finally:
         numba.set_num_threads(previous)
-    return blur_packed_hu(out, spacing, float(values.get("blur_fwhm_mm", 0.0)))
+    out = blur_packed_hu(out, spacing, float(values.get("blur_fwhm_mm", 0.0)))
+    if turned is None:
+        return out, None, None
+    return out, unknown.astype(bool), extra_steps.astype(np.float64)
 
 
 def blur_packed_hu(packed: np.ndarray, spacing_ijk: np.ndarray, fwhm_mm: float) -> np.ndarray:
@@ -304,9 +325,17 @@ def jacobian_determinants(u: np.ndarray, h_ijk) -> np.ndarray:
 def virtual_projector(projector, values: dict, threads: int | None = None):
     """A ``DrrProjector`` of the virtual patient: the base projector's classes and materials, the warped voxels,
     the scaled grid. The base projector is left as it was."""
+    return virtual_projector_and_unknown(projector, values, threads)[0]
+
+
+def virtual_projector_and_unknown(projector, values: dict, threads: int | None = None):
+    """(:func:`virtual_projector`, its :class:`~unknown_region.UnknownRegion` or None without a shoulder turn)."""
+    from .projector_palette import palette_from_words
+    from .unknown_region import UnknownRegion
     from .volume import Volume
 
-    packed = warp_packed(projector.packed, projector.ct.ijk_to_ras, values, threads, projector.classes.names)
+    packed, cells, steps = warp_packed_and_unknown(projector.packed, projector.ct.ijk_to_ras, values, threads,
+                                                   projector.classes.names)
     ijk_to_ras = scaled_ijk_to_ras(projector.ct.ijk_to_ras, packed.shape, values["scale_ras"])
     clone = copy.copy(projector)
     placeholder = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), packed.shape, (0, 0, 0))
@@ -314,10 +343,11 @@ def virtual_projector(projector, values: dict, threads: int | None = None):
     # The setter makes again what the projector derives from its voxels (the empty-space hull: the body moved)
     # and drops the device copy; the traversal then reads a 2-byte palette of the words (projector_palette).
     clone.packed = packed
-    from .projector_palette import palette_from_words
-
     clone.palette = palette_from_words(packed, len(projector.classes))
-    return clone
+    unknown = None if cells is None else UnknownRegion(cells, steps, clone.ct.ras_to_ijk)
+    if unknown is not None:
+        values["shoulder_unknown_ml"] = round(unknown.volume_ml(), 1)
+    return clone, unknown
 
 
 def patient_of_view(view: int, n_patients: int) -> int:
@@ -326,7 +356,8 @@ def patient_of_view(view: int, n_patients: int) -> int:
 
 
 __all__ = ["VirtualPatientRanges", "blur_packed_hu", "density_lut", "draw_patient", "jacobian_determinants",
-           "jacobian_range", "patient_of_view", "patient_rng", "scaled_ijk_to_ras", "virtual_projector", "warp_packed"]
+           "jacobian_range", "patient_of_view", "patient_rng", "scaled_ijk_to_ras", "virtual_projector",
+           "virtual_projector_and_unknown", "warp_packed", "warp_packed_and_unknown"]
 
 
 @dataclass
@@ -350,7 +381,7 @@ def setup_patient(base_projector, ranges: VirtualPatientRanges, seed: int, ct_id
     from .truncation import CutFaces
 
     values = draw_patient(ranges, patient_rng(seed, ct_id, index), index)
-    projector = virtual_projector(base_projector, values, threads)
+    projector, unknown = virtual_projector_and_unknown(base_projector, values, threads)
     grid = projector.ct
     low, high, largest = jacobian_range(projector.packed.shape, np.linalg.norm(base_projector.ct.ijk_to_ras[:3, :3],
                                                                                axis=0), values)
@@ -359,6 +390,7 @@ def setup_patient(base_projector, ranges: VirtualPatientRanges, seed: int, ct_id
         else None
     setup = PatientSetup(values, projector, grid.center_ras if iso is None else iso,
                          body_points_ras(projector.packed, grid.ijk_to_ras) if body_hull else None,
-                         grid.ijk_to_ras[:3, :3], CutFaces(projector.packed, grid.ras_to_ijk) if cut_faces else None)
+                         grid.ijk_to_ras[:3, :3],
+                         CutFaces(projector.packed, grid.ras_to_ijk, unknown=unknown) if cut_faces else None)
     projector.release_packed()  # the renders read the palette, when there is one
     return setup

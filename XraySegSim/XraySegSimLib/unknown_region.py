@@ -1,0 +1,119 @@
+"""Tissue a virtual patient's shoulder pose brought in from beyond a cut face: unknown, so its pixels are ignored.
+
+The shoulder pose (:mod:`shoulder_pose`) is a backward warp: each output voxel samples the CT where the turn
+takes it from. Where that would be beyond a face of the CT (the sample chest CT's top face cuts its clavicles, so
+lowering a girdle pulls in what lay above the scan), nothing is known; the warp kernel cuts the turn short there
+(sampling at the face, which smears the girdle's section) and, where what it samples at the face is body (HU
+above the truncation rule's ``BODY_HU``, or labelled: as in :mod:`truncation`, body at a face goes on beyond it,
+air does not), records the voxel's cell on the shoulder field's coarse grid (cells of about 6 mm). Those cells
+are the **unknown region**. A detector pixel whose ray, between
+the source and the pixel, crosses an unknown cell says nothing true, as a ray through the continuation beyond a
+cut face does not (:mod:`truncation`): :class:`UnknownRegion` gives those pixels, exactly on the cell grid
+(a 3D walk, Amanatides & Woo 1987), and the exporter puts them under the ignore label with the truncated ones.
+A cell is unknown when any of its voxels is (a superset of the voxels, by at most a cell).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+UNKNOWN_RULE = ("and pixels whose ray crosses tissue that the virtual patient's shoulder pose brought in from "
+                "beyond a cut face (cells of the turn's coarse grid)")
+UNKNOWN_SHORTFALL_VOXELS = 0.5  # a turn cut short by more than this (voxels) samples where nothing is known
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _ray_hits_cells(cells, s, d):  # pragma: no cover - compiled
+    """Does the segment s + t d, t in [0, 1], cross a set cell of ``cells`` (k, j, i; unit cells, frame i, j,
+    k with cell c spanning [c, c + 1))?"""
+    nk, nj, ni = cells.shape
+    t0, t1 = 0.0, 1.0
+    for axis in range(3):
+        n = ni if axis == 0 else (nj if axis == 1 else nk)
+        if d[axis] == 0.0:
+            if s[axis] < 0.0 or s[axis] >= n:
+                return False
+        else:
+            ta, tb = (0.0 - s[axis]) / d[axis], (n - s[axis]) / d[axis]
+            if ta > tb:
+                ta, tb = tb, ta
+            t0, t1 = max(t0, ta), min(t1, tb)
+    if t0 >= t1:
+        return False
+    tm = t0 + 1e-9 * (t1 - t0)
+    index = np.empty(3, np.int64)
+    step = np.zeros(3, np.int64)
+    next_t = np.full(3, np.inf)
+    delta = np.full(3, np.inf)
+    for axis in range(3):
+        n = ni if axis == 0 else (nj if axis == 1 else nk)
+        index[axis] = min(max(int(np.floor(s[axis] + tm * d[axis])), 0), n - 1)
+        if d[axis] > 0.0:
+            step[axis], next_t[axis], delta[axis] = 1, (index[axis] + 1 - s[axis]) / d[axis], 1.0 / d[axis]
+        elif d[axis] < 0.0:
+            step[axis], next_t[axis], delta[axis] = -1, (index[axis] - s[axis]) / d[axis], -1.0 / d[axis]
+    t = t0
+    while t < t1:
+        if cells[index[2], index[1], index[0]]:
+            return True
+        axis = 0
+        if next_t[1] < next_t[axis]:
+            axis = 1
+        if next_t[2] < next_t[axis]:
+            axis = 2
+        t = next_t[axis]
+        index[axis] += step[axis]
+        next_t[axis] += delta[axis]
+        n = ni if axis == 0 else (nj if axis == 1 else nk)
+        if index[axis] < 0 or index[axis] >= n:
+            return False
+    return False
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
+def _unknown_kernel(cells, source, origin, column_step, row_step, out):  # pragma: no cover - compiled
+    rows, cols = out.shape
+    for r in numba.prange(rows):
+        for c in range(cols):
+            d = origin + c * column_step + r * row_step - source
+            out[r, c] = _ray_hits_cells(cells, source, d)
+
+
+class UnknownRegion:
+    """Unknown cells of one virtual patient's grid; ``mask(geometry)`` gives the pixels whose ray crosses one."""
+
+    def __init__(self, cells: np.ndarray, steps_ijk: np.ndarray, ras_to_ijk: np.ndarray) -> None:
+        """``cells`` (Kd, Jd, Id) bool: cell (k, j, i) spans voxels [k sk, (k + 1) sk) ... of the CT grid;
+        ``steps_ijk``: voxels per cell along i, j, k; ``ras_to_ijk``: the (virtual patient's) grid."""
+        self.cells = np.ascontiguousarray(cells, np.bool_)
+        self.steps_ijk = np.asarray(steps_ijk, np.float64)
+        self.ras_to_ijk = np.asarray(ras_to_ijk, np.float64)
+
+    @property
+    def n_cells(self) -> int:
+        return int(np.count_nonzero(self.cells))
+
+    def volume_ml(self) -> float:
+        """Volume of the unknown cells (ml)."""
+        voxel_ml = abs(np.linalg.det(np.linalg.inv(self.ras_to_ijk)[:3, :3])) / 1000.0
+        return float(self.n_cells * np.prod(self.steps_ijk) * voxel_ml)
+
+    def mask(self, geometry) -> np.ndarray:
+        """(rows, cols) bool: the pixel's ray crosses an unknown cell."""
+        cols, rows = geometry.size
+        out = np.zeros((rows, cols), np.bool_)
+        if not self.n_cells:
+            return out
+        # voxel frame shifted by 0.5 (voxel v spans [v, v + 1)), then cells of steps voxels
+        linear, shift = self.ras_to_ijk[:3, :3], self.ras_to_ijk[:3, 3] + 0.5
+        to_cells = 1.0 / self.steps_ijk
+        source = (linear @ np.asarray(geometry.source, float) + shift) * to_cells
+        origin = (linear @ np.asarray(geometry.origin, float) + shift) * to_cells
+        column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0]) * to_cells
+        row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1]) * to_cells
+        _unknown_kernel(self.cells, source, origin, column_step, row_step, out)
+        return out
+
+
+__all__ = ["UNKNOWN_RULE", "UnknownRegion"]
