@@ -23,61 +23,71 @@ UNKNOWN_RULE = ("and pixels whose ray crosses tissue that the virtual patient's 
 UNKNOWN_SHORTFALL_VOXELS = 0.5  # a turn cut short by more than this (voxels) samples where nothing is known
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _axis_start(s, d, tm, lo, hi):  # pragma: no cover - compiled
+    """One axis of a 3D Amanatides & Woo walk started at t = tm: (cell, step, next crossing t, t per cell)."""
+    index = min(max(int(np.floor(s + tm * d)), lo), hi - 1)
+    if d > 0.0:
+        return index, 1, (index + 1 - s) / d, 1.0 / d
+    if d < 0.0:
+        return index, -1, (index - s) / d, -1.0 / d
+    return index, 0, np.inf, np.inf
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _ray_hits_cells(cells, s, d):  # pragma: no cover - compiled
+def _ray_hits_cells(cells, box_lo, box_hi, s, d):  # pragma: no cover - compiled
     """Does the segment s + t d, t in [0, 1], cross a set cell of ``cells`` (k, j, i; unit cells, frame i, j,
-    k with cell c spanning [c, c + 1))?"""
-    nk, nj, ni = cells.shape
+    k with cell c spanning [c, c + 1))? The walk runs inside [box_lo, box_hi), the set cells' box (i, j, k).
+    Scalars only: an array allocated per ray cost more than the walk."""
     t0, t1 = 0.0, 1.0
     for axis in range(3):
-        n = ni if axis == 0 else (nj if axis == 1 else nk)
         if d[axis] == 0.0:
-            if s[axis] < 0.0 or s[axis] >= n:
+            if s[axis] < box_lo[axis] or s[axis] >= box_hi[axis]:
                 return False
         else:
-            ta, tb = (0.0 - s[axis]) / d[axis], (n - s[axis]) / d[axis]
+            ta, tb = (box_lo[axis] - s[axis]) / d[axis], (box_hi[axis] - s[axis]) / d[axis]
             if ta > tb:
                 ta, tb = tb, ta
             t0, t1 = max(t0, ta), min(t1, tb)
     if t0 >= t1:
         return False
     tm = t0 + 1e-9 * (t1 - t0)
-    index = np.empty(3, np.int64)
-    step = np.zeros(3, np.int64)
-    next_t = np.full(3, np.inf)
-    delta = np.full(3, np.inf)
-    for axis in range(3):
-        n = ni if axis == 0 else (nj if axis == 1 else nk)
-        index[axis] = min(max(int(np.floor(s[axis] + tm * d[axis])), 0), n - 1)
-        if d[axis] > 0.0:
-            step[axis], next_t[axis], delta[axis] = 1, (index[axis] + 1 - s[axis]) / d[axis], 1.0 / d[axis]
-        elif d[axis] < 0.0:
-            step[axis], next_t[axis], delta[axis] = -1, (index[axis] - s[axis]) / d[axis], -1.0 / d[axis]
-    t = t0
-    while t < t1:
-        if cells[index[2], index[1], index[0]]:
+    i, si, ni, di = _axis_start(s[0], d[0], tm, box_lo[0], box_hi[0])
+    j, sj, nj, dj = _axis_start(s[1], d[1], tm, box_lo[1], box_hi[1])
+    k, sk, nk, dk = _axis_start(s[2], d[2], tm, box_lo[2], box_hi[2])
+    while True:
+        if cells[k, j, i]:
             return True
-        axis = 0
-        if next_t[1] < next_t[axis]:
-            axis = 1
-        if next_t[2] < next_t[axis]:
-            axis = 2
-        t = next_t[axis]
-        index[axis] += step[axis]
-        next_t[axis] += delta[axis]
-        n = ni if axis == 0 else (nj if axis == 1 else nk)
-        if index[axis] < 0 or index[axis] >= n:
-            return False
-    return False
+        if ni <= nj and ni <= nk:
+            if ni >= t1:
+                return False
+            i += si
+            ni += di
+            if i < box_lo[0] or i >= box_hi[0]:
+                return False
+        elif nj <= nk:
+            if nj >= t1:
+                return False
+            j += sj
+            nj += dj
+            if j < box_lo[1] or j >= box_hi[1]:
+                return False
+        else:
+            if nk >= t1:
+                return False
+            k += sk
+            nk += dk
+            if k < box_lo[2] or k >= box_hi[2]:
+                return False
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
-def _unknown_kernel(cells, source, origin, column_step, row_step, out):  # pragma: no cover - compiled
+def _unknown_kernel(cells, box_lo, box_hi, source, origin, column_step, row_step, out):  # pragma: no cover
     rows, cols = out.shape
     for r in numba.prange(rows):
         for c in range(cols):
             d = origin + c * column_step + r * row_step - source
-            out[r, c] = _ray_hits_cells(cells, source, d)
+            out[r, c] = _ray_hits_cells(cells, box_lo, box_hi, source, d)
 
 
 class UnknownRegion:
@@ -112,7 +122,10 @@ class UnknownRegion:
         origin = (linear @ np.asarray(geometry.origin, float) + shift) * to_cells
         column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0]) * to_cells
         row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1]) * to_cells
-        _unknown_kernel(self.cells, source, origin, column_step, row_step, out)
+        k, j, i = np.nonzero(self.cells)  # rays that miss the set cells' box are settled at once
+        box_lo = np.array([i.min(), j.min(), k.min()], np.int64)
+        box_hi = np.array([i.max(), j.max(), k.max()], np.int64) + 1
+        _unknown_kernel(self.cells, box_lo, box_hi, source, origin, column_step, row_step, out)
         return out
 
 
