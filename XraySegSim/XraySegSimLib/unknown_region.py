@@ -34,6 +34,16 @@ def _axis_start(s, d, tm, lo, hi):  # pragma: no cover - compiled
     return index, 0, np.inf, np.inf
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _advance(index, step, next_t, delta, lo, hi, t1):  # pragma: no cover - compiled
+    """The walk's step into the next cell along one axis: (cell, its exit t, whether the segment and the box
+    go on into it)."""
+    if next_t >= t1:
+        return index, next_t, False
+    index += step
+    return index, next_t + delta, lo <= index < hi
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def _ray_hits_cells(cells, box_lo, box_hi, s, d):  # pragma: no cover - compiled
     """Does the segment s + t d, t in [0, 1], cross a set cell of ``cells`` (k, j, i; unit cells, frame i, j,
@@ -59,26 +69,13 @@ def _ray_hits_cells(cells, box_lo, box_hi, s, d):  # pragma: no cover - compiled
         if cells[k, j, i]:
             return True
         if ni <= nj and ni <= nk:
-            if ni >= t1:
-                return False
-            i += si
-            ni += di
-            if i < box_lo[0] or i >= box_hi[0]:
-                return False
+            i, ni, going = _advance(i, si, ni, di, box_lo[0], box_hi[0], t1)
         elif nj <= nk:
-            if nj >= t1:
-                return False
-            j += sj
-            nj += dj
-            if j < box_lo[1] or j >= box_hi[1]:
-                return False
+            j, nj, going = _advance(j, sj, nj, dj, box_lo[1], box_hi[1], t1)
         else:
-            if nk >= t1:
-                return False
-            k += sk
-            nk += dk
-            if k < box_lo[2] or k >= box_hi[2]:
-                return False
+            k, nk, going = _advance(k, sk, nk, dk, box_lo[2], box_hi[2], t1)
+        if not going:
+            return False
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, boundscheck=False)
