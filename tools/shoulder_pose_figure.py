@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ANGLES = (-15, 0, 5)
 OUTLINES = {"clavicles": (0, 255, 255), "scapulae": (255, 0, 255), "humeri": (0, 255, 0),
             "ribs_left": (255, 150, 0), "ribs_right": (255, 255, 0)}
-IGNORED, IGNORED_TINT = 255, (255, 40, 40)  # the masks' ignore value (truncation.IGNORE_MASK_VALUE)
+IGNORED_TINT = (255, 40, 40)
 
 
 def export_view(ct: str, labels: str, angle: int, out: Path) -> Path:
@@ -41,13 +41,14 @@ def export_view(ct: str, labels: str, angle: int, out: Path) -> Path:
 def outlined(dataset: Path) -> np.ndarray:
     from XraySegInferLib.dataset import read_dataset
     from XraySegSimLib.overlay import mask_outline
+    from XraySegSimLib.truncation import IGNORE_MASK_VALUE
 
     data = read_dataset(dataset, require="train")
     image, reference, _ = data.load(data.split("train")[0])
     image = np.asarray(image, float).squeeze()
     low, high = np.percentile(image, (1, 99))
     rgb = np.repeat(np.clip((image - low) / (high - low + 1e-9), 0, 1)[..., None] * 215, 3, -1)
-    ignored = reference[0] == IGNORED
+    ignored = reference[0] == IGNORE_MASK_VALUE
     rgb[ignored] = 0.55 * rgb[ignored] + 0.45 * np.array(IGNORED_TINT)
     for name, colour in OUTLINES.items():
         rgb[mask_outline(reference[data.class_names.index(name)] == 1)] = colour

@@ -43,7 +43,6 @@ import numpy as np
 
 from .truncation_walk import (block_reach, block_states, block_walk_hits, deepest_full_square, face_ray, full_depth,
                               meets_square, set_box)
-from .unknown_region import UNKNOWN_RULE
 
 # Voxels above this (or labelled) are body. Soft tissue and fat lie above -150 HU; the foam of couch pads and
 # mattresses (-300 to -700 HU) lies against the patient's back and, at -500, joined the couch to the patient: on the
@@ -254,6 +253,17 @@ def face_limits(ras_to_ijk: np.ndarray, side_depth_mm: float = SIDE_DEPTH_MM) ->
                      for face in range(6)], np.float64)
 
 
+def detector_in_voxels(ras_to_ijk: np.ndarray, geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(source, first pixel, column step, row step) of ``geometry`` in the voxel coordinates of ``ras_to_ijk``
+    shifted by 0.5, so that voxel v spans [v, v + 1): the frame of the walks here and in :mod:`unknown_region`."""
+    linear, shift = ras_to_ijk[:3, :3], ras_to_ijk[:3, 3] + 0.5
+    source = linear @ np.asarray(geometry.source, float) + shift
+    origin = linear @ np.asarray(geometry.origin, float) + shift
+    column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0])
+    row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1])
+    return source, origin, column_step, row_step
+
+
 class CutFaces:
     """The body's cut sections on the six faces of one CT grid; ``mask(geometry)`` gives the truncated pixels.
 
@@ -299,7 +309,7 @@ class CutFaces:
     @property
     def rule(self) -> str:
         """The ignore rule of this mask, for the sidecars."""
-        return IGNORE_RULE if self.unknown is None else f"{IGNORE_RULE}; {UNKNOWN_RULE}"
+        return IGNORE_RULE if self.unknown is None else f"{IGNORE_RULE}; {self.unknown.rule}"
 
     @property
     def cut_voxels(self) -> dict[str, int]:
@@ -309,12 +319,7 @@ class CutFaces:
     def detector_in_voxels(self, geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(source, first pixel, column step, row step) in voxel coordinates shifted by 0.5, so that voxel v
         spans [v, v + 1): the frame of the kernels."""
-        linear, shift = self.ras_to_ijk[:3, :3], self.ras_to_ijk[:3, 3] + 0.5
-        source = linear @ np.asarray(geometry.source, float) + shift
-        origin = linear @ np.asarray(geometry.origin, float) + shift
-        column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0])
-        row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1])
-        return source, origin, column_step, row_step
+        return detector_in_voxels(self.ras_to_ijk, geometry)
 
     def mask(self, geometry) -> np.ndarray:
         """(rows, cols) bool: the pixel's ray crosses the body's continuation beyond a cut face (or, with

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .truncation import detector_in_voxels
+
 UNKNOWN_RULE = ("and pixels whose ray crosses tissue that the virtual patient's shoulder pose brought in from "
                 "beyond a cut face (cells of the turn's coarse grid)")
 UNKNOWN_SHORTFALL_VOXELS = 0.5  # a turn cut short by more than this (voxels) samples where nothing is known
@@ -90,16 +92,19 @@ def _unknown_kernel(cells, box_lo, box_hi, source, origin, column_step, row_step
 class UnknownRegion:
     """Unknown cells of one virtual patient's grid; ``mask(geometry)`` gives the pixels whose ray crosses one."""
 
+    rule = UNKNOWN_RULE  # what the sidecars add to the cut faces' ignore rule
+
     def __init__(self, cells: np.ndarray, steps_ijk: np.ndarray, ras_to_ijk: np.ndarray) -> None:
         """``cells`` (Kd, Jd, Id) bool: cell (k, j, i) spans voxels [k sk, (k + 1) sk) ... of the CT grid;
         ``steps_ijk``: voxels per cell along i, j, k; ``ras_to_ijk``: the (virtual patient's) grid."""
         self.cells = np.ascontiguousarray(cells, np.bool_)
         self.steps_ijk = np.asarray(steps_ijk, np.float64)
         self.ras_to_ijk = np.asarray(ras_to_ijk, np.float64)
-
-    @property
-    def n_cells(self) -> int:
-        return int(np.count_nonzero(self.cells))
+        k, j, i = np.nonzero(self.cells)
+        self.n_cells = len(k)
+        # the set cells' box (i, j, k): rays that miss it are settled at once
+        self._box_lo = np.array([i.min(), j.min(), k.min()] if self.n_cells else [0, 0, 0], np.int64)
+        self._box_hi = np.array([i.max(), j.max(), k.max()] if self.n_cells else [-1, -1, -1], np.int64) + 1
 
     def volume_ml(self) -> float:
         """Volume of the unknown cells (ml)."""
@@ -112,17 +117,9 @@ class UnknownRegion:
         out = np.zeros((rows, cols), np.bool_)
         if not self.n_cells:
             return out
-        # voxel frame shifted by 0.5 (voxel v spans [v, v + 1)), then cells of steps voxels
-        linear, shift = self.ras_to_ijk[:3, :3], self.ras_to_ijk[:3, 3] + 0.5
-        to_cells = 1.0 / self.steps_ijk
-        source = (linear @ np.asarray(geometry.source, float) + shift) * to_cells
-        origin = (linear @ np.asarray(geometry.origin, float) + shift) * to_cells
-        column_step = linear @ (np.asarray(geometry.column_axis, float) * geometry.spacing[0]) * to_cells
-        row_step = linear @ (np.asarray(geometry.row_axis, float) * geometry.spacing[1]) * to_cells
-        k, j, i = np.nonzero(self.cells)  # rays that miss the set cells' box are settled at once
-        box_lo = np.array([i.min(), j.min(), k.min()], np.int64)
-        box_hi = np.array([i.max(), j.max(), k.max()], np.int64) + 1
-        _unknown_kernel(self.cells, box_lo, box_hi, source, origin, column_step, row_step, out)
+        to_cells = 1.0 / self.steps_ijk  # the voxel frame of the truncation walks, then cells of steps voxels
+        source, origin, column_step, row_step = (v * to_cells for v in detector_in_voxels(self.ras_to_ijk, geometry))
+        _unknown_kernel(self.cells, self._box_lo, self._box_hi, source, origin, column_step, row_step, out)
         return out
 
 
