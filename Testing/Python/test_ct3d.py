@@ -368,35 +368,6 @@ def test_a_one_sided_model_predicts_the_other_side_mirrored_and_keeps_one_piece_
     assert implausible({"volume_ml": 5749.0}) is not None and implausible({"volume_ml": 240.0}) is None
 
 
-def test_batch_dice_charges_the_false_positives_of_a_patch_without_the_structure():
-    """Per-patch Dice: an empty patch with soft false positives scores ~1 whatever it predicts (a gradient of order
-    the smoothing term, 1e-5); batch Dice: its false positives lower the one Dice of the batch, by the
-    hand-computed amount, and push its logits down."""
-    import torch
-
-    from XraySegInferLib.ct_training import dice_l2_loss
-
-    network = torch.nn.Conv3d(1, 1, 1)
-    target = torch.zeros(2, 1, 2, 2, 2)
-    target[0, 0, 0] = 1  # patch 0: 4 foreground voxels, predicted exactly; patch 1: empty, 4 voxels predicted
-    logits = torch.full((2, 2, 2, 2, 2), -50.0)
-    logits[:, 1] = 50.0 * (2 * target[:, 0] - 1)
-    logits[1, 1, 0] = 50.0
-    logits[:, 0] = -logits[:, 1]
-    per_patch = dice_l2_loss(network, logits, target, 0.0)[1]
-    batch = dice_l2_loss(network, logits, target, 0.0, batch_dice=True)[1]
-    assert float(per_patch) == pytest.approx(0.5, abs=1e-3)  # (0 + 1) / 2
-    assert float(batch) == pytest.approx(1 - 2 * 4 / (8 + 4), abs=1e-3)  # tp 4, 8 predicted, 4 true
-    soft = logits.clone()
-    soft[1] = 0.0  # the empty patch: probability 0.5 everywhere
-    gradients = {}
-    for batch_dice in (False, True):
-        x = soft.clone().requires_grad_(True)
-        dice_l2_loss(network, x, target, 0.0, batch_dice=batch_dice)[1].backward()
-        gradients[batch_dice] = float(x.grad[1, 1].abs().max())
-    assert gradients[False] < 1e-5 < 1e-2 < gradients[True]
-
-
 def test_a_checkpoint_that_predates_a_setting_resumes_with_its_default_only(tmp_path):
     """A checkpoint written before --metal-fraction/--metal-outside existed (no such keys in its config) resumes
     when the run keeps their defaults, and is refused (one-line InputError) when it asks for implants."""

@@ -29,7 +29,8 @@ def add_synthetic_implant(image: np.ndarray, label: np.ndarray, rng: np.random.G
                           metal_value: float, outside: float = 0.0) -> np.ndarray:
     """A copy of the normalised patch ``image`` ``[k, j, i]`` with 1-3 metal rods inside ``label`` and streaks.
 
-    ``metal_value``: the network input of saturated metal (the top of the HU window). ``outside``: the share of
+    ``metal_value``: the network input of metal (the top of the HU window; the fill value when the run suppresses
+    metal, ct_data.MetalSuppression). ``outside``: the share of
     rods laid anywhere in the patch instead (their metal outside the structure stays background), so that metal
     alone is no sign of the structure. Patches with fewer than 64 structure voxels come back unchanged."""
     inside = np.argwhere(label > 0)
@@ -64,4 +65,4 @@ def add_synthetic_implant(image: np.ndarray, label: np.ndarray, rng: np.random.G
         out[band] -= float(rng.uniform(0.1, 0.5)) * (1.0 - distance[band] / STREAK_HALF_LENGTH_VOXELS)
         metal |= rod
     out[metal] = metal_value  # after all streaks, so that no streak dims another rod
-    return np.clip(out, HU_RANGE[0] / 1000.0, metal_value)
+    return np.clip(out, HU_RANGE[0] / 1000.0, HU_RANGE[1] / 1000.0)

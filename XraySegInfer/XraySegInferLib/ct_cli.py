@@ -56,12 +56,17 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--batch-dice", action="store_true",
                        help="one Dice over the batch, so patches away from the structure still cost their false "
                             "positives (use with femur-data --train-region half-body)")
+    train.add_argument("--ce-weight", type=float, default=0.0,
+                       help="add this times the voxel-wise cross-entropy to the loss (nnU-Net's Dice + CE; default 0)")
     train.add_argument("--metal-fraction", type=float, default=0.0,
                        help="share of patches given a synthetic metal implant (rods and streaks inside the "
                             "structure; default 0)")
     train.add_argument("--metal-outside", type=float, default=0.0,
                        help="share of the implant rods laid anywhere in the patch (their metal stays background), "
                             "so that metal alone is no sign of the structure (default 0)")
+    train.add_argument("--suppress-metal", type=float, nargs=2, metavar=("ABOVE_HU", "FILL_HU"),
+                       help="set metal (voxels above ABOVE_HU and their rim) to FILL_HU before the network sees it, "
+                            "in training and in ct-segment alike (e.g. 2000 150); the card carries the values")
     train.add_argument("--trained-side", choices=("left", "right"),
                        help="the body side of the training cases (femur-data --train-side): the card says so, and "
                             "ct-segment then predicts the other side of a whole CT mirrored, per side")
@@ -123,6 +128,18 @@ def run_femur_data(args) -> int:
     return 0
 
 
+def _metal_suppression(values: list[float] | None) -> dict[str, float]:
+    if values is None:
+        return {}
+    from .errors import InputError
+
+    above, fill = values
+    if not (0 < fill < above):
+        raise InputError(f"--suppress-metal {above:g} {fill:g}: give ABOVE_HU above FILL_HU, both positive "
+                         "(e.g. 2000 150)")
+    return {"suppress_metal_above_hu": above, "metal_fill_hu": fill}
+
+
 def run_ct_train(args) -> int:
     from .ct_networks import DEFAULT_ARCHITECTURE
     from .ct_training import CtTrainConfig, train_ct
@@ -134,8 +151,10 @@ def run_ct_train(args) -> int:
                                                                                      norm=args.norm),
                            flip=not args.no_flip, foreground_fraction=_fraction(args.foreground_fraction),
                            trained_side=args.trained_side or "", batch_dice=args.batch_dice,
+                           ce_weight=_non_negative(args.ce_weight, "--ce-weight"),
                            metal_fraction=_fraction(args.metal_fraction, "--metal-fraction"),
                            metal_outside=_fraction(args.metal_outside, "--metal-outside"),
+                           **_metal_suppression(args.suppress_metal),
                            seed=args.seed, device=args.device, name=args.name,
                            oversample=[[text, _factor(factor)] for text, factor in args.oversample],
                            init_from=str(args.init_from) if args.init_from else "")
@@ -158,6 +177,14 @@ def _factor(text: str) -> float:
         raise InputError(f"--oversample TEXT FACTOR: '{text}' is not a number; give e.g. --oversample body0 16") from None
 
 
+def _non_negative(value: float, option: str) -> float:
+    if not value >= 0.0:
+        from .errors import InputError
+
+        raise InputError(f"{option} {value}: give a weight of 0 or more, e.g. 1")
+    return value
+
+
 def _fraction(value: float, option: str = "--foreground-fraction") -> float:
     if not 0.0 <= value <= 1.0:
         from .errors import InputError
@@ -174,6 +201,10 @@ def run_ct_segment(args) -> int:
     sides = summary.get("volume_ml_per_side")
     per_side = f" (left {sides['left']:.1f}, right {sides['right']:.1f})" if sides else ""
     print(f"{args.ct}: {summary['structure']} {summary['volume_ml']:.1f} ml{per_side} -> {args.out}")
+    metal = summary.get("metal_suppression")
+    if metal and metal["voxels_above"]:
+        print(f"metal: {metal['voxels_above']} voxels above {metal['above_hu']:g} HU were read as {metal['fill_hu']:g} "
+              "HU (the model's metal suppression)")
     if summary.get("warning"):
         print(f"warning: {summary['warning']}", file=sys.stderr)
     return 0

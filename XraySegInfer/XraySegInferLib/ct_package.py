@@ -56,6 +56,13 @@ class CtModel:
         return tuple(float(s) for s in self.card["spacing_mm"])
 
     @property
+    def metal_suppression(self):
+        """The card's ``MetalSuppression`` (None: metal is only clipped to the HU window)."""
+        from .ct_data import MetalSuppression
+
+        return MetalSuppression.from_card(self.card.get("metal_suppression"))
+
+    @property
     def patch_size(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.card["patch_size"])
 

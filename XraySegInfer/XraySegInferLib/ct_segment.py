@@ -25,7 +25,7 @@ def probability_on_grid(model: CtModel, ct_image, mirrored: bool = False) -> np.
     import SimpleITK as sitk
 
     working = resample(ct_image, model.spacing_mm, False)
-    array = normalise_hu(sitk.GetArrayFromImage(working).astype(np.float32))
+    array = normalise_hu(sitk.GetArrayFromImage(working).astype(np.float32), model.metal_suppression)
     if mirrored:
         probability = model.probability(np.ascontiguousarray(array[:, :, ::-1]))[:, :, ::-1]
     else:
@@ -67,7 +67,8 @@ def segment_ct(ct_path: str | Path, model: CtModel, out_dir: str | Path) -> dict
         summary = {"ct": str(ct_path), "model": model.card.get("name"), "structure": model.card.get("structure"),
                    "voxels": int(mask.sum()), "volume_ml": round(float(mask.sum()) * voxel_ml, 3),
                    "labels": {"0": "background", "1": model.card.get("structure")}, **info,
-                   "warning": implausible(info) if model.card.get("structure") == "proximal_femur" else None}
+                   "warning": implausible(info) if model.card.get("structure") == "proximal_femur" else None,
+                   "metal_suppression": _metal_report(model, ct_image)}
         write_json(staging / "segmentation.json", summary)
         if out.exists():
             shutil.rmtree(out)
@@ -76,6 +77,16 @@ def segment_ct(ct_path: str | Path, model: CtModel, out_dir: str | Path) -> dict
         if staging.exists():
             shutil.rmtree(staging)
     return summary
+
+
+def _metal_report(model: CtModel, ct_image) -> dict[str, Any] | None:
+    """The card's metal suppression and how many voxels of this CT it replaced (None: the model does not)."""
+    import SimpleITK as sitk
+
+    metal = model.metal_suppression
+    if metal is None:
+        return None
+    return dict(metal.to_card(), voxels_above=int((sitk.GetArrayViewFromImage(ct_image) > metal.above_hu).sum()))
 
 
 def evaluate_ct_dataset(dataset_dir: str | Path, model: CtModel, split: str = "test",
@@ -87,7 +98,7 @@ def evaluate_ct_dataset(dataset_dir: str | Path, model: CtModel, split: str = "t
     for case in cases:
         if case.label is None:
             continue
-        image, label = load_case(case, model.spacing_mm)
+        image, label = load_case(case, model.spacing_mm, model.metal_suppression)
         pred = largest_component(model.probability(image) >= 0.5)
         # Arrays are [k, j, i]; spacing is (x, y, z).
         per_case[case.case_id] = score_case(pred, label > 0, tuple(reversed(model.spacing_mm)), hd95=hd95)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .ct_augment import add_synthetic_implant
-from .ct_data import HU_RANGE, CtDataset, load_case, read_ct_dataset
+from .ct_data import HU_RANGE, CtDataset, MetalSuppression, load_case, read_ct_dataset
 from .ct_networks import DEFAULT_ARCHITECTURE, size_divisor
 from .errors import DatasetError, InputError
 
@@ -54,8 +54,18 @@ class CtTrainConfig:
     # other side on the mirrored CT and keeps the largest component per side (ct_sides).
     trained_side: str = ""
     batch_dice: bool = False  # one Dice over the batch (see dice_l2_loss)
+    ce_weight: float = 0.0  # weight of a cross-entropy term added to the loss (see dice_l2_loss; 0: off)
     metal_fraction: float = 0.0  # share of patches given a synthetic metal implant (ct_augment)
     metal_outside: float = 0.0  # share of those rods laid anywhere in the patch, not only inside the structure
+    # Metal above this HU (and its rim) set to metal_fill_hu in training and segmentation (0: off; ct_data).
+    suppress_metal_above_hu: float = 0.0
+    metal_fill_hu: float = 150.0
+
+    @property
+    def metal_suppression(self) -> MetalSuppression | None:
+        if not self.suppress_metal_above_hu:
+            return None
+        return MetalSuppression(self.suppress_metal_above_hu, self.metal_fill_hu)
 
 
 def l2_penalty(network) -> Any:
@@ -63,17 +73,23 @@ def l2_penalty(network) -> Any:
     return sum((p ** 2).sum() for name, p in network.named_parameters() if p.ndim > 1)
 
 
-def dice_l2_loss(network, logits, target, l2_weight: float, batch_dice: bool = False):
+def dice_l2_loss(network, logits, target, l2_weight: float, batch_dice: bool = False, ce_weight: float = 0.0):
     """(total, dice part, L2 part) for logits (B, 2, ...) and a binary target (B, 1, ...).
 
     ``batch_dice``: one Dice over the whole batch instead of the mean of per-patch Dice. A patch without the
     structure then still costs its false positives (its own Dice is ~1 whatever it predicts, so it gives no
-    gradient): needed when many patches lie away from the structure (femur-data --train-region half-body)."""
+    gradient): needed when many patches lie away from the structure (femur-data --train-region half-body).
+    ``ce_weight``: adds that times the voxel-wise cross-entropy (mean over voxels) to the total, as nnU-Net's
+    Dice + CE loss does: every voxel then has a gradient, not only those the Dice ratio weighs."""
+    import torch.nn.functional as F
     from monai.losses import DiceLoss
 
     dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=batch_dice)(logits, target)
     l2 = l2_penalty(network)
-    return dice + l2_weight * l2, dice, l2
+    total = dice + l2_weight * l2
+    if ce_weight:
+        total = total + ce_weight * F.cross_entropy(logits, target[:, 0].long())
+    return total, dice, l2
 
 
 def _augmentation(seed: int, flip: bool = True):
@@ -137,7 +153,9 @@ def _batch(volumes: list[tuple[np.ndarray, np.ndarray]], foreground: list[np.nda
         image_patch, label_patch = _crop(image, centre, config.patch_size, -1.0), _crop(label, centre, config.patch_size, 0)
         # Drawn only when asked for, so that runs without implants keep their random streams.
         if config.metal_fraction > 0 and rng.random() < config.metal_fraction:
-            image_patch = add_synthetic_implant(image_patch, label_patch, rng, HU_RANGE[1] / 1000.0,
+            # Painted as real metal looks after the run's preprocessing: saturated, or suppressed to the fill.
+            metal_hu = config.metal_fill_hu if config.metal_suppression else HU_RANGE[1]
+            image_patch = add_synthetic_implant(image_patch, label_patch, rng, metal_hu / 1000.0,
                                                 config.metal_outside)
         sample = transforms({"image": image_patch[None], "label": label_patch[None].astype(np.float32)})
         images.append(torch.as_tensor(np.asarray(sample["image"]), dtype=torch.float32))
@@ -224,7 +242,7 @@ def train_ct(dataset_dir: str | Path, out_dir: str | Path, config: CtTrainConfig
     if out.exists() and any(out.iterdir()) and not resume:
         raise InputError(f"{out} already holds files; give a new --out folder, or --resume to continue there")
     out.mkdir(parents=True, exist_ok=True)
-    volumes = [load_case(case, config.spacing_mm) for case in dataset.train]
+    volumes = [load_case(case, config.spacing_mm, config.metal_suppression) for case in dataset.train]
     foreground = [np.argwhere(label > 0) for _, label in volumes]
     if not any(len(f) for f in foreground):
         raise DatasetError(f"{dataset.root}: the training labels are all empty")
@@ -243,7 +261,7 @@ def train_ct(dataset_dir: str | Path, out_dir: str | Path, config: CtTrainConfig
         torch.manual_seed(config.seed * 1_000_003 + step)  # dropout draws, step-seeded for exact resume
         images, labels = _batch(volumes, foreground, config, step, weights)
         loss, dice, l2 = dice_l2_loss(network, network(images.to(device)), labels.to(device), config.l2_weight,
-                                      config.batch_dice)
+                                      config.batch_dice, config.ce_weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -260,8 +278,9 @@ def train_ct(dataset_dir: str | Path, out_dir: str | Path, config: CtTrainConfig
         "spacing_mm": list(config.spacing_mm), "patch_size": list(config.patch_size), "hu_window": [-1000, 2000],
         "training": {"dataset": dataset.root.name, "cases": [c.case_id for c in dataset.train],
                      "steps": config.steps, "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-                     "loss": ("batch " if config.batch_dice else "") +
-                             f"Dice + {config.l2_weight:g} * sum of squared convolution weights",
+                     "loss": ("batch " if config.batch_dice else "") + "Dice + " +
+                             (f"{config.ce_weight:g} * cross-entropy + " if config.ce_weight else "") +
+                             f"{config.l2_weight:g} * sum of squared convolution weights",
                      "final_loss": _tail_mean(history), "seconds_this_run": round(seconds, 1),
                      "seed": config.seed, "oversample": config.oversample,
                      "augmentation": training_augmentation(config),
@@ -270,6 +289,8 @@ def train_ct(dataset_dir: str | Path, out_dir: str | Path, config: CtTrainConfig
     }
     if config.trained_side:
         card["trained_side"] = config.trained_side
+    if config.metal_suppression:
+        card["metal_suppression"] = config.metal_suppression.to_card()
     return save_ct_package(out / "model", network.eval(), card)
 
 
