@@ -36,7 +36,7 @@ def test_metal_and_its_bright_rim_become_the_fill_and_everything_else_is_left_al
     no_metal = np.where(hu > 2000, 1200, hu)
     assert np.array_equal(MetalSuppression().apply(no_metal), no_metal)
     # In the network input: the fill is 0.5, the untouched bright bone 1.9 (clipped at 2000 HU only).
-    normalised = normalise_hu(hu, MetalSuppression(2000.0, 500.0))
+    normalised = normalise_hu(MetalSuppression(2000.0, 500.0).apply(hu))
     assert normalised[2, 2, 2] == pytest.approx(0.5) and normalised[2, 2, 5] == pytest.approx(1.9)
     assert normalise_hu(hu)[2, 2, 2] == pytest.approx(2.0)
 
@@ -102,7 +102,9 @@ def test_a_suppressing_run_paints_implants_at_the_fill_and_its_card_carries_the_
 
 def test_segmentation_suppresses_metal_as_the_card_says():
     """ct-segment's input path (probability_on_grid): a CT with metal under a suppressing card gives exactly what
-    the same CT with the metal already filled gives under a plain card, and not what the raw CT gives."""
+    the same CT with the metal already filled gives under a plain card, and not what the raw CT gives. The CT is
+    finer than the model's grid, and its metal voxel lies between the 2 mm sample points: suppressing after the
+    resampling would miss it."""
     import SimpleITK as sitk
     import torch
 
@@ -118,9 +120,9 @@ def test_segmentation_suppresses_metal_as_the_card_says():
                           torch.device("cpu"))
     hu = np.pad(_hip_like_block(), ((6, 5), (6, 5), (5, 4)), constant_values=40.0)
 
-    def image(array):
+    def image(array):  # 1 mm voxels, the model works at 2 mm: the metal must be found before resampling
         out = sitk.GetImageFromArray(array)
-        out.SetSpacing((2.0, 2.0, 2.0))
+        out.SetSpacing((1.0, 1.0, 1.0))
         return out
 
     filled = MetalSuppression(2000, 500).apply(hu)
@@ -140,10 +142,10 @@ def test_suppress_metal_values_the_wrong_way_round_are_one_line_and_status_2(tmp
 
 @pytest.mark.slow
 def test_on_the_sample_ct_only_the_implanted_femur_changes():
-    """The abdomen-pelvis CT: its natural bones stay below 2,000 HU (max 1,262), so suppression changes only the
-    left femur's nail and screw (529 voxels above 2,000 HU) and their rim, all inside or beside that femur."""
+    """The abdomen-pelvis CT: its labelled structures away from the implanted femur stay below 1,300 HU (max
+    1,288), so suppression changes only the left femur's nail and screw (529 voxels above 2,000 HU) and their rim,
+    all inside or beside that femur."""
     import SimpleITK as sitk
-    from scipy import ndimage
 
     from XraySegSimLib.export_inputs import names_table
     from XraySegSimLib.sample_data import fetch_sample
@@ -154,5 +156,44 @@ def test_on_the_sample_ct_only_the_implanted_femur_changes():
     value = {name: v for v, name in names_table(sample["names"]).items()}["femur_left"]
     changed = MetalSuppression(2000.0, 150.0).apply(hu) != hu
     assert (hu > 2000).sum() == 529 and changed.sum() >= 529
-    near_left_femur = ndimage.binary_dilation(labels == value, iterations=1)
-    assert near_left_femur[changed].all()
+    natural_bone = (labels > 0) & ~near_implanted_femur(labels, value)
+    assert hu[natural_bone].max() < 1300  # measured 1,288 HU
+    assert near_implanted_femur(labels, value)[changed].all()
+
+
+def near_implanted_femur(labels: np.ndarray, value: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(labels == value, iterations=1)
+
+
+def test_training_reads_the_metal_as_the_fill(tmp_path):
+    """train_ct loads its cases with the run's suppression: on a training CT with a metal rod two steps with and
+    without it give different weights; on one without metal the same weights."""
+    import SimpleITK as sitk
+    import torch
+    from safetensors.torch import load_file
+    from test_ct3d import _sphere_dataset, _tiny_config
+
+    from XraySegInferLib.ct_training import train_ct
+
+    def weights(dataset, name, above_hu):
+        config = _tiny_config(2)
+        config.suppress_metal_above_hu = above_hu
+        torch.set_num_threads(1)
+        return load_file(str(train_ct(dataset, tmp_path / name, config) / "model.safetensors"))
+
+    plain_data = _sphere_dataset(tmp_path / "plain")
+    same = weights(plain_data, "a", 0.0), weights(plain_data, "b", 2000.0)
+    assert all(torch.equal(same[0][k], same[1][k]) for k in same[0])
+
+    metal_data = _sphere_dataset(tmp_path / "metal")
+    image_path = next((metal_data / "imagesTr").glob("*.nii.gz"))
+    ct = sitk.ReadImage(str(image_path))
+    hu = sitk.GetArrayFromImage(ct)
+    hu[8:16, 12, 12] = 3000
+    with_rod = sitk.GetImageFromArray(hu)
+    with_rod.CopyInformation(ct)
+    sitk.WriteImage(with_rod, str(image_path))
+    differ = weights(metal_data, "c", 0.0), weights(metal_data, "d", 2000.0)
+    assert any(not torch.equal(differ[0][k], differ[1][k]) for k in differ[0])

@@ -25,8 +25,9 @@ from XraySegSimLib.label_jobs import (  # noqa: E402
 from XraySegSimLib.scene_inputs import labels_from_segmentation, segment_ids  # noqa: E402
 
 
-def tiny_ct_model(folder, structure="femur_left"):
-    """A 3D package with a tiny compact V-Net (random weights, seeded): what the child loads and runs."""
+def tiny_ct_model(folder, structure="femur_left", **card):
+    """A 3D package with a tiny compact V-Net (random weights, seeded): what the child loads and runs; ``card``:
+    more card fields (e.g. metal_suppression)."""
     import torch
     from XraySegInferLib.ct_networks import build_ct_network
     from XraySegInferLib.ct_package import save_ct_package
@@ -35,7 +36,7 @@ def tiny_ct_model(folder, structure="femur_left"):
     architecture = {"name": "vnet-compact", "base_channels": 4, "depth": 2}
     return save_ct_package(folder, build_ct_network(architecture, 2),
                            {"name": "tiny", "structure": structure, "architecture": architecture,
-                            "spacing_mm": [5.0, 5.0, 5.0], "patch_size": [16, 16, 16]})
+                            "spacing_mm": [5.0, 5.0, 5.0], "patch_size": [16, 16, 16], **card})
 
 
 def left_handed_ijk_to_ras() -> np.ndarray:
@@ -163,14 +164,19 @@ def test_ct_labelling_real_run(app, tmp_path):
 
 def test_ct_labelling_passes_on_the_runs_doubt_about_a_femur(app, tmp_path):
     """A proximal-femur model whose output volume no femur has (this untrained one labels the whole phantom):
-    the job still loads the labels, and carries ct-segment's one-line warning for the panel to show."""
+    the job still loads the labels, and carries ct-segment's one-line warning for the panel to show, and what it
+    did with the CT's metal."""
     hu, _ = phantom_arrays()
+    hu = hu.copy()
+    hu[10, 10, 10:13] = 3000  # an implant: three voxels the model's metal suppression reads as 150 HU
     ct = add_volume(app.scene, hu, ct_ijk_to_ras(), "CT")
-    job = start_ct_labelling(app.scene, ct, tiny_ct_model(tmp_path / "model", structure="proximal_femur"))
+    job = start_ct_labelling(app.scene, ct, tiny_ct_model(tmp_path / "model", structure="proximal_femur",
+                                                          metal_suppression={"above_hu": 2000, "fill_hu": 150}))
     status = job.wait(600)
     assert status.state == "succeeded", status.message
     assert job.finish(app.scene) is not None
     assert job.warning is not None and job.warning.startswith("implausible femur volume")
+    assert job.metal_note == "metal: 3 voxels above 2000 HU read as 150 HU"
 
 
 @pytest.mark.slow

@@ -4,8 +4,8 @@ Hip CTs often hold nails, screws or prostheses: saturated metal inside the bone 
 sample CT's left femur holds one (a nail with a neck screw); a network trained on the natural right femur alone has
 never seen metal and, with instance normalisation, loses the whole femoral head around the screw (held-out Dice
 0.60 after 600 steps, sensitivity 0.45). This augmentation paints 1-3 straight rods between two random voxels of
-the structure (the top of the HU window, as the metal is after clipping) and a dark streak band in the axial plane
-through each rod. The label is left as it is: metal inside a bone is labelled as that bone (as TotalSegmentator
+the structure (at the top of the HU window, as the metal is after clipping; at the fill value when the run
+suppresses metal, ct_data.MetalSuppression) and a dark streak band in the axial plane through each rod. The label is left as it is: metal inside a bone is labelled as that bone (as TotalSegmentator
 labels the sample's implanted femur).
 """
 

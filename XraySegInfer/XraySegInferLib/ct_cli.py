@@ -134,8 +134,8 @@ def _metal_suppression(values: list[float] | None) -> dict[str, float]:
     from .errors import InputError
 
     above, fill = values
-    if not (0 < fill < above):
-        raise InputError(f"--suppress-metal {above:g} {fill:g}: give ABOVE_HU above FILL_HU, both positive "
+    if not (fill < above and above > 0):
+        raise InputError(f"--suppress-metal {above:g} {fill:g}: give a positive ABOVE_HU above FILL_HU "
                          "(e.g. 2000 150)")
     return {"suppress_metal_above_hu": above, "metal_fill_hu": fill}
 

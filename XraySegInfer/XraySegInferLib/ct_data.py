@@ -48,6 +48,19 @@ class MetalSuppression:
         out[metal | rim] = self.fill_hu
         return out
 
+    def apply_to_image(self, image):
+        """The SimpleITK CT ``image`` with its metal suppressed, on its own grid: before any resampling, so that a
+        thin screw is found at the CT's resolution (linear resampling could blur it below ``above_hu``)."""
+        import SimpleITK as sitk
+
+        hu = sitk.GetArrayFromImage(image)
+        out = self.apply(hu)
+        if out is hu:
+            return image
+        suppressed = sitk.GetImageFromArray(out)
+        suppressed.CopyInformation(image)
+        return suppressed
+
     def to_card(self) -> dict[str, float]:
         return {"above_hu": self.above_hu, "fill_hu": self.fill_hu}
 
@@ -131,21 +144,20 @@ def resample(image, spacing_mm: tuple[float, float, float], is_label: bool, refe
                          tuple(float(s) for s in spacing_mm), image.GetDirection(), default, image.GetPixelID())
 
 
-def normalise_hu(array: np.ndarray, metal: MetalSuppression | None = None) -> np.ndarray:
-    """HU -> network input: metal suppressed (when asked), clipped to HU_RANGE and scaled so that water is 0 and
-    1000 HU is 1."""
-    if metal is not None:
-        array = metal.apply(array)
+def normalise_hu(array: np.ndarray) -> np.ndarray:
+    """HU -> network input: clipped to HU_RANGE and scaled so that water is 0 and 1000 HU is 1."""
     return (np.clip(array, *HU_RANGE) / 1000.0).astype(np.float32)
 
 
 def load_case(case: CtCase, spacing_mm: tuple[float, float, float],
               metal: MetalSuppression | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The case's normalised CT (``normalise_hu``) and binary label as float32/uint8 arrays ``[k, j, i]`` at
-    ``spacing_mm``."""
+    """The case's normalised CT (``normalise_hu``; metal suppressed first, when asked) and binary label as
+    float32/uint8 arrays ``[k, j, i]`` at ``spacing_mm``."""
     import SimpleITK as sitk
 
     ct = read_image(case.image)
+    if metal is not None:
+        ct = metal.apply_to_image(ct)
     array = sitk.GetArrayFromImage(resample(ct, spacing_mm, False)).astype(np.float32)
     if not np.isfinite(array).all():
         raise DatasetError(f"{case.image} holds NaN or infinite voxels; fix or re-export the CT")
@@ -155,7 +167,7 @@ def load_case(case: CtCase, spacing_mm: tuple[float, float, float],
         label = (sitk.GetArrayFromImage(label_image) == 1).astype(np.uint8)
         if label.shape != array.shape:
             raise DatasetError(f"{case.label} is not on the grid of {case.image}")
-    return normalise_hu(array, metal), label
+    return normalise_hu(array), label
 
 
 def median_spacing(cases: list[CtCase]) -> tuple[float, float, float]:

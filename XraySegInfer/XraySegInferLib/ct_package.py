@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ModelPackageError
 from .package import CARD_FILE, WEIGHTS_FILE
+
+if TYPE_CHECKING:
+    from .ct_data import MetalSuppression
 
 CT_CARD_FORMAT = "xrayseg-ct-model/1"
 
@@ -56,7 +59,7 @@ class CtModel:
         return tuple(float(s) for s in self.card["spacing_mm"])
 
     @property
-    def metal_suppression(self):
+    def metal_suppression(self) -> "MetalSuppression | None":
         """The card's ``MetalSuppression`` (None: metal is only clipped to the HU window)."""
         from .ct_data import MetalSuppression
 

@@ -24,8 +24,9 @@ def probability_on_grid(model: CtModel, ct_image, mirrored: bool = False) -> np.
     predicted on the CT flipped left-right (array axis i) and flipped back."""
     import SimpleITK as sitk
 
-    working = resample(ct_image, model.spacing_mm, False)
-    array = normalise_hu(sitk.GetArrayFromImage(working).astype(np.float32), model.metal_suppression)
+    metal = model.metal_suppression
+    working = resample(metal.apply_to_image(ct_image) if metal else ct_image, model.spacing_mm, False)
+    array = normalise_hu(sitk.GetArrayFromImage(working).astype(np.float32))
     if mirrored:
         probability = model.probability(np.ascontiguousarray(array[:, :, ::-1]))[:, :, ::-1]
     else:

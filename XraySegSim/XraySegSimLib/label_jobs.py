@@ -198,6 +198,7 @@ class LabelJob:
                  name: str) -> None:
         self.run, self.work, self.ct_node, self.classes, self.name = run, work, ct_node, classes, name
         self.warning: str | None = None  # set by finish(): the run's doubt about its result (e.g. a femur volume)
+        self.metal_note: str | None = None  # set by finish(): the CT's metal the model read as bone-like HU
 
     def poll(self) -> RunStatus:
         """The run's status now (never blocks); a missing package in the child gets a hint how to install it."""
@@ -232,11 +233,20 @@ class LabelJob:
             if classes is None:  # ct-segment: the structure of label 1 is in its summary
                 summary = json.loads((out / "segmentation.json").read_text())
                 self.warning = summary.get("warning")
+                self.metal_note = _metal_note(summary.get("metal_suppression"))
                 classes = [structure_entry(str(name), int(value)) for value, name in summary["labels"].items()
                            if int(value) > 0]
             return load_labels_result(scene, out / "labels.nii.gz", self.ct_node, classes, self.name)
         finally:
             self.close()
+
+
+def _metal_note(report: dict | None) -> str | None:
+    """ct-segment's metal report in a few words, when the model replaced any voxel of this CT."""
+    if not report or not report.get("voxels_above"):
+        return None
+    return (f"metal: {report['voxels_above']} voxels above {report['above_hu']:g} HU read as {report['fill_hu']:g} "
+            "HU")
 
 
 def _work_dir() -> Path:

@@ -175,6 +175,8 @@ class LabelJobSection:
         self.ui.labelsProgressBar.value = self.ui.labelsProgressBar.maximum
         self.ui.labelsStatusLabel.text = _("{name}: {count} segments, now the bone labels").format(
             name=node.GetName(), count=node.GetSegmentation().GetNumberOfSegments())
+        if job.metal_note:  # the model read an implant as bone-like HU (its metal suppression)
+            self.ui.labelsStatusLabel.text += " (" + job.metal_note + ")"
         if job.warning:  # e.g. the femur model on a whole CT: the labels are there, but say they are doubtful
             self.ui.labelsStatusLabel.text += " (" + job.warning + ")"
             slicer.util.warningDisplay(_("The labels may be wrong: {warning}").format(warning=job.warning))
