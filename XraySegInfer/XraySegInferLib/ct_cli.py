@@ -81,6 +81,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(handler=run_ct_train)
 
+    ensemble = sub.add_parser("ct-ensemble", help="combine 3D model packages of the same recipe (other seeds) into "
+                                                   "one that averages their probabilities")
+    ensemble.add_argument("packages", type=Path, nargs="+")
+    ensemble.add_argument("--out", type=Path, required=True)
+    ensemble.add_argument("--name", help="the ensemble's name on its card (default: the first member's + ensemble)")
+    ensemble.set_defaults(handler=run_ct_ensemble)
+
     segment = sub.add_parser("ct-segment", help="segment a CT with a 3D model; writes OUT/labels.nii.gz")
     segment.add_argument("ct", type=Path)
     segment.add_argument("--model", type=Path, required=True, help="3D model package folder")
@@ -191,6 +198,19 @@ def _fraction(value: float, option: str = "--foreground-fraction") -> float:
 
         raise InputError(f"{option} {value}: give a share between 0 and 1, e.g. 0.5")
     return value
+
+
+def run_ct_ensemble(args) -> int:
+    from .ct_ensemble import combine_ct_packages
+
+    for package in args.packages:
+        if not package.exists():
+            from .errors import InputError
+
+            raise InputError(f"{package} does not exist; give 3D model package folders")
+    out = combine_ct_packages(args.packages, args.out, args.name)
+    print(f"ensemble of {len(args.packages)} -> {out}")
+    return 0
 
 
 def run_ct_segment(args) -> int:

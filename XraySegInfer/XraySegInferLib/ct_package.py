@@ -77,11 +77,16 @@ class CtModel:
         import torch
         from monai.inferers import sliding_window_inference
 
+        # An ensemble (ct_ensemble): each member over the whole volume, then the mean of their probabilities.
+        members = getattr(self.network, "members", None) or [self.network]
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(volume, np.float32))[None, None].to(self.device)
-            logits = sliding_window_inference(x, self.patch_size, 2, self.network, overlap=overlap,
-                                              mode="gaussian", padding_mode="constant", cval=-1.0)
-            return torch.softmax(logits, 1)[0, 1].float().cpu().numpy()
+            probabilities = []
+            for member in members:
+                logits = sliding_window_inference(x, self.patch_size, 2, member, overlap=overlap,
+                                                  mode="gaussian", padding_mode="constant", cval=-1.0)
+                probabilities.append(torch.softmax(logits, 1)[0, 1].float())
+            return torch.stack(probabilities).mean(0).cpu().numpy()
 
 
 def load_ct_package(path: str | Path, device: str = "cpu") -> CtModel:
@@ -106,7 +111,12 @@ def load_ct_package(path: str | Path, device: str = "cpu") -> CtModel:
     weights = folder / card["weights"]["file"]
     if not weights.exists() or sha256_file(weights) != card["weights"]["sha256"]:
         raise ModelPackageError(f"{weights} is missing or is not the file the card describes (SHA-256 mismatch)")
-    network = build_ct_network(card["architecture"], 2)
+    if card.get("ensemble"):  # several networks averaged (ct_ensemble)
+        from .ct_ensemble import build_ensemble
+
+        network = build_ensemble(card["architecture"], int(card["ensemble"]["members"]))
+    else:
+        network = build_ct_network(card["architecture"], 2)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
     try:
         network.load_state_dict(state)
