@@ -42,10 +42,11 @@ def test_metal_and_its_bright_rim_become_the_fill_and_everything_else_is_left_al
 
 
 def _bone_cylinder(bone: float) -> tuple[np.ndarray, np.ndarray]:
-    """A normalised patch of soft tissue (0.05) holding a bone cylinder of value ``bone`` along k, and its label."""
-    _, j, i = np.indices((24, 32, 32))
-    label = ((j - 16) ** 2 + (i - 16) ** 2 <= 36).astype(np.uint8)
-    return np.where(label > 0, bone, 0.05).astype(np.float32), label
+    """test_ct_augment's patch (a bone cylinder in soft tissue, 0.05) with the bone at ``bone``."""
+    from test_ct_augment import _bone_patch
+
+    image, label = _bone_patch()
+    return np.where(label > 0, bone, image).astype(np.float32), label
 
 
 def test_implants_painted_at_the_fill_do_not_clip_the_bone_around_them():

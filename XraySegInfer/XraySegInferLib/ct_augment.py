@@ -5,8 +5,9 @@ sample CT's left femur holds one (a nail with a neck screw); a network trained o
 never seen metal and, with instance normalisation, loses the whole femoral head around the screw (held-out Dice
 0.60 after 600 steps, sensitivity 0.45). This augmentation paints 1-3 straight rods between two random voxels of
 the structure (at the top of the HU window, as the metal is after clipping; at the fill value when the run
-suppresses metal, ct_data.MetalSuppression) and a dark streak band in the axial plane through each rod. The label is left as it is: metal inside a bone is labelled as that bone (as TotalSegmentator
-labels the sample's implanted femur).
+suppresses metal, ct_data.MetalSuppression) and a dark streak band in the axial plane through each rod. The label
+is left as it is: metal inside a bone is labelled as that bone (as TotalSegmentator labels the sample's implanted
+femur).
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ def add_synthetic_implant(image: np.ndarray, label: np.ndarray, rng: np.random.G
     """A copy of the normalised patch ``image`` ``[k, j, i]`` with 1-3 metal rods inside ``label`` and streaks.
 
     ``metal_value``: the network input of metal (the top of the HU window; the fill value when the run suppresses
-    metal, ct_data.MetalSuppression). ``outside``: the share of
-    rods laid anywhere in the patch instead (their metal outside the structure stays background), so that metal
-    alone is no sign of the structure. Patches with fewer than 64 structure voxels come back unchanged."""
+    metal, ct_data.MetalSuppression). ``outside``: the share of rods laid anywhere in the patch instead (their metal
+    outside the structure stays background), so that metal alone is no sign of the structure. Patches with fewer than 64 structure voxels come back unchanged."""
     inside = np.argwhere(label > 0)
     out = image.copy()
     if len(inside) < 64:

@@ -214,6 +214,8 @@ def run_ct_ensemble(args) -> int:
 
 
 def run_ct_segment(args) -> int:
+    from XraySegSimLib.label_jobs import metal_note
+
     from .ct_segment import segment_ct
 
     set_torch_threads(args)
@@ -221,10 +223,9 @@ def run_ct_segment(args) -> int:
     sides = summary.get("volume_ml_per_side")
     per_side = f" (left {sides['left']:.1f}, right {sides['right']:.1f})" if sides else ""
     print(f"{args.ct}: {summary['structure']} {summary['volume_ml']:.1f} ml{per_side} -> {args.out}")
-    metal = summary.get("metal_suppression")
-    if metal and metal["voxels_above"]:
-        print(f"metal: {metal['voxels_above']} voxels above {metal['above_hu']:g} HU were read as {metal['fill_hu']:g} "
-              "HU (the model's metal suppression)")
+    metal = metal_note(summary.get("metal_suppression"))
+    if metal:
+        print(f"{metal} (the model's metal suppression)")
     if summary.get("warning"):
         print(f"warning: {summary['warning']}", file=sys.stderr)
     return 0

@@ -233,7 +233,7 @@ class LabelJob:
             if classes is None:  # ct-segment: the structure of label 1 is in its summary
                 summary = json.loads((out / "segmentation.json").read_text())
                 self.warning = summary.get("warning")
-                self.metal_note = _metal_note(summary.get("metal_suppression"))
+                self.metal_note = metal_note(summary.get("metal_suppression"))
                 classes = [structure_entry(str(name), int(value)) for value, name in summary["labels"].items()
                            if int(value) > 0]
             return load_labels_result(scene, out / "labels.nii.gz", self.ct_node, classes, self.name)
@@ -241,8 +241,9 @@ class LabelJob:
             self.close()
 
 
-def _metal_note(report: dict | None) -> str | None:
-    """ct-segment's metal report in a few words, when the model replaced any voxel of this CT."""
+def metal_note(report: dict | None) -> str | None:
+    """ct-segment's metal report (``segmentation.json``'s ``metal_suppression``) in a few words, when the model
+    replaced any voxel of this CT; the CLI prints the same words."""
     if not report or not report.get("voxels_above"):
         return None
     return (f"metal: {report['voxels_above']} voxels above {report['above_hu']:g} HU read as {report['fill_hu']:g} "
