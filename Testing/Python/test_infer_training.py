@@ -187,6 +187,7 @@ def test_cli_infer_and_evaluate(trained, dataset, tmp_path, one_thread):
     assert "| pixel accuracy |" in (report / "metrics.md").read_text()
     card = json.loads((trained.package / "model.json").read_text())
     assert card["metrics"]["test"]["mean_dice"] > DICE_FLOOR - 0.1
+    assert card["metrics"]["test"]["flip_tta"] is card["inference"]["flip_tta"]  # what the figures were made with
     # a bad package is a clear error with exit status 2
     assert main(["infer", str(image), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]) == 2
 

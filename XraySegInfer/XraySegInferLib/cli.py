@@ -66,6 +66,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--split", choices=("test", "val", "train"), default="test",
                           help="test (imagesTs, default), val (held-out CTs of imagesTr) or train")
     evaluate.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
+    evaluate.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                          help="flip test-time augmentation (default: as the model card allows)")
     evaluate.add_argument("--update-card", action="store_true", help="store the summary in the model card's metrics")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--threads", type=int)
@@ -201,7 +203,7 @@ def run_evaluate(args) -> int:
     from .evaluate import evaluate_dataset
 
     set_torch_threads(args)
-    predictor = load_predictor(args.model, args.device, args.trust_pickle)
+    predictor = load_predictor(args.model, args.device, args.trust_pickle, flip_tta=args.tta)
     report = evaluate_dataset(predictor, args.dataset, args.out, args.split, hd95=not args.no_hd95, progress=True)
     summary = report.summary()
     print(report.markdown())
@@ -210,7 +212,7 @@ def run_evaluate(args) -> int:
 
         card = dict(predictor.model.card)
         card.setdefault("metrics", {})[args.split] = {
-            "dataset": str(args.dataset), **summary,
+            "dataset": str(args.dataset), "flip_tta": predictor.flip_tta, **summary,
             "per_class": {r["class"]: {"dice": r["dice"], "iou": r["iou"], "hd95_mm_median": r["hd95_mm_median"]}
                           for r in report.per_class()}}
         update_card(predictor.model.folder, card)  # the card and its manifest together

@@ -5,6 +5,8 @@ or ``{"name": "BasicUNet", "features": [16, 32, 64, 128, 256, 16]}``. ``in_chann
 ``out_channels`` follows from the classes and the label mode: C + 1 (background) for "multiclass" (softmax),
 C for "multilabel" (a sigmoid per class, overlaps allowed).
 
+``{"name": "Ensemble", "members": N, "member": {...}}`` is the mean of N networks (``xrayseg ensemble``).
+
 ``"local_contrast_px": S`` (optional) puts a fixed local-contrast filter in front of the network (see
 :class:`LocalContrast`); the network then sees edges at the scale of bones, not the image's global grey levels.
 """
@@ -51,7 +53,12 @@ class LocalContrast(torch.nn.Module):
 
 
 def build_network(architecture: dict, n_classes: int, mode: str) -> torch.nn.Module:
-    """A MONAI network for 1-channel 2D input and the right number of outputs (see module docstring)."""
+    """A MONAI network for 1-channel 2D input and the right number of outputs (see module docstring); an
+    ``Ensemble`` architecture gives the mean of its members (:mod:`.ensemble`)."""
+    if architecture.get("name") == "Ensemble":
+        from .ensemble import build_ensemble
+
+        return build_ensemble(architecture, n_classes, mode)
     arch = dict(architecture)
     sigma = arch.pop("local_contrast_px", None)
     network = _build_monai(arch, n_classes, mode, architecture)
@@ -79,6 +86,8 @@ def _build_monai(arch: dict, n_classes: int, mode: str, architecture: dict) -> t
 
 def size_divisor(architecture: dict) -> int:
     """Input sizes must be multiples of this (the product of the strides)."""
+    if architecture.get("name") == "Ensemble":
+        return size_divisor(architecture["member"])
     if architecture.get("name", "UNet") == "BasicUNet":
         return 16
     divisor = 1

@@ -8,6 +8,8 @@
   train without each CT, test on its views; writes lobo.json and lobo.md (Dice per class and held-out body).
 * ``xrayseg merge-datasets A B --out DIR``: one dataset of links to several exports (training on several CTs
   exported one by one).
+* ``xrayseg ensemble PKG PKG [...] --out DIR``: one package averaging models of one recipe trained with other
+  seeds (:mod:`.ensemble`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,15 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     merge.add_argument("--out", type=Path, required=True, help="output folder")
     merge.add_argument("--name", help="folder name of the merged dataset (Dataset<ID>_<Name>)")
     merge.set_defaults(handler=run_merge)
+
+    ensemble = sub.add_parser(
+        "ensemble", help="combine 2D model packages of the same recipe (other seeds) into one package",
+        description="Write one model package whose output is the mean of the members' probabilities. The members "
+                    "must share the architecture, label mode, classes, input and normalisation.")
+    ensemble.add_argument("packages", type=Path, nargs="+", help="model package folders (two or more)")
+    ensemble.add_argument("--out", type=Path, required=True, help="new, empty output folder")
+    ensemble.add_argument("--name", help="the ensemble's name on its card (default: the first member's + ensemble)")
+    ensemble.set_defaults(handler=run_ensemble)
 
 
 def _rg1() -> Path:
@@ -138,4 +149,12 @@ def run_merge(args) -> int:
     dataset = read_dataset(root)
     cts = sorted({c.ct_id for c in dataset.cases})
     print(f"{root}: {len(dataset.cases)} views of {len(cts)} CTs ({', '.join(cts)})")
+    return 0
+
+
+def run_ensemble(args) -> int:
+    from .ensemble import combine_packages
+
+    out = combine_packages(list(args.packages), args.out, args.name)
+    print(f"ensemble of {len(args.packages)} -> {out}")
     return 0
