@@ -72,6 +72,18 @@ def test_density_factors_scale_soft_tissue_and_bone_and_leave_air_and_lung():
     assert at[1000] == round(2.0 * 0.9 * 1000 - 1000)  # density x 0.9: 800 HU
 
 
+def test_denser_bone_stays_bone_and_metal_stays_metal():
+    """Bone density x 2.5 (the rib-contrast recipe): 300 HU -> 2250 HU, but 1500 HU cortex stops below the
+    materials' metal threshold instead of becoming titanium (5250 HU); an implant's HU is left as it is."""
+    from XraySegSimLib.materials import METAL_HU, MaterialModel
+
+    lut = density_lut(1.0, 2.5)
+    at = {hu: int(lut[np.uint16(np.int16(hu))]) for hu in (300, 1500, 3500)}
+    assert at[300] == 2250 and at[1500] == METAL_HU - 1 and at[3500] == 3500
+    fractions = MaterialModel().fractions(np.array([at[1500], at[3500]], float))
+    assert fractions[0, 2] == 0.0 and fractions[1, 2] == 1.0  # no metal from bone; the implant still metal
+
+
 def test_scanner_blur_has_its_fwhm_conserves_mass_and_keeps_labels():
     spacing = np.array([1.0, 1.5, 2.0])  # i, j, k: anisotropic, so the axes must not be swapped
     hu = np.full((40, 50, 60), -1000, np.int16)

@@ -40,6 +40,7 @@ import numba
 import numpy as np
 
 from .errors import InputError
+from .materials import METAL_HU
 from .truncation import BODY_HU
 from .unknown_region import UNKNOWN_SHORTFALL_VOXELS
 
@@ -108,6 +109,8 @@ def density_lut(soft_tissue: float, bone_density: float) -> np.ndarray:
     hu = np.arange(65536, dtype=np.uint16).view(np.int16).astype(np.float64)
     factor = np.interp(hu, [-600.0, -500.0, 100.0, 200.0], [1.0, soft_tissue, soft_tissue, bone_density])
     out = (1.0 + hu / 1000.0) * factor * 1000.0 - 1000.0
+    # a factor > 1 must not turn cortical bone into the titanium of the physics (materials.METAL_HU)
+    out = np.where(hu >= METAL_HU, hu, np.minimum(out, METAL_HU - 1.0))
     return np.clip(np.round(np.where(hu <= -600.0, hu, out)), -32768, 32767).astype(np.int16)
 
 
