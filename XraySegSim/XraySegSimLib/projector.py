@@ -324,6 +324,10 @@ class DrrProjector:
                                material_lut, material_g_cm2, SOFT_ONLY_BELOW_HU, pair_hu, pair_class)
             finally:
                 numba.set_num_threads(previous_threads)
+        if n_materials:
+            # The soft-tissue channel is the attenuation sum minus what bone voxels do not hold of it: a ray through
+            # bone alone (>= 1500 HU) ends at 0 minus rounding (about -1e-14), which the physics refuses.
+            np.maximum(material_g_cm2[0], 0.0, out=material_g_cm2[0])
         return DrrResult(geometry, line_integral, thickness, self.classes, list(self.unknown_values),
                          float(self.ct.spacing.min()), material_g_cm2 if n_materials else None,
                          self.materials.channels if self.materials else (), class_rows)
