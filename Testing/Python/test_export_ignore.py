@@ -87,7 +87,7 @@ def test_dataset_reader_keeps_the_unknown_pixels_apart(exported):
 
 def test_loss_and_metrics_ignore_the_unknown_pixels():
     import torch
-    from monai.losses import DiceCELoss
+    from monai.losses import DiceCELoss, DiceLoss
 
     from XraySegInferLib.ignore import masked_dice_ce
 
@@ -95,8 +95,11 @@ def test_loss_and_metrics_ignore_the_unknown_pixels():
     logits = torch.randn(2, 3, 24, 24, generator=generator)
     target = (torch.rand(2, 3, 24, 24, generator=generator) > 0.6).float()
     known = torch.ones(2, 1, 24, 24)
-    reference = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+    reference = (DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+                 + torch.nn.BCEWithLogitsLoss()(logits, target))
     assert torch.isclose(masked_dice_ce(logits, target, known), reference, rtol=1e-5)
+    legacy = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+    assert torch.isclose(masked_dice_ce(logits, target, known, multilabel_ce="softmax"), legacy, rtol=1e-5)
     index = torch.randint(0, 3, (2, 1, 24, 24), generator=generator).float()
     reference = DiceCELoss(softmax=True, to_onehot_y=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, index)
     assert torch.isclose(masked_dice_ce(logits, index, known, "multiclass"), reference, rtol=1e-5)
@@ -122,3 +125,24 @@ def test_foreground_crops_centre_on_labels_not_on_unknown_pixels():
     for _ in range(5):
         _, crop = random_crop(image, masks, (32, 32), rng, foreground_probability=1.0)
         assert (crop[1] == 1).sum() == 1
+
+
+def test_multilabel_bce_charges_every_class_that_claims_a_pixel_of_no_class():
+    """Between two ribs (a pixel of no class) the per-class BCE grows with the logit a class puts there; the
+    softmax cross-entropy of MONAI's multi-channel DiceCELoss (the term before chest 0.4.0) is blind to it."""
+    import torch
+
+    from XraySegInferLib.ignore import masked_dice_ce
+
+    target = torch.zeros(1, 2, 8, 8)
+    target[:, 0, :4] = 1.0  # class 0 in the top half, nothing in the bottom half
+    known = torch.ones(1, 1, 8, 8)
+    logits = torch.where(target > 0, 6.0, -6.0)
+    claimed = logits.clone()
+    claimed[:, 0, 4:] = 6.0  # class 0 paints the empty half as well
+    rise = {ce: float(masked_dice_ce(claimed, target, known, multilabel_ce=ce)
+                      - masked_dice_ce(logits, target, known, multilabel_ce=ce)) for ce in ("bce", "softmax")}
+    # the Dice term alone: class 0's Dice falls from 1 to 2*32/(64+32), the mean over two classes rises by 1/6
+    assert rise["softmax"] == pytest.approx(1 / 6, abs=0.01)
+    # the BCE adds about 6 nats on 32 of the 2 x 64 class-pixels: 1.5
+    assert rise["bce"] - rise["softmax"] == pytest.approx(1.5, abs=0.02)

@@ -85,6 +85,9 @@ def _broken(names, masks, lm, how: str) -> np.ndarray:
               .astype(int)] = True
     elif how == "no_ribs":
         masks[[index["ribs_left"], index["ribs_right"]]] = False
+    elif how == "intercostal":  # the spaces between the ribs painted instead of the ribs
+        for name, lung in (("ribs_left", lm.lung_image_right), ("ribs_right", lm.lung_image_left)):
+            masks[index[name]] = lung & ~masks[index[name]]
     return masks
 
 
@@ -107,6 +110,21 @@ def test_each_rule_fails_when_its_anatomy_is_broken(chest_views, how, must_fail)
     for name in must_fail:
         assert rules[name].passed is False, (how, name, rules[name])
     assert not report.passed
+
+
+def test_rib_shadow_contrast_is_high_for_ribs_and_negative_between_them(chest_views):
+    """Exact rib labels of simulated views lie on the bright bands (0.3-0.4 on the sample CT's views); the
+    intercostal spaces painted instead lie between them; no ribs give nothing to measure (NaN)."""
+    from XraySegInferLib.plausibility import check_chest_pa, rib_shadow_contrast
+
+    names, views = chest_views
+    ribs = [names.index("ribs_left"), names.index("ribs_right")]
+    for image, masks in views:
+        lm = check_chest_pa(masks, names, image).landmarks
+        exact = rib_shadow_contrast(image, masks[ribs].any(0), lm)
+        between = rib_shadow_contrast(image, _broken(names, masks, lm, "intercostal")[ribs].any(0), lm)
+        assert min(exact) > 0.1 and max(between) < 0.0, (exact, between)
+        assert np.isnan(rib_shadow_contrast(image, np.zeros(image.shape, bool), lm)).all()
 
 
 def test_no_lung_fields_is_a_failure_not_a_pass():
@@ -143,5 +161,7 @@ def test_rg1_landmarks_and_the_cli(tmp_path):
     assert len(result["rules"]) >= 17
     assert all(r["threshold"] and r["reason"] for r in result["rules"])
     assert result["passed"] == (result["rules_failed"] == 0)
+    shadows = result["rib_shadow_contrast"]  # the bundled model's ribs, measured against RG1's rib shadows
+    assert np.isfinite(shadows["image_left_lung"]) and np.isfinite(shadows["image_right_lung"])
     assert (tmp_path / "plausibility.png").stat().st_size > 10_000
     assert "| rule | result |" in (tmp_path / "plausibility.md").read_text()

@@ -43,6 +43,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--local-contrast", type=float, metavar="SIGMA_PX",
                        help="put a fixed local-contrast filter (Gaussian sigma in pixels at the training spacing) in "
                             "front of the network, so that it sees bone edges rather than grey levels (default off)")
+    train.add_argument("--multilabel-ce", choices=("bce", "softmax"), dest="multilabel_ce",
+                       help="cross-entropy term of the multilabel loss: bce, per class (default), or softmax, "
+                            "as MONAI's DiceCELoss and the bundled models before chest 0.4.0")
     train.add_argument("--flip", type=float, dest="flip_horizontal",
                        help="probability of left/right flips (default 0: off; refused for lateral views)")
     train.add_argument("--device", help="auto (default), cpu, cuda")
@@ -131,7 +134,7 @@ def run_train(args) -> int:
             raise InputError(f"training config not found: {args.config}")
         data.update(json.loads(args.config.read_text()))
     for key in ("mode", "steps", "val_every", "batch_size", "patch_size", "learning_rate", "device", "threads",
-                "name", "seed"):
+                "name", "seed", "multilabel_ce"):
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value

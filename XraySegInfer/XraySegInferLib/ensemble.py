@@ -85,7 +85,9 @@ def combine_packages(packages: list[str | Path], out: str | Path, name: str | No
                 architecture=ensemble_architecture(first["architecture"], len(models)),
                 # flip TTA only where every member was trained for it
                 inference={**first["inference"], "flip_tta": all(m.card["inference"].get("flip_tta") for m in models)},
-                training={"ensemble_of": [{"package": str(p), "weights_sha256": m.card["weights"]["sha256"],
+                # the first member's training summary (data, recipe) and every member's own
+                training={**first.get("training", {}),
+                          "ensemble_of": [{"package": str(p), "weights_sha256": m.card["weights"]["sha256"],
                                            "training": m.card.get("training"), "metrics": m.card.get("metrics")}
                                           for p, m in zip(packages, models)]})
     network = MeanProbability([m.network for m in models], first["mode"])

@@ -19,10 +19,17 @@ def split_ignore(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (masks == 1) & ~unknown, ~unknown
 
 
-def masked_dice_ce(logits, target, known, mode: str = "multilabel", smooth: float = 1e-5):
-    """Dice + cross-entropy over the known pixels only; with every pixel known it equals MONAI's
-    ``DiceCELoss(sigmoid=True | softmax=True, to_onehot_y=..., batch=True, smooth_nr=smooth, smooth_dr=smooth)``
-    (tested), so an export without unknown pixels trains as before.
+def masked_dice_ce(logits, target, known, mode: str = "multilabel", smooth: float = 1e-5,
+                   multilabel_ce: str = "bce"):
+    """Dice + cross-entropy over the known pixels only (batch Dice: one per class over the whole batch).
+
+    Multilabel, ``multilabel_ce="bce"`` (default): a binary cross-entropy per class and pixel, so a pixel that
+    belongs to no class (between two ribs) costs every class that claims it; with every pixel known it equals
+    MONAI's ``DiceLoss(sigmoid=True, batch=True)`` + ``BCEWithLogitsLoss()`` (tested). ``"softmax"`` is what
+    MONAI's ``DiceCELoss(sigmoid=True)`` does with more than one channel, and what trained the models before
+    0.4.0 of the chest model: a softmax cross-entropy against the multi-hot target, which is zero on pixels of
+    no class, so there only the Dice term pushes back; those models painted whole hemithoraces as "ribs".
+    Multiclass: softmax cross-entropy, as MONAI's ``DiceCELoss(softmax=True, to_onehot_y=True)``.
 
     ``logits`` (N, C, H, W); ``target``: (N, C, H, W) binary (multilabel) or (N, 1, H, W) class index with
     C = classes + background (multiclass); ``known`` (N, 1, H, W) 1 = known, 0 = ignored."""
@@ -33,10 +40,14 @@ def masked_dice_ce(logits, target, known, mode: str = "multilabel", smooth: floa
     if mode == "multilabel":
         probability = torch.sigmoid(logits)
         onehot = target.to(logits.dtype)
-        # As MONAI's DiceCELoss with more than one channel: softmax cross-entropy against the multi-hot target
-        # taken as class probabilities (not a per-class BCE), which is what trained the bundled model.
-        per_pixel = -(onehot * torch.log_softmax(logits, dim=1)).sum(1, keepdim=True)
-        ce = (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+        if multilabel_ce == "bce":
+            per_element = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
+            ce = (per_element * weight).sum() / (weight.sum() * logits.shape[1]).clamp_min(1.0)
+        elif multilabel_ce == "softmax":
+            per_pixel = -(onehot * torch.log_softmax(logits, dim=1)).sum(1, keepdim=True)
+            ce = (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+        else:
+            raise ValueError(f"multilabel_ce must be 'bce' or 'softmax', got {multilabel_ce!r}")
     else:
         probability = torch.softmax(logits, dim=1)
         index = target[:, 0].long()

@@ -4,7 +4,9 @@
   training images (stated in the card).
 * Images are normalised with THE shared normalisation (as at inference) and resampled to one pixel spacing
   (default: the median of the training images).
-* Loss: multilabel -> Dice + BCE (``DiceCELoss(sigmoid=True)``); multiclass -> Dice + CE (softmax).
+* Loss (``ignore.masked_dice_ce``, unknown pixels left out): multilabel -> batch Dice + a binary cross-entropy per
+  class (``multilabel_ce="bce"``; ``"softmax"`` is the term of MONAI's ``DiceCELoss`` that trained the models before
+  chest 0.4.0); multiclass -> Dice + CE (softmax).
 * Checkpoints every ``val_every`` steps: ``checkpoint_last.safetensors`` (model, optimiser, AMP scaler, step,
   random states, history; see ``checkpoints``: nothing is unpickled) and ``checkpoint_best.safetensors``;
   ``resume=True`` continues from the last one, after checking that it fits this run's architecture.
@@ -58,6 +60,8 @@ class TrainConfig:
     name: str = ""
     version: str = "0.1.0"
     max_val_images: int = 32
+    # Multilabel cross-entropy term (ignore.masked_dice_ce): "bce" per class, or "softmax" as before 0.4.0.
+    multilabel_ce: str = "bce"
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -65,6 +69,8 @@ class TrainConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
+        if data.get("multilabel_ce", "bce") not in ("bce", "softmax"):
+            raise ValueError(f"multilabel_ce must be 'bce' or 'softmax', got {data['multilabel_ce']!r}")
         return cls(**data)
 
 
@@ -100,14 +106,6 @@ def _load_items(dataset: SegmentationDataset, cases: list[Case], config: TrainCo
             masks = resample(torch.from_numpy(masks.astype(np.float32))[None], size, "nearest")[0].numpy()
         items.append(_Item(case, image.astype(np.float32), masks.astype(np.uint8)))
     return items, spacing
-
-
-def _loss(mode: str):
-    from monai.losses import DiceCELoss
-
-    if mode == "multilabel":
-        return DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
-    return DiceCELoss(softmax=True, to_onehot_y=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
 
 
 def validate(network: torch.nn.Module, items: list[_Item], mode: str, patch: tuple[int, int], device: torch.device,
@@ -206,7 +204,6 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
     network = build_network(config.architecture, n_classes, config.mode).to(device)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    loss_fn = _loss(config.mode)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     pairs = left_right_pairs(dataset.class_names)
@@ -245,10 +242,8 @@ def train(dataset_dir: str | Path, out_dir: str | Path, config: TrainConfig | No
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             logits = network(images)
-        if bool(unknown.any()):
-            loss = masked_dice_ce(logits.float(), target, 1.0 - unknown, config.mode)
-        else:
-            loss = loss_fn(logits.float(), target)
+        loss = masked_dice_ce(logits.float(), target, 1.0 - unknown, config.mode,
+                              multilabel_ce=config.multilabel_ce)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -336,7 +331,9 @@ RECIPES: dict[str, dict] = {
     # Trained at 2.5 mm pixels (the whole 43 cm field in one 176 px patch, so every patch sees the whole thorax)
     # with a smaller U-Net (8-128 channels): on a CPU shared by eight jobs a step of the 256 px recipe cost ~17 s.
     # val_fraction 0: both bodies train (validation then uses training images); leave-one-body-out measures
-    # transfer instead. Mild geometric augmentation on top of the export's view jitter; no flips (sides).
+    # transfer instead. Mild geometric augmentation on top of the export's view jitter. Since 0.4.0 left-right
+    # flips (ribs_left and ribs_right swap with the image) and flip TTA: sides are read from the image position,
+    # which put 0.4.0's ribs on their own sides of RG1 (without flips 11-31 % of the right ribs crossed over).
     "chest-transfer": {
         "mode": "multilabel",
         "architecture": {"name": "UNet", "channels": [8, 16, 32, 64, 128], "strides": [2, 2, 2, 2],
@@ -346,9 +343,9 @@ RECIPES: dict[str, dict] = {
         "val_fraction": 0.0, "seed": 0, "max_val_images": 8,
         "augment": {"probability": 0.8, "rotate_deg": 4.0, "scale": [0.93, 1.07], "translate_fraction": 0.04,
                     "contrast": [0.7, 1.3], "brightness": 0.1, "gamma": [0.6, 1.6], "noise_std": 0.04,
-                    "blur_sigma_px": [0.5, 1.2], "blur_probability": 0.2, "flip_horizontal": 0.0},
-        "window_percentiles": [0.5, 99.5], "gamma": 1.0, "amp": True,
-        "name": "xrayseg-chest-bones", "version": "0.3.0",
+                    "blur_sigma_px": [0.5, 1.2], "blur_probability": 0.2, "flip_horizontal": 0.5},
+        "window_percentiles": [0.5, 99.5], "gamma": 1.0, "amp": True, "multilabel_ce": "bce",
+        "name": "xrayseg-chest-bones", "version": "0.4.0",
     },
     # A quick smoke run for any dataset (minutes on CPU).
     "quick": {"architecture": {"name": "UNet", "channels": [8, 16, 32, 64], "strides": [2, 2, 2],

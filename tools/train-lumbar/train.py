@@ -26,7 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 EXPORT = ["--view", "lumbar-lateral", "--size", "256", "--test-fraction", "0", "--domain-randomisation", "strong",
           "--quiet"]
-TRAIN = ["--recipe", "chest-sample", "--mode", "multilabel", "--patch-size", "192", "--val-every", "500", "--quiet"]
+# "--multilabel-ce softmax": the loss that trained the bundled lumbar models (the default became "bce" in session 16)
+TRAIN = ["--recipe", "chest-sample", "--mode", "multilabel", "--patch-size", "192", "--val-every", "500", "--quiet",
+         "--multilabel-ce", "softmax"]
 
 
 def train_options(val_every: str) -> list[str]:
