@@ -146,3 +146,18 @@ def test_multilabel_bce_charges_every_class_that_claims_a_pixel_of_no_class():
     assert rise["softmax"] == pytest.approx(1 / 6, abs=0.01)
     # the BCE adds about 6 nats on 32 of the 2 x 64 class-pixels: 1.5
     assert rise["bce"] - rise["softmax"] == pytest.approx(1.5, abs=0.02)
+
+
+def test_the_multilabel_cross_entropy_is_checked_and_an_old_checkpoint_resumes_only_with_its_own():
+    """An unknown term is refused when the config is made; a checkpoint without the field (made before it
+    existed, so trained with the softmax term) resumes with "softmax" and is refused with the new default."""
+    from XraySegInferLib.errors import InputError
+    from XraySegInferLib.training import TrainConfig, _check_resumable
+
+    with pytest.raises(ValueError, match="multilabel_ce"):
+        TrainConfig(multilabel_ce="focal")
+    old = {"path": "checkpoint_last.safetensors",
+           "config": {"architecture": TrainConfig().architecture, "mode": "multilabel"}}
+    _check_resumable(old, TrainConfig(multilabel_ce="softmax"))
+    with pytest.raises(InputError, match="multilabel_ce"):
+        _check_resumable(old, TrainConfig())

@@ -28,7 +28,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                     "validation split is by CT.")
     train.add_argument("dataset", type=Path, help="dataset folder (Dataset<ID>_<Name>/ or its parent)")
     train.add_argument("--out", type=Path, required=True, help="output folder")
-    train.add_argument("--recipe", help="named preset: chest-sample (the bundled chest model), quick")
+    train.add_argument("--recipe", help="named preset: chest-transfer (the bundled chest model), chest-sample (its "
+                                                   "first recipe, one CT), quick")
     train.add_argument("--config", type=Path, help="JSON with TrainConfig fields (over the recipe; options below "
                                                    "override both)")
     train.add_argument("--mode", choices=("multilabel", "multiclass"),

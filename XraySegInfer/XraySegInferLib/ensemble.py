@@ -73,21 +73,25 @@ def combine_packages(packages: list[str | Path], out: str | Path, name: str | No
         raise InputError(f"{target} already holds files; give a new --out folder")
     models = [load_package(p) for p in packages]
     first = models[0].card
+    if len({m.card["weights"]["sha256"] for m in models}) < len(models):
+        raise InputError("the same weights are given twice; an ensemble needs different runs (other seeds)")
     for path, model in zip(packages, models):
         if model.card["architecture"].get("name") == ENSEMBLE:
             raise InputError(f"{path} is an ensemble already; give its member packages instead")
         for field in SHARED_FIELDS:
             if model.card.get(field) != first.get(field):
-                raise InputError(f"{path} differs from {packages[0]} in '{field}'; an ensemble needs members "
-                                 "trained with the same settings on the same classes")
+                raise InputError(f"{path} differs from {packages[0]} in '{field}' ({str(model.card.get(field))[:80]} "
+                                 f"vs {str(first.get(field))[:80]}); an ensemble needs members trained with the "
+                                 "same settings on the same classes")
     card = {key: value for key, value in first.items() if key not in ("weights", "metrics", "training")}
     card.update(name=name or f"{first['name']} (ensemble of {len(models)})", metrics={},
                 architecture=ensemble_architecture(first["architecture"], len(models)),
-                # flip TTA only where every member was trained for it
-                inference={**first["inference"], "flip_tta": all(m.card["inference"].get("flip_tta") for m in models)},
+                # the first member's overlap and threshold; flip TTA only where every member was trained for it
+                inference={**first.get("inference", {}),
+                           "flip_tta": all(m.card.get("inference", {}).get("flip_tta") for m in models)},
                 # the first member's training summary (data, recipe) and every member's own
                 training={**first.get("training", {}),
-                          "ensemble_of": [{"package": str(p), "weights_sha256": m.card["weights"]["sha256"],
+                          "ensemble_of": [{"package": Path(p).name, "weights_sha256": m.card["weights"]["sha256"],
                                            "training": m.card.get("training"), "metrics": m.card.get("metrics")}
                                           for p, m in zip(packages, models)]})
     network = MeanProbability([m.network for m in models], first["mode"])

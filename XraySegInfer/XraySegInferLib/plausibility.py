@@ -248,6 +248,11 @@ def check_chest_pa(masks: np.ndarray, class_names: list[str], normalized: np.nda
     return report
 
 
+def rib_classes(class_names: list[str]) -> list[int]:
+    """Indices of the classes the rules count as ribs."""
+    return _roles(class_names)["ribs"]
+
+
 def rib_shadow_contrast(normalized: np.ndarray, ribs: np.ndarray, landmarks: ChestLandmarks) -> list[float]:
     """Do the ribs of a segmentation follow the rib shadows? A measurement reported beside the rules, not a rule.
 

@@ -69,9 +69,11 @@ class TrainConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
-        if data.get("multilabel_ce", "bce") not in ("bce", "softmax"):
-            raise ValueError(f"multilabel_ce must be 'bce' or 'softmax', got {data['multilabel_ce']!r}")
         return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.multilabel_ce not in ("bce", "softmax"):
+            raise ValueError(f"multilabel_ce must be 'bce' or 'softmax', got {self.multilabel_ce!r}")
 
 
 @dataclass
@@ -151,9 +153,10 @@ def _flip_allowed(cases: list[Case], config: AugmentConfig) -> bool:
 
 
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
-    """Refuse a checkpoint made with another network (architecture or label mode) before any work."""
-    before = saved.get("config") or {}
-    for key in ("architecture", "mode"):
+    """Refuse a checkpoint made with another network (architecture or label mode) or loss before any work."""
+    before = dict(saved.get("config") or {})
+    before.setdefault("multilabel_ce", "softmax")  # checkpoints from before the option were trained with it
+    for key in ("architecture", "mode", "multilabel_ce"):
         if key in before and json.loads(json.dumps(before[key])) != json.loads(json.dumps(getattr(config, key))):
             raise InputError(
                 f"cannot resume from {saved['path']}: it was trained with {key} {before[key]} but this run asks "
@@ -312,7 +315,8 @@ RECIPES: dict[str, dict] = {
     # ``training.config``; Testing/Python/test_infer_training.py checks that they agree), every field spelled out
     # so a change of a TrainConfig default cannot change it: a small U-Net (12-192 channels), batch 4, 3000 steps of
     # 256 px patches (about 8-9 min on 2 CPU cores), 512 px tiles at inference. Intensity augmentation only: the
-    # export already randomises the geometry. No flips: the classes have sides.
+    # export already randomises the geometry. No flips: the classes have sides. The multi-label cross-entropy of
+    # MONAI's DiceCELoss ("softmax"), which trained 0.1.0 and the lumbar study's models.
     "chest-sample": {
         "mode": "multilabel",
         "architecture": {"name": "UNet", "channels": [12, 24, 48, 96, 192], "strides": [2, 2, 2, 2],
@@ -323,7 +327,7 @@ RECIPES: dict[str, dict] = {
         "augment": {"probability": 0.8, "rotate_deg": 0.0, "scale": [1.0, 1.0], "translate_fraction": 0.0,
                     "contrast": [0.75, 1.25], "brightness": 0.1, "gamma": [0.7, 1.5], "noise_std": 0.04,
                     "blur_sigma_px": [0.5, 1.5], "blur_probability": 0.2, "flip_horizontal": 0.0},
-        "window_percentiles": [0.5, 99.5], "gamma": 1.0, "amp": True,
+        "window_percentiles": [0.5, 99.5], "gamma": 1.0, "amp": True, "multilabel_ce": "softmax",
         "name": "xrayseg-chest-bones", "version": "0.1.0",
     },
     # The retrained chest model (issue 10 item 6; ``make train-sample``): two bodies (the sample CT and the full

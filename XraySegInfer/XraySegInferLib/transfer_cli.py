@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 
@@ -89,7 +90,7 @@ def run_plausibility(args) -> int:
     from XraySegSimLib.io import atomic_path, write_json, write_png
 
     from .cli import load_predictor, set_torch_threads
-    from .plausibility import check_prediction, landmarks_overlay, rib_shadow_contrast
+    from .plausibility import check_prediction, landmarks_overlay, rib_classes, rib_shadow_contrast
     from .reader import SpacingWarning, read_radiograph
 
     set_torch_threads(args)
@@ -105,13 +106,15 @@ def run_plausibility(args) -> int:
     result = {"radiograph": str(path), "model": card.get("name", str(args.model)),
               "model_version": card.get("version"), "spacing_mm": list(prediction.spacing_mm),
               "spacing_source": prediction.spacing_source, **report.to_dict()}
-    ribs = [i for i, name in enumerate(prediction.class_names) if "rib" in name.lower()]
+    ribs = rib_classes(list(prediction.class_names))
     if report.landmarks is not None and ribs:
-        contrast = rib_shadow_contrast(prediction.normalized, prediction.masks[ribs].any(0), report.landmarks)
+        contrast = [v if math.isfinite(v) else None for v in  # JSON has no NaN: None where nothing to measure
+                    rib_shadow_contrast(prediction.normalized, prediction.masks[ribs].any(0), report.landmarks)]
         result["rib_shadow_contrast"] = {"image_left_lung": contrast[0], "image_right_lung": contrast[1],
                                          "note": "a measurement, not a rule (plausibility.rib_shadow_contrast)"}
-        print(f"rib-shadow contrast (not a rule): image-left lung {contrast[0]:.3f}, image-right lung "
-              f"{contrast[1]:.3f}")
+        print("rib-shadow contrast (not a rule): " + ", ".join(
+            f"{side} lung {'n/a' if v is None else f'{v:.3f}'}" for side, v in zip(("image-left", "image-right"),
+                                                                                   contrast)))
     write_png(args.out / "plausibility.png", landmarks_overlay(prediction, report))
     with atomic_path(args.out / "plausibility.md") as tmp:
         Path(tmp).write_text(f"Plausibility of {result['model']} {result['model_version']} on {path.name}\n\n"

@@ -13,7 +13,8 @@ same seed gives the same bodies whatever the order of work:
 * **Soft-tissue thickness and bone density**: the mass density of soft tissue (-500 to 100 HU: fat, muscle,
   organs) is multiplied by ``soft_tissue``, that of bone (above 200 HU) by ``bone_density``, blended linearly
   between 100 and 200 HU and from -600 to -500 HU (lungs and air are unchanged). In projection, scaling a
-  tissue's density is scaling its thickness (the line integral is density x length).
+  tissue's density is scaling its thickness (the line integral is density x length). Bone stays bone: scaled HU
+  stop below ``materials.METAL_HU`` (at x2.5 all from about 600 HU up end at 2999 HU); metal is left as it is.
 * **Shoulder pose** (off by default): each shoulder girdle turned in the coronal plane about its
   sternoclavicular joint by ``shoulder_deg`` (drawn per side; :mod:`shoulder_pose`), CTs being scanned with
   the arms raised and PA radiographs taken with the arms down.

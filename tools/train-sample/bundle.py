@@ -6,7 +6,9 @@ stored under ``metrics.train`` for the plain held-out views), ``<run>/lobo/lobo.
 ``<run>/rg1/plausibility.json`` (the rules on the real chest CR RG1); checks the weights' SHA-256 against the
 card, adds to the card what the training code cannot know (how the data were made, what was and was not
 validated, the limitations), writes ``model.safetensors``, ``model.json``, a ``README.md`` generated from the
-card, and the manifest over card and weights.
+card, and the manifest over card and weights. ``--package``, ``--rg1`` and ``--lobo`` take another package (e.g.
+a run with other options, or an ensemble) with its own plausibility and leave-one-body-out folders;
+``--baseline`` puts the previous bundle's figures on the card (``previous-0.3.0.json``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
 # transferred by deformable registration (`chest-full-ct-labelled`). Training exports: chest-pa with small
 # angle/magnification jitter, physics randomised, virtual patients (random smooth deformation, anisotropic
 # scale, soft-tissue and bone density, the bone up to 2.5 times denser), the ignore label at the cut faces,
-# strong image-domain randomisation. Test exports: plain chest-pa views (physics on; no virtual patients, no domain randomisation)
-# of each body, with another seed.
+# strong image-domain randomisation. Test exports: plain chest-pa views (physics on; no virtual patients, no
+# domain randomisation) of each body, with another seed.
 # Then: the final model on both bodies (recipe chest-transfer), leave-one-body-out with the same recipe (one
 # process per held-out body, run side by side with the final training), evaluation of the final model on the
 # plain views, the plausibility rules on the real chest CR RG1, and tools/train-sample/bundle.py.
@@ -60,4 +60,6 @@ $X merge-datasets "${TEST_SETS[@]}" --name Dataset623_ChestTwoBodiesPlain --out 
 $X evaluate "$OUT/test-both/Dataset623_ChestTwoBodiesPlain" --model "$OUT/run/model" --split train \
     --update-card --threads 2 --out "$OUT/eval"
 $X plausibility --model "$OUT/run/model" --threads 2 --out "$OUT/rg1"
-$PY tools/train-sample/bundle.py --run "$OUT" --out "${BUNDLE:-Resources/Models/chest}"
+# The previous bundle's figures (0.3.0) go on the card for the acceptance test (tools/train-sample/previous-0.3.0.json).
+$PY tools/train-sample/bundle.py --run "$OUT" --out "${BUNDLE:-Resources/Models/chest}" \
+    --baseline tools/train-sample/previous-0.3.0.json
