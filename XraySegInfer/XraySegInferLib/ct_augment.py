@@ -32,7 +32,8 @@ def add_synthetic_implant(image: np.ndarray, label: np.ndarray, rng: np.random.G
 
     ``metal_value``: the network input of metal (the top of the HU window; the fill value when the run suppresses
     metal, ct_data.MetalSuppression). ``outside``: the share of rods laid anywhere in the patch instead (their metal
-    outside the structure stays background), so that metal alone is no sign of the structure. Patches with fewer than 64 structure voxels come back unchanged."""
+    outside the structure stays background), so that metal alone is no sign of the structure. Patches with fewer
+    than 64 structure voxels come back unchanged."""
     inside = np.argwhere(label > 0)
     out = image.copy()
     if len(inside) < 64:

@@ -6,15 +6,14 @@ probabilities removes much of that spread. The members must agree on everything 
 (architecture, spacing, patch size, structure, metal suppression, trained side). The package is an ordinary 3D
 package whose card says ``ensemble``: ``CtModel.probability`` runs each member over the whole volume (sliding
 window) and averages their probabilities, so ct-segment, ct-evaluate and "Label bones in CT" use it unchanged. (The
-network's own forward, log of the mean softmax per patch, is for callers that run patches themselves.)
+network's own forward, log of the mean softmax per patch, is for callers that run patches themselves.) The network
+and the checks of the members are those of the 2D ensembles (:mod:`.ensemble`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from .errors import InputError
 
 # Card fields that every member must share (they decide what the network sees and what its output means).
 SHARED_FIELDS = ("architecture", "spacing_mm", "patch_size", "structure", "metal_suppression", "trained_side",
@@ -23,18 +22,9 @@ SHARED_FIELDS = ("architecture", "spacing_mm", "patch_size", "structure", "metal
 
 def ensemble_network(members: list):
     """A torch module whose output is log(mean over ``members`` of softmax(member(x))), shape (B, 2, ...)."""
-    import torch
+    from .ensemble import MeanProbability
 
-    class MeanProbability(torch.nn.Module):
-        def __init__(self, networks):
-            super().__init__()
-            self.members = torch.nn.ModuleList(networks)
-
-        def forward(self, x):
-            probability = torch.stack([torch.softmax(m(x), 1) for m in self.members]).mean(0)
-            return torch.log(probability.clamp_min(1e-12))
-
-    return MeanProbability(members)
+    return MeanProbability(members, "multiclass")
 
 
 def build_ensemble(architecture: dict[str, Any], count: int):
@@ -47,21 +37,12 @@ def build_ensemble(architecture: dict[str, Any], count: int):
 def combine_ct_packages(packages: list[str | Path], out: str | Path, name: str | None = None) -> Path:
     """Write one package averaging the 3D ``packages`` (each checked as ``load_ct_package`` does) into ``out``."""
     from .ct_package import load_ct_package, save_ct_package
+    from .ensemble import check_members, new_ensemble_folder
 
-    if len(packages) < 2:
-        raise InputError("ct-ensemble needs at least two model packages")
+    target = new_ensemble_folder(packages, out, "ct-ensemble")
     models = [load_ct_package(p) for p in packages]
     first = models[0].card
-    for path, model in zip(packages, models):
-        if model.card.get("ensemble"):
-            raise InputError(f"{path} is an ensemble already; give its member packages instead")
-        for field in SHARED_FIELDS:
-            if model.card.get(field) != first.get(field):
-                raise InputError(f"{path} differs from {packages[0]} in '{field}' ({model.card.get(field)!r} vs "
-                                 f"{first.get(field)!r}); an ensemble needs members trained with the same settings")
-    target = Path(out)
-    if target.exists() and any(target.iterdir()):
-        raise InputError(f"{target} already holds files; give a new --out folder")
+    check_members(packages, [m.card for m in models], SHARED_FIELDS, lambda card: bool(card.get("ensemble")))
     card = {field: first[field] for field in SHARED_FIELDS if field in first}
     card.update(name=name or f"{first.get('name')} (ensemble of {len(models)})", metrics={},
                 ensemble={"members": len(models), "combination": "mean of the members' foreground probabilities",

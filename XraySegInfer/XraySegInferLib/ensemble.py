@@ -62,27 +62,41 @@ def build_ensemble(architecture: dict, n_classes: int, mode: str) -> MeanProbabi
     return MeanProbability([build_network(member, n_classes, mode) for _ in range(count)], mode)
 
 
+def new_ensemble_folder(packages: list, out: str | Path, command: str) -> Path:
+    """``out`` as a Path, once the request makes sense: two or more packages, and no earlier files in ``out``."""
+    if len(packages) < 2:
+        raise InputError(f"{command} needs at least two model packages")
+    target = Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise InputError(f"{target} already holds files; give a new --out folder")
+    return target
+
+
+def check_members(packages: list, cards: list[dict], shared_fields: tuple[str, ...], is_ensemble) -> None:
+    """Refuse members that cannot be averaged: one that is an ensemble already (``is_ensemble(card)``), or one
+    whose card differs from the first member's in any of ``shared_fields`` (2D and 3D cards name theirs)."""
+    first = cards[0]
+    for path, card in zip(packages, cards):
+        if is_ensemble(card):
+            raise InputError(f"{path} is an ensemble already; give its member packages instead")
+        for field in shared_fields:
+            if card.get(field) != first.get(field):
+                raise InputError(f"{path} differs from {packages[0]} in '{field}' ({str(card.get(field))[:80]} vs "
+                                 f"{str(first.get(field))[:80]}); an ensemble needs members trained with the same "
+                                 "settings")
+
+
 def combine_packages(packages: list[str | Path], out: str | Path, name: str | None = None) -> Path:
     """Write one package whose network averages the 2D ``packages`` (each loaded and checked) into ``out``."""
     from .package import load_package, save_package
 
-    if len(packages) < 2:
-        raise InputError("ensemble needs at least two model packages")
-    target = Path(out)
-    if target.exists() and any(target.iterdir()):
-        raise InputError(f"{target} already holds files; give a new --out folder")
+    target = new_ensemble_folder(packages, out, "ensemble")
     models = [load_package(p) for p in packages]
     first = models[0].card
     if len({m.card["weights"]["sha256"] for m in models}) < len(models):
         raise InputError("the same weights are given twice; an ensemble needs different runs (other seeds)")
-    for path, model in zip(packages, models):
-        if model.card["architecture"].get("name") == ENSEMBLE:
-            raise InputError(f"{path} is an ensemble already; give its member packages instead")
-        for field in SHARED_FIELDS:
-            if model.card.get(field) != first.get(field):
-                raise InputError(f"{path} differs from {packages[0]} in '{field}' ({str(model.card.get(field))[:80]} "
-                                 f"vs {str(first.get(field))[:80]}); an ensemble needs members trained with the "
-                                 "same settings on the same classes")
+    check_members(packages, [m.card for m in models], SHARED_FIELDS,
+                  lambda card: card["architecture"].get("name") == ENSEMBLE)
     card = {key: value for key, value in first.items() if key not in ("weights", "metrics", "training")}
     card.update(name=name or f"{first['name']} (ensemble of {len(models)})", metrics={},
                 architecture=ensemble_architecture(first["architecture"], len(models)),

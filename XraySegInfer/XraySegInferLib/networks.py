@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .ensemble import ENSEMBLE
 from .errors import ModelPackageError
 
 MODES = ("multilabel", "multiclass")
@@ -55,7 +56,7 @@ class LocalContrast(torch.nn.Module):
 def build_network(architecture: dict, n_classes: int, mode: str) -> torch.nn.Module:
     """A MONAI network for 1-channel 2D input and the right number of outputs (see module docstring); an
     ``Ensemble`` architecture gives the mean of its members (:mod:`.ensemble`)."""
-    if architecture.get("name") == "Ensemble":
+    if architecture.get("name") == ENSEMBLE:
         from .ensemble import build_ensemble
 
         return build_ensemble(architecture, n_classes, mode)
@@ -86,7 +87,7 @@ def _build_monai(arch: dict, n_classes: int, mode: str, architecture: dict) -> t
 
 def size_divisor(architecture: dict) -> int:
     """Input sizes must be multiples of this (the product of the strides)."""
-    if architecture.get("name") == "Ensemble":
+    if architecture.get("name") == ENSEMBLE:
         return size_divisor(architecture["member"])
     if architecture.get("name", "UNet") == "BasicUNet":
         return 16

@@ -149,9 +149,7 @@ def readme(card: dict) -> str:
     weights = card["weights"]
     arch = card["architecture"]
     member = arch.get("member", arch)  # an ensemble (xrayseg ensemble) describes its members
-    ensemble = (f"an ensemble of {arch['members']} networks of one recipe with training seeds "
-                f"{', '.join(str(m['training']['config']['seed']) for m in card['training']['ensemble_of'])} "
-                "(the mean of their probabilities), each a " if arch.get("name") == "Ensemble" else "")
+    ensemble = f"the mean of {arch['members']} networks of one recipe, each a " if "member" in arch else ""
     lines = [
         f"# {card['name']} {card['version']}: bundled chest bone model", "",
         card["description"], "",
@@ -220,7 +218,7 @@ def main(argv=None) -> int:
     package = args.package or args.run / "run" / "model"
     model = load_package(package)  # checks the SHA-256 and that the weights fit the card
     baseline = json.loads(args.baseline.read_text()) if args.baseline else None
-    card = amend_card(model.card, args.run, baseline, args.rg1 or args.run / "rg1", args.lobo or args.run / "lobo")
+    card = amend_card(model.card, args.run, baseline, args.rg1, args.lobo)
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / WEIGHTS_FILE) as tmp:
         shutil.copyfile(package / WEIGHTS_FILE, tmp)

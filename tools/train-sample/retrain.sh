@@ -60,6 +60,6 @@ $X merge-datasets "${TEST_SETS[@]}" --name Dataset623_ChestTwoBodiesPlain --out 
 $X evaluate "$OUT/test-both/Dataset623_ChestTwoBodiesPlain" --model "$OUT/run/model" --split train \
     --update-card --threads 2 --out "$OUT/eval"
 $X plausibility --model "$OUT/run/model" --threads 2 --out "$OUT/rg1"
-# The previous bundle's figures (0.3.0) go on the card for the acceptance test (tools/train-sample/previous-0.3.0.json).
+# The previous bundle's figures (0.3.0) go on the card for the acceptance test.
 $PY tools/train-sample/bundle.py --run "$OUT" --out "${BUNDLE:-Resources/Models/chest}" \
     --baseline tools/train-sample/previous-0.3.0.json
